@@ -1,0 +1,87 @@
+"""Typed events (worker -> window) and commands (window -> worker): plain, picklable data. No UI here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+# ---- events: the training worker puts these on the session's queue -------------------------
+
+@dataclass(frozen=True)
+class RunStarted:
+    workspace: str
+    total_steps: int
+    total_epochs: int
+    device: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the worker is doing now (loading model, caching, training, sampling, saving...)."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One optimizer step done. `step` counts from 1; `epoch` from 0."""
+    step: int
+    total_steps: int
+    epoch: int
+    total_epochs: int
+    epoch_step: int
+    epoch_steps: int
+    loss: float
+    smooth_loss: float
+    lr: float
+    it_per_s: float
+    eta_s: float
+    vram_gib: float | None = None
+
+
+@dataclass(frozen=True)
+class SampleReady:
+    path: str
+    prompt_index: int
+    prompt: str
+    step: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class CheckpointWritten:
+    """A backup (full state) or a save (model only) finished writing."""
+    kind: str  # "backup" | "save" | "final"
+    path: str
+    step: int
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str  # "info" | "warning" | "error"
+    text: str
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """Sent exactly once per run, from a `finally`."""
+    outcome: str  # "completed" | "stopped" | "failed"
+    message: str = ""
+    output_path: str | None = None
+    step: int = 0
+
+
+Event = RunStarted | Status | Progress | SampleReady | CheckpointWritten | Log | RunFinished
+
+
+# ---- commands: the window sends these; the worker checks them at optimizer-step boundaries -----
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # one of COMMANDS
+    extra: dict = field(default_factory=dict)
+
+
+STOP = "stop"
+SAMPLE_NOW = "sample_now"
+BACKUP_NOW = "backup_now"
+SAVE_NOW = "save_now"
+COMMANDS = (STOP, SAMPLE_NOW, BACKUP_NOW, SAVE_NOW)
