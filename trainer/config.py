@@ -1,0 +1,449 @@
+"""The preset: one dataclass tree (schema, form metadata, JSON, migrations, validation). No UI here."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+
+SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "prodigy", "sgd")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+INTERVAL_UNITS = ("steps", "epochs", "minutes", "never")
+
+
+class ConfigError(ValueError):
+    """A preset problem; the message starts with the dotted path of the field at fault."""
+
+
+def opt(default: Any, label: str, help: str, *, min: float | None = None, max: float | None = None,
+        choices: tuple[str, ...] | None = None, kind: str | None = None, factory: Any = None):
+    """A preset field. Metadata drives the form (label, tooltip, widget kind), the ranges and the choices.
+
+    kind: "path" (file or folder picker), "dir", "file", "text" (multi-line) or None (from the type).
+    """
+    meta = {"label": label, "help": help, "min": min, "max": max, "choices": choices, "kind": kind}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class GeneralConfig:
+    workspace_dir: str = opt("workspace/run", "Workspace", "Folder for samples, backups, saves, logs and the "
+                             "resolved preset of each run.", kind="dir")
+    cache_dir: str = opt("workspace/cache", "Cache folder", "Folder for cached latents and text embeddings.",
+                         kind="dir")
+    seed: int = opt(42, "Seed", "Seed for noise, timesteps, data order and augmentations.", min=0, max=2**31 - 1)
+    device: str = opt("auto", "Device", "Where to train: auto picks the GPU when there is one.",
+                      choices=("auto", "cpu", "cuda"))
+    tensorboard: bool = opt(True, "TensorBoard", "Write loss, learning rate and samples for TensorBoard "
+                            "under workspace/tensorboard.")
+    demo_dir: str = opt("", "Demo folder", "When set and the folder is missing, the embedded demo (a tiny model "
+                        "and generated images) is built there before training.", kind="dir")
+
+
+@dataclass
+class ModelConfig:
+    base_model: str = opt("", "Base model", "SD 1.5 to start from: a diffusers folder, a single .safetensors "
+                          "or a .ckpt file.", kind="path")
+    base_config: str = opt("", "Base config", "Optional diffusers config folder for a single-file model whose "
+                           "shapes are not SD 1.5's. Empty uses the bundled SD 1.5 configs.", kind="dir")
+    output_path: str = opt("workspace/run/model.safetensors", "Output", "Where the final model is written: "
+                           "a .safetensors file, or a folder for the diffusers format.", kind="path")
+    output_format: str = opt("single_file", "Output format", "single_file: one .safetensors that A1111, "
+                             "ComfyUI and diffusers load; diffusers: a diffusers folder.",
+                             choices=("single_file", "diffusers"))
+    output_dtype: str = opt("float16", "Output precision", "Precision of the saved weights.",
+                            choices=("float16", "bfloat16", "float32"))
+
+
+@dataclass
+class ConceptConfig:
+    name: str = opt("concept", "Name", "A name for this concept, shown in logs and statistics.")
+    path: str = opt("", "Folder", "Folder holding this concept's images.", kind="dir")
+    enabled: bool = opt(True, "Enabled", "Train on this concept.")
+    caption_source: str = opt("txt", "Caption source", "txt: image.txt beside each image (a random non-empty "
+                              "line per use); filename: the file name; single: the caption below for all.",
+                              choices=("txt", "filename", "single"))
+    caption: str = opt("", "Caption", "The caption for 'single', and the fallback when a txt file is missing.")
+    repeats: float = opt(1.0, "Repeats", "How often each image is seen per epoch (0.5 = half of them).",
+                         min=0.0, max=1000.0)
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = opt(10, "Epochs", "Passes over the concepts.", min=1, max=100000)
+    max_steps: int = opt(0, "Max steps", "Optimizer steps to train; 0 uses the epochs.", min=0, max=10**8)
+    batch_size: int = opt(1, "Batch size", "Images per forward pass.", min=1, max=1024)
+    gradient_accumulation_steps: int = opt(1, "Accumulation steps", "Batches summed per optimizer step.",
+                                           min=1, max=1024)
+    optimizer: str = opt("adamw", "Optimizer", "adamw8bit and lion use bitsandbytes; prodigy sets its own "
+                         "step size (use learning rate 1.0).", choices=OPTIMIZERS)
+    learning_rate: float = opt(1e-5, "Learning rate", "UNet learning rate.", min=0.0, max=10.0)
+    weight_decay: float = opt(1e-2, "Weight decay", "Decoupled weight decay.", min=0.0, max=1.0)
+    lr_scheduler: str = opt("constant", "LR schedule", "diffusers' learning-rate schedules.",
+                            choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = opt(0, "Warmup steps", "Optimizer steps of linear warm-up.", min=0, max=10**7)
+    max_grad_norm: float = opt(1.0, "Max grad norm", "Clip the gradient norm to this; 0 turns clipping off.",
+                               min=0.0, max=1e6)
+    mixed_precision: str = opt("no", "Mixed precision", "Autocast precision; fp16 uses a grad scaler.",
+                               choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = opt(False, "Gradient checkpointing", "Recompute activations in the backward "
+                                       "pass: much less memory, about 25% slower.")
+    resolution: str = opt("512", "Resolution", "Training size in pixels (multiple of 8).")
+    train_unet: bool = opt(True, "Train UNet", "Update the UNet.")
+    train_text_encoder: bool = opt(False, "Train text encoder", "Update the CLIP text encoder too.")
+    text_encoder_learning_rate: float = opt(0.0, "Text encoder LR", "Learning rate of the text encoder; 0 uses "
+                                            "the UNet learning rate.", min=0.0, max=10.0)
+    text_encoder_stop_epoch: int = opt(0, "Stop text encoder after epoch", "Freeze the text encoder after this "
+                                       "many epochs; 0 never freezes it.", min=0, max=100000)
+    ema: str = opt("off", "EMA", "Keep an exponential moving average of the weights, on the GPU or in CPU "
+                   "memory; used for samples and the saved model.", choices=("off", "gpu", "cpu"))
+    ema_decay: float = opt(0.999, "EMA decay", "Share of the old average kept each step.", min=0.0, max=1.0)
+    noise_offset: float = opt(0.0, "Noise offset", "Adds per-channel offset noise (helps very dark and bright "
+                              "images); 0.05-0.1 is typical.", min=0.0, max=1.0)
+    min_snr_gamma: float = opt(0.0, "Min-SNR gamma", "Min-SNR loss weighting (5 is typical); 0 turns it off.",
+                               min=0.0, max=100.0)
+    prediction_type: str = opt("epsilon", "Prediction", "What the UNet predicts. SD 1.5 is epsilon.",
+                               choices=("epsilon", "v_prediction"))
+    zero_terminal_snr: bool = opt(False, "Zero terminal SNR", "Rescale the noise schedule to reach pure noise "
+                                  "(use with v_prediction).")
+
+
+@dataclass
+class SamplePrompt:
+    prompt: str = opt("", "Prompt", "What to draw.")
+    negative_prompt: str = opt("", "Negative prompt", "What to steer away from.")
+    seed: int = opt(0, "Seed", "Sample seed; the same seed shows how one image evolves.", min=0, max=2**31 - 1)
+    cfg_scale: float = opt(7.0, "CFG scale", "Classifier-free guidance strength.", min=1.0, max=30.0)
+    steps: int = opt(20, "Steps", "Sampling steps.", min=1, max=200)
+    width: int = opt(512, "Width", "Sample width (multiple of 8).", min=64, max=2048)
+    height: int = opt(512, "Height", "Sample height (multiple of 8).", min=64, max=2048)
+    sampler: str = opt("euler_a", "Sampler", "diffusers scheduler used for sampling.", choices=SAMPLERS)
+
+
+@dataclass
+class SamplingConfig:
+    every: int = opt(100, "Sample every", "How often to sample, in the unit below.", min=1, max=10**7)
+    unit: str = opt("steps", "Unit", "Unit of the sampling interval.", choices=INTERVAL_UNITS)
+    before_training: bool = opt(False, "Sample before training", "Sample once before the first step.")
+    prompts: list[SamplePrompt] = opt(None, "Prompts", "Sample prompts.", factory=list)
+
+
+@dataclass
+class BackupConfig:
+    """Backups, saves and resume: filled in by the backup work; reserved so presets can carry it."""
+
+
+@dataclass
+class Preset:
+    general: GeneralConfig = field(default_factory=GeneralConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    concepts: list[ConceptConfig] = field(default_factory=list)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+
+
+SECTIONS = ("general", "model", "concepts", "training", "sampling", "backup")
+
+# Migrations: MIGRATIONS[n] turns a version-n dict into a version-(n+1) dict. Keep a fixture per entry.
+MIGRATIONS: dict[int, typing.Callable[[dict], dict]] = {}
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_type(value: Any, hint: Any, path: str) -> Any:
+    """Return value (ints widened to float where a float is expected) or raise naming the path."""
+    origin = typing.get_origin(hint)
+    if is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected an object, got {type(value).__name__}")
+        return _from_dict(hint, value, path)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_check_type(v, item, f"{path}.{i}") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected text, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {hint}")
+
+
+def _from_dict(cls, data: dict, path: str = ""):
+    """Build `cls` from a dict laid over its defaults; unknown keys and wrong types name their dotted path."""
+    hints = _hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{path}{'.' if path else ''}{key}: unknown key")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _check_type(value, hints[name], f"{path}{'.' if path else ''}{name}")
+    return cls(**kwargs)
+
+
+def preset_from_dict(data: dict) -> Preset:
+    """Migrate, lay over the defaults and validate a preset dict (as read from JSON)."""
+    if not isinstance(data, dict):
+        raise ConfigError("preset: expected a JSON object")
+    data = copy.deepcopy(data)
+    version = data.pop("version", None)
+    if version is None:
+        raise ConfigError("version: missing (a preset file starts with {\"version\": N, ...})")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"version: expected a positive whole number, got {version!r}")
+    if version > VERSION:
+        raise ConfigError(f"version: this preset is version {version}, newer than this SeaChange "
+                          f"understands ({VERSION}); update SeaChange")
+    for v in range(version, VERSION):
+        data = MIGRATIONS[v](data)
+    preset = _from_dict(Preset, data)
+    problems = validate(preset)
+    if problems:
+        raise ConfigError(problems[0])
+    return preset
+
+
+def load_preset(path: str | Path) -> Preset:
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"preset: cannot read {path}: {e.strerror or e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"preset: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    return preset_from_dict(data)
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+
+def preset_to_dict(preset: Preset) -> dict:
+    return {"version": VERSION, **asdict(preset)}
+
+
+def preset_to_json(preset: Preset) -> str:
+    return json.dumps(preset_to_dict(preset), indent=2) + "\n"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename over the target."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_preset(preset: Preset, path: str | Path) -> None:
+    atomic_write_text(path, preset_to_json(preset))
+
+
+# ---- validation --------------------------------------------------------------------------------------
+
+def _field_problems(obj, path: str) -> list[str]:
+    problems = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        p = f"{path}.{f.name}" if path else f.name
+        meta = f.metadata
+        if is_dataclass(value):
+            problems += _field_problems(value, p)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if is_dataclass(item):
+                    problems += _field_problems(item, f"{p}.{i}")
+        else:
+            if meta.get("choices") and value not in meta["choices"]:
+                problems.append(f"{p}: {value!r} is not one of {', '.join(meta['choices'])}")
+            if meta.get("min") is not None and value < meta["min"]:
+                problems.append(f"{p}: {value} is below the minimum {meta['min']}")
+            if meta.get("max") is not None and value > meta["max"]:
+                problems.append(f"{p}: {value} is above the maximum {meta['max']}")
+    return problems
+
+
+def parse_resolutions(text: str) -> list[int]:
+    """'512' or '512,640' -> [512, 640]; raises ValueError with the reason."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise ValueError(f"{part!r} is not a whole number of pixels")
+        size = int(part)
+        if size < 64 or size > 4096 or size % 8:
+            raise ValueError(f"{size} must be a multiple of 8 between 64 and 4096")
+        sizes.append(size)
+    return sizes
+
+
+def validate(preset: Preset, check_paths: bool = False) -> list[str]:
+    """Every problem of the preset as 'dotted.path: reason'. check_paths also checks that inputs exist."""
+    problems = _field_problems(preset, "")
+    try:
+        parse_resolutions(preset.training.resolution)
+    except ValueError as e:
+        problems.append(f"training.resolution: {e}")
+    for i, prompt in enumerate(preset.sampling.prompts):
+        for side in ("width", "height"):
+            if getattr(prompt, side) % 8:
+                problems.append(f"sampling.prompts.{i}.{side}: must be a multiple of 8")
+    if not (preset.training.train_unet or preset.training.train_text_encoder):
+        problems.append("training.train_unet: nothing to train (turn on the UNet or the text encoder)")
+    if check_paths:
+        problems += _path_problems(preset)
+    return problems
+
+
+def _path_problems(preset: Preset) -> list[str]:
+    problems = []
+    if not preset.model.base_model:
+        problems.append("model.base_model: no base model chosen")
+    elif not Path(preset.model.base_model).expanduser().exists() and not preset.general.demo_dir:
+        problems.append(f"model.base_model: {preset.model.base_model} does not exist")
+    if preset.model.base_config and not Path(preset.model.base_config).expanduser().is_dir():
+        problems.append(f"model.base_config: {preset.model.base_config} is not a folder")
+    enabled = [c for c in preset.concepts if c.enabled]
+    if not enabled:
+        problems.append("concepts: no enabled concept to train on")
+    for i, concept in enumerate(preset.concepts):
+        if not concept.enabled:
+            continue
+        if not concept.path:
+            problems.append(f"concepts.{i}.path: no folder chosen for concept {concept.name!r}")
+        elif not Path(concept.path).expanduser().is_dir() and not preset.general.demo_dir:
+            problems.append(f"concepts.{i}.path: folder {concept.path} of concept {concept.name!r} does not exist")
+        if concept.caption_source == "single" and not concept.caption.strip():
+            problems.append(f"concepts.{i}.caption: caption source 'single' needs a caption")
+    return problems
+
+
+# ---- dotted paths (CLI --set, the window's form) -----------------------------------------------------
+
+def _walk(preset: Preset, dotted: str):
+    """Return (parent object, attribute name or list index, type hint) for a dotted path."""
+    parts = dotted.split(".")
+    obj, hint = preset, Preset
+    for i, part in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        if isinstance(obj, list):
+            if not part.isdigit() or int(part) >= len(obj):
+                raise ConfigError(f"{here}: no item {part} (the list has {len(obj)})")
+            parent, key, hint = obj, int(part), typing.get_args(hint)[0]
+        elif is_dataclass(obj):
+            hints = _hints(type(obj))
+            if part not in hints:
+                raise ConfigError(f"{here}: unknown key")
+            parent, key, hint = obj, part, hints[part]
+        else:
+            raise ConfigError(f"{here}: unknown key")
+        obj = parent[key] if isinstance(parent, list) else getattr(parent, key)
+    return parent, key, hint
+
+
+def get_value(preset: Preset, dotted: str) -> Any:
+    parent, key, _ = _walk(preset, dotted)
+    return parent[key] if isinstance(parent, list) else getattr(parent, key)
+
+
+def field_meta(dotted: str) -> dict:
+    """The metadata (label, help, min, max, choices, kind) of a field by dotted path; list indices allowed."""
+    cls, meta = Preset, {}
+    for part in dotted.split("."):
+        if part.isdigit():
+            continue
+        f = {f.name: f for f in fields(cls)}[part]
+        meta, hint = f.metadata, _hints(cls)[part]
+        cls = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
+    return dict(meta)
+
+
+def parse_text(text: str, hint: Any, path: str) -> Any:
+    """Parse a value typed as text (CLI, entry widget) into the field's type."""
+    if hint is str:
+        return text
+    if hint is bool:
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{path}: expected true or false, got {text!r}")
+    if hint is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ConfigError(f"{path}: expected a whole number, got {text!r}") from None
+    if hint is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ConfigError(f"{path}: expected a number, got {text!r}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{path}: expected JSON for this field, got {text!r}") from None
+    return _check_type(value, hint, path)
+
+
+def set_value(preset: Preset, dotted: str, value: Any) -> None:
+    """Set one field (value already typed, or text to parse); type-checked, not range-validated."""
+    parent, key, hint = _walk(preset, dotted)
+    value = parse_text(value, hint, dotted) if isinstance(value, str) and hint is not str else \
+        _check_type(value, hint, dotted)
+    if isinstance(parent, list):
+        parent[key] = value
+    else:
+        setattr(parent, key, value)
+
+
+def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
+    """Apply CLI `key=value` overrides to a copy and validate it the same way as a file."""
+    preset = copy.deepcopy(preset)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key=value, e.g. training.learning_rate=2e-6")
+        key, text = item.split("=", 1)
+        set_value(preset, key.strip(), text)
+    problems = validate(preset)
+    if problems:
+        raise ConfigError(problems[0])
+    return preset
+
+
+def default_of(cls, name: str) -> Any:
+    f = {f.name: f for f in fields(cls)}[name]
+    return f.default_factory() if f.default is MISSING else f.default

@@ -1,0 +1,15 @@
+"""Errors the engine raises on purpose, and how any failure is put into words for the user. No UI here."""
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad preset or input (missing model, empty concept...): the CLI exits 2 with this message."""
+
+
+def describe_failure(error: BaseException) -> str:
+    """A one-paragraph message for a failed run, with advice where the cause is known."""
+    text = str(error) or type(error).__name__
+    if "out of memory" in text.lower():
+        return (f"Out of GPU memory: {text.splitlines()[0]}. Try a smaller batch size, gradient checkpointing, "
+                "the 8-bit AdamW optimizer, a lower resolution, or the low-VRAM preset.")
+    return text
