@@ -13,3 +13,10 @@ def describe_failure(error: BaseException) -> str:
         return (f"Out of GPU memory: {text.splitlines()[0]}. Try a smaller batch size, gradient checkpointing, "
                 "the 8-bit AdamW optimizer, a lower resolution, or the low-VRAM preset.")
     return text
+
+
+def is_input_error(error: BaseException) -> bool:
+    """Preset and input problems (exit 2) as opposed to failures of the training itself (exit 1)."""
+    from trainer.config import ConfigError
+    from trainer.models import ModelLoadError
+    return isinstance(error, (InputError, ConfigError, ModelLoadError))

@@ -67,6 +67,7 @@ class RunFinished:
     message: str = ""
     output_path: str | None = None
     step: int = 0
+    bad_input: bool = False  # the preset or an input was at fault (CLI exit code 2), not the training
 
 
 Event = RunStarted | Status | Progress | SampleReady | CheckpointWritten | Log | RunFinished

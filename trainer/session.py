@@ -61,6 +61,7 @@ class TrainingSession:
             from trainer.errors import describe_failure
             message = describe_failure(e)
             self.events.put(ev.Log("error", traceback.format_exc()))
-            finished = ev.RunFinished("failed", message)
+            from trainer.errors import is_input_error
+            finished = ev.RunFinished("failed", message, bad_input=is_input_error(e))
         finally:
             self.events.put(finished)
