@@ -321,6 +321,9 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
         for side in ("width", "height"):
             if getattr(prompt, side) % 8:
                 problems.append(f"sampling.prompts.{i}.{side}: must be a multiple of 8")
+    if preset.training.zero_terminal_snr and preset.training.prediction_type != "v_prediction":
+        problems.append("training.zero_terminal_snr: needs prediction v_prediction (an epsilon model cannot "
+                        "predict at zero SNR)")
     if not (preset.training.train_unet or preset.training.train_text_encoder):
         problems.append("training.train_unet: nothing to train (turn on the UNet or the text encoder)")
     if check_paths:

@@ -1,8 +1,21 @@
 """Load SD 1.5 offline (diffusers folder, single .safetensors, .ckpt) and save it in each format. No UI here."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from trainer import convert
+
+BUNDLED_SD15 = Path(__file__).parent / "assets" / "sd15"
+SINGLE_FILE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+DTYPES = ("float16", "bfloat16", "float32")
+METADATA_FILE = "seachange_metadata.json"
 
 
 @dataclass
@@ -12,3 +25,302 @@ class SDComponents:
     text_encoder: Any  # transformers CLIPTextModel
     tokenizer: Any     # transformers CLIPTokenizer
     noise_scheduler: Any  # diffusers DDPMScheduler configured like the model's scheduler
+
+
+class ModelLoadError(ValueError):
+    """A base model that cannot be loaded; the message names the path and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def load_model(base_model: str, base_config: str | None = None) -> SDComponents:
+    """SD 1.5 components (float32, CPU, eval mode) from a diffusers folder, an original-layout .safetensors or a
+    .ckpt. Single files take their configs from `base_config` (a diffusers folder) or the bundled SD 1.5 ones.
+    Never touches the network. Raises ModelLoadError naming the path and the problem."""
+    path = Path(base_model).expanduser()
+    if not str(base_model).strip():
+        raise ModelLoadError("no base model given")
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _load_diffusers_folder(path)
+    config_dir = _config_dir(base_config)
+    suffix = path.suffix.lower()
+    if suffix in SINGLE_FILE_SUFFIXES:
+        checkpoint = _read_safetensors(path)
+    elif suffix in PICKLE_SUFFIXES:
+        checkpoint = _read_pickle_checkpoint(path)
+    else:
+        raise ModelLoadError(f"{path}: unknown model file type {path.suffix!r}; use a diffusers folder, "
+                             "a .safetensors or a .ckpt")
+    return _load_single_file(path, checkpoint, config_dir)
+
+
+def _config_dir(base_config: str | None) -> Path:
+    if not base_config:
+        return BUNDLED_SD15
+    folder = Path(base_config).expanduser()
+    if not (folder / "unet").is_dir() or not (folder / "vae").is_dir() or not (folder / "text_encoder").is_dir():
+        raise ModelLoadError(f"{folder}: base config must be a diffusers folder with unet/, vae/ and "
+                             "text_encoder/ configs")
+    return folder
+
+
+def _load_diffusers_folder(folder: Path) -> SDComponents:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / sub).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{folder}: not a Stable Diffusion diffusers folder (missing {', '.join(missing)})")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True,
+                                                    torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True,
+                                                     dtype=torch.float32)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{folder}: cannot load the diffusers folder: {_first_line(error)}") from error
+    return SDComponents(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, _noise_scheduler(folder))
+
+
+def _noise_scheduler(config_dir: Path) -> Any:
+    """DDPM with the model's own noise schedule (SD 1.5 ships a PNDM config; the betas are what matter)."""
+    from diffusers import DDPMScheduler
+
+    folder = config_dir / "scheduler" if (config_dir / "scheduler").is_dir() else BUNDLED_SD15 / "scheduler"
+    try:
+        return DDPMScheduler.from_config(DDPMScheduler.load_config(folder))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{folder}: cannot read the scheduler config: {_first_line(error)}") from error
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:  # safetensors raises its own SafetensorError, or OSError
+        raise ModelLoadError(f"{path}: not a readable .safetensors file (corrupt or truncated?): "
+                             f"{_first_line(error)}") from error
+
+
+def _read_pickle_checkpoint(path: Path) -> dict:
+    """A .ckpt read with weights_only=True: plain tensors and containers only, never arbitrary code."""
+    import pickle
+
+    import torch
+
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelLoadError(
+            f"{path}: refused: this .ckpt holds Python objects or code beyond plain tensors (unsafe pickle), "
+            "and SeaChange only loads weights. Convert it to .safetensors with a tool you trust. "
+            f"Detail: {_first_line(error)}") from error
+    except Exception as error:
+        raise ModelLoadError(f"{path}: not a readable .ckpt (corrupt or truncated?): {_first_line(error)}") from error
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: the .ckpt holds a {type(data).__name__}, not a state dict")
+    return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
+
+
+def _empty_models(config_dir: Path) -> tuple[Any, Any, Any]:
+    """UNet, VAE and text encoder built from the configs on the meta device (no memory, no weights)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config_dir / "text_encoder"))
+    return unet, vae, text_encoder
+
+
+def _check_layout(path: Path, checkpoint: dict, config_dir: Path) -> None:
+    """Every weight the configs need is in the file with the right shape; otherwise a clear ModelLoadError."""
+    unet, vae, text_encoder = _empty_models(config_dir)
+    expected = convert.diffusers_to_original(unet.state_dict(), vae.state_dict(), text_encoder.state_dict(),
+                                             unet.config, vae.config)
+    missing = [key for key in expected if key not in checkpoint]
+    if missing:
+        kind = "a Stable Diffusion 1.x checkpoint" if config_dir == BUNDLED_SD15 else f"the model in {config_dir}"
+        raise ModelLoadError(f"{path}: not {kind} in the original single-file layout: {len(missing)} of "
+                             f"{len(expected)} weights missing, e.g. {', '.join(missing[:3])}")
+    wrong = [(key, tuple(checkpoint[key].shape), tuple(tensor.shape)) for key, tensor in expected.items()
+             if not _same_shape(checkpoint[key].shape, tensor.shape)]
+    if wrong:
+        key, found, wanted = wrong[0]
+        raise ModelLoadError(f"{path}: {len(wrong)} weights have the wrong shape for the configs in {config_dir}, "
+                             f"e.g. {key}: file has {list(found)}, expected {list(wanted)}")
+
+
+def _same_shape(found: Any, wanted: Any) -> bool:
+    """Equal, allowing trailing 1-dims (VAE attention saved as linear [C, C] instead of conv [C, C, 1, 1])."""
+    def strip(shape: Any) -> tuple:
+        dims = list(shape)
+        while dims and dims[-1] == 1:
+            dims.pop()
+        return tuple(dims)
+    return tuple(found) == tuple(wanted) or strip(found) == strip(wanted)
+
+
+def _load_single_file(path: Path, checkpoint: dict, config_dir: Path) -> SDComponents:
+    """UNet and VAE through diffusers' from_single_file, the text encoder through the same converter that
+    StableDiffusionPipeline.from_single_file uses; all configs from `config_dir`, nothing downloaded."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel
+
+    _check_layout(path, checkpoint, config_dir)
+    common = {"config": str(config_dir), "local_files_only": True, "torch_dtype": torch.float32}
+    try:
+        unet = UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", **common)
+        vae = AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **common)
+        text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint, subfolder="text_encoder",
+                                                            **common)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise ModelLoadError(f"{path}: cannot load as SD 1.5 with the configs in {config_dir}: "
+                             f"{_first_line(error)}") from error
+    return SDComponents(unet.eval(), vae.eval(), text_encoder.eval(), _tokenizer(config_dir),
+                        _noise_scheduler(config_dir))
+
+
+def _tokenizer(config_dir: Path) -> Any:
+    from transformers import CLIPTokenizer
+
+    folder = config_dir / "tokenizer" if (config_dir / "tokenizer").is_dir() else BUNDLED_SD15 / "tokenizer"
+    try:
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{folder}: cannot load the tokenizer: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------------------- saving
+
+
+def save_model(components: SDComponents, path: str | os.PathLike, output_format: str, output_dtype: str,
+               metadata: dict[str, str]) -> Path:
+    """Write the model atomically and return where it went. "single_file": one original-layout .safetensors
+    (suffix added if missing) with `metadata` in its header; "diffusers": a folder (+ metadata in
+    seachange_metadata.json). Weights are converted to `output_dtype`; the caller's modules are not touched."""
+    if output_dtype not in DTYPES:
+        raise ValueError(f"output_dtype must be one of {', '.join(DTYPES)}, not {output_dtype!r}")
+    bad = [key for key, value in metadata.items() if not isinstance(key, str) or not isinstance(value, str)]
+    if bad:
+        raise ValueError(f"metadata keys and values must be strings: {bad[:3]}")
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if output_format == "single_file":
+        if path.suffix.lower() != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        return _save_single_file(components, path, output_dtype, metadata)
+    if output_format == "diffusers":
+        return _save_diffusers_folder(components, path, output_dtype, metadata)
+    raise ValueError(f"output_format must be 'single_file' or 'diffusers', not {output_format!r}")
+
+
+def _converted(state_dict: dict, dtype_name: str) -> dict:
+    """CPU copies (or the same tensors when nothing changes) in the wanted dtype; non-float tensors kept as is."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    return {key: (value.detach().to("cpu", dtype) if value.is_floating_point() else value.detach().cpu()).contiguous()
+            for key, value in state_dict.items()}
+
+
+def _save_single_file(components: SDComponents, path: Path, dtype: str, metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; cannot write a single-file model there")
+    state_dict = convert.diffusers_to_original(
+        _converted(components.unet.state_dict(), dtype), _converted(components.vae.state_dict(), dtype),
+        _converted(components.text_encoder.state_dict(), dtype), components.unet.config, components.vae.config)
+    state_dict = {key: value.contiguous() for key, value in state_dict.items()}
+    header = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
+              "modelspec.implementation": "https://github.com/CompVis/stable-diffusion", **metadata}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file(state_dict, str(tmp), metadata=header)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _save_diffusers_folder(components: SDComponents, path: Path, dtype: str, metadata: dict[str, str]) -> Path:
+    if path.exists() and not _replaceable(path):
+        raise FileExistsError(f"{path}: exists and is not a diffusers model folder; not overwriting it")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.mkdir()
+        _write_diffusers_components(components, tmp, dtype)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old") if path.exists() else None
+        if old:
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _replaceable(path: Path) -> bool:
+    """Only an earlier model folder (or an empty folder) may be replaced, never a user's other files."""
+    return path.is_dir() and ((path / "model_index.json").is_file() or not any(path.iterdir()))
+
+
+def _write_diffusers_components(components: SDComponents, folder: Path, dtype: str) -> None:
+    import diffusers
+
+    for name in ("unet", "vae", "text_encoder"):
+        _copy_in_dtype(getattr(components, name), dtype).save_pretrained(folder / name, safe_serialization=True)
+    components.tokenizer.save_pretrained(folder / "tokenizer")
+    components.noise_scheduler.save_pretrained(folder / "scheduler")
+
+    def entry(obj: Any) -> list[str]:
+        library = "transformers" if type(obj).__module__.startswith("transformers") else "diffusers"
+        return [library, type(obj).__name__]
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+             "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+             "scheduler": entry(components.noise_scheduler), "text_encoder": entry(components.text_encoder),
+             "tokenizer": entry(components.tokenizer), "unet": entry(components.unet), "vae": entry(components.vae)}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _copy_in_dtype(module: Any, dtype: str) -> Any:
+    """A new module of the same class and config whose weights are dtype copies of `module`'s (built on the
+    meta device, so no second full-precision copy is allocated)."""
+    import torch
+
+    with torch.device("meta"):
+        if hasattr(module, "from_config"):  # diffusers model
+            copy = type(module).from_config(module.config)
+        else:  # transformers model
+            copy = type(module)(module.config)
+    copy.load_state_dict(_converted(module.state_dict(), dtype), strict=True, assign=True)
+    for name, buffer in module.named_buffers():  # non-persistent buffers (e.g. CLIP's position_ids)
+        if name not in module.state_dict():
+            _set_buffer(copy, name, buffer.detach().cpu())
+    return copy
+
+
+def _set_buffer(module: Any, dotted: str, value: Any) -> None:
+    owner_name, _, name = dotted.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    owner.register_buffer(name, value, persistent=False)

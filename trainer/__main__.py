@@ -1,0 +1,117 @@
+"""Command line: python -m trainer train|make-demo|convert ... (headless, same session as the window). No UI here."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from trainer import events as ev
+from trainer.config import ConfigError, apply_overrides, load_preset
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
+
+
+def run_session(preset, resume: str | None = None, quiet: bool = False) -> int:
+    """Run a TrainingSession in the foreground with a tqdm bar; Ctrl-C once stops cleanly, twice aborts."""
+    from tqdm import tqdm
+
+    from trainer.session import TrainingSession
+    session = TrainingSession(preset, resume=resume)
+    interrupts = []
+
+    def on_interrupt(signum, frame):
+        interrupts.append(signum)
+        if len(interrupts) == 1:
+            print("\nStopping after this step (Ctrl-C again to abort at once)...", file=sys.stderr)
+            session.stop()
+        else:
+            print("\nAborted.", file=sys.stderr)
+            os._exit(EXIT_STOPPED)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    bar = None
+    try:
+        session.start()
+        while True:
+            event = session.events.get()
+            if isinstance(event, ev.RunStarted):
+                bar = tqdm(total=event.total_steps, unit="step", disable=quiet, dynamic_ncols=True)
+            elif isinstance(event, ev.Progress) and bar is not None:
+                bar.n = event.step
+                bar.set_postfix(loss=f"{event.smooth_loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch,
+                                refresh=False)
+                bar.refresh()
+            elif isinstance(event, ev.Log) and (event.level != "info" or not quiet):
+                (tqdm.write if bar else print)(f"[{event.level}] {event.text}", file=sys.stderr)
+            elif isinstance(event, ev.Status) and not quiet and bar is None:
+                print(event.text, file=sys.stderr)
+            elif isinstance(event, ev.RunFinished):
+                if bar is not None:
+                    bar.close()
+                print(f"{event.outcome}: {event.message}", file=sys.stderr)
+                if event.outcome == "completed":
+                    return EXIT_OK
+                if event.outcome == "stopped":
+                    return EXIT_STOPPED
+                return EXIT_BAD_INPUT if event.bad_input else EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        session.join(5)
+
+
+def cmd_train(args) -> int:
+    try:
+        preset = apply_overrides(load_preset(args.preset), args.set or [])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_session(preset, resume=args.resume, quiet=args.quiet)
+
+
+def cmd_make_demo(args) -> int:
+    from trainer.demo import make_demo
+    folder = make_demo(args.dir)
+    print(f"demo written to {folder}")
+    return EXIT_OK
+
+
+def cmd_convert(args) -> int:
+    from trainer.models import ModelLoadError, load_model, save_model
+    try:
+        components = load_model(args.source, args.base_config)
+    except ModelLoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    written = save_model(components, args.dest, args.format, args.dtype, {"modelspec.title": args.title or ""})
+    print(f"written {written}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="SeaChange: fine-tune SD 1.5.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train headless from a preset")
+    p.add_argument("preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. "
+                   "training.learning_rate=2e-6 (repeatable)")
+    p.add_argument("--resume", metavar="latest|PATH", help="continue from a backup")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("make-demo", help="build the tiny demo model and its images")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_make_demo)
+    p = sub.add_parser("convert", help="convert a model between single-file and diffusers formats")
+    p.add_argument("source")
+    p.add_argument("dest")
+    p.add_argument("--format", choices=("single_file", "diffusers"), default="single_file")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.add_argument("--base-config", default=None, help="diffusers config folder for a non-SD-1.5 single file")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_convert)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Optimizers and learning-rate schedules, chosen by name from the preset. No UI here."""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any, Iterable
+
+import torch
+from diffusers.optimization import get_scheduler
+
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "prodigy", "sgd")
+
+# The diffusers schedules that need nothing beyond warmup and total steps ("piecewise_constant" needs step rules).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+def _normalize_groups(param_groups: Iterable[Any]) -> list[dict]:
+    """Copy the groups with their params as lists (so devices can be checked); bare tensors make one group."""
+    items = list(param_groups)
+    if items and isinstance(items[0], torch.Tensor):
+        items = [{"params": items}]
+    groups = [dict(group, params=list(group["params"])) for group in items]
+    if not any(group["params"] for group in groups):
+        raise ValueError("the optimizer got no parameters to train")
+    return groups
+
+
+def _device_types(groups: list[dict]) -> set[str]:
+    return {p.device.type for group in groups for p in group["params"]}
+
+
+def make_optimizer(
+    name: str,
+    param_groups: list[dict],
+    lr: float,
+    weight_decay: float = 1e-2,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """Build the optimizer called `name` over `param_groups` ([{"params": [...], "lr": optional}, ...]).
+
+    `lr` is the default; a group's own "lr" (e.g. the text encoder's) wins. Choices:
+      adamw      torch AdamW (Loshchilov & Hutter 2019), fused kernel when every param is on CUDA.
+      adamw8bit  bitsandbytes AdamW8bit (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization"):
+                 8-bit moments for tensors of 4096+ elements; works on CUDA and (bitsandbytes >= 0.49) CPU.
+      adafactor  transformers Adafactor (Shazeer & Stern 2018) with a fixed external lr (no relative step).
+      lion       Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): bitsandbytes on
+                 CUDA/CPU, else lion_pytorch. Usually wants a 3-10x smaller lr and larger weight decay than AdamW.
+      prodigy    Prodigy (Mishchenko & Defazio 2023), which estimates the step size itself: use lr = 1.0.
+                 safeguard_warmup is on, as its authors advise when an LR warmup scales lr early on.
+      sgd        SGD with momentum 0.9.
+    """
+    key = name.lower().strip()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    groups = _normalize_groups(param_groups)
+    devices = _device_types(groups)
+
+    if key == "adamw":
+        fused = devices == {"cuda"}
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+    if key == "adamw8bit":
+        bnb = _import_bitsandbytes("adamw8bit")
+        if not devices <= {"cuda", "cpu"}:
+            raise ValueError(f"adamw8bit needs a CUDA GPU or the CPU; parameters are on {sorted(devices)}")
+        return bnb.optim.AdamW8bit(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if key == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            groups, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False, warmup_init=False
+        )
+    if key == "lion":
+        return _make_lion(groups, devices, lr=lr, betas=betas, weight_decay=weight_decay)
+    if key == "prodigy":
+        from prodigyopt import Prodigy
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using decoupled weight decay"
+            return Prodigy(
+                groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                safeguard_warmup=True,
+            )
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def _import_bitsandbytes(optimizer_name: str) -> Any:
+    try:
+        import bitsandbytes
+    except ImportError as error:  # a broken or missing install
+        raise ValueError(f"{optimizer_name} needs the bitsandbytes package: {error}") from error
+    return bitsandbytes
+
+
+def _make_lion(groups: list[dict], devices: set[str], lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+    """bitsandbytes' Lion where its kernels run (CUDA, CPU), else the pure-PyTorch lion_pytorch."""
+    if devices <= {"cuda", "cpu"}:
+        try:
+            import bitsandbytes
+
+            return bitsandbytes.optim.Lion(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+        except ImportError:
+            pass
+    from lion_pytorch import Lion
+
+    return Lion(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def make_lr_scheduler(
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The diffusers LR schedule called `name`, counted in optimizer steps: call .step() once per optimizer step,
+    not per micro-batch.
+
+    Every schedule here warms up linearly from 0 over `warmup_steps`, "constant" included (diffusers' plain
+    "constant" ignores warmup, which surprises anyone who set one). "linear", "cosine" and
+    "cosine_with_restarts" (one cycle) end at 0, "polynomial" (power 1) at 1e-7.
+
+    accelerate's prepare() wraps a scheduler so that each .step() advances it once per process; if you prepare it,
+    pass warmup and total steps multiplied by the number of processes, as diffusers' training scripts do.
+    """
+    key = name.lower().strip()
+    if key not in LR_SCHEDULERS:
+        raise ValueError(f"unknown LR scheduler {name!r}; choose one of: {', '.join(LR_SCHEDULERS)}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+    warmup_steps = max(0, min(int(warmup_steps), int(total_steps)))
+    if key == "constant" and warmup_steps > 0:
+        key = "constant_with_warmup"
+    return get_scheduler(key, optimizer, num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first param group's learning rate; for Prodigy the effective one, d * lr."""
+    group = optimizer.param_groups[0]
+    lr = float(group["lr"])
+    if "d" in group and "d0" in group:  # Prodigy keeps its step-size estimate d beside lr
+        return float(group["d"]) * lr
+    return lr
