@@ -123,8 +123,8 @@ class SamplePrompt:
     seed: int = opt(0, "Seed", "Sample seed; the same seed shows how one image evolves.", min=0, max=2**31 - 1)
     cfg_scale: float = opt(7.0, "CFG scale", "Classifier-free guidance strength.", min=1.0, max=30.0)
     steps: int = opt(20, "Steps", "Sampling steps.", min=1, max=200)
-    width: int = opt(512, "Width", "Sample width (multiple of 8).", min=64, max=2048)
-    height: int = opt(512, "Height", "Sample height (multiple of 8).", min=64, max=2048)
+    width: int = opt(512, "Width", "Sample width (multiple of 8).", min=32, max=2048)
+    height: int = opt(512, "Height", "Sample height (multiple of 8).", min=32, max=2048)
     sampler: str = opt("euler_a", "Sampler", "diffusers scheduler used for sampling.", choices=SAMPLERS)
 
 
@@ -304,8 +304,8 @@ def parse_resolutions(text: str) -> list[int]:
         if not part.isdigit():
             raise ValueError(f"{part!r} is not a whole number of pixels")
         size = int(part)
-        if size < 64 or size > 4096 or size % 8:
-            raise ValueError(f"{size} must be a multiple of 8 between 64 and 4096")
+        if size < 32 or size > 4096 or size % 8:
+            raise ValueError(f"{size} must be a multiple of 8 between 32 and 4096")
         sizes.append(size)
     return sizes
 

@@ -42,7 +42,7 @@ def build_tiny_components(seed: int = 0) -> SDComponents:
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        clip_sample=False, steps_offset=1,
     )
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
 

@@ -44,6 +44,16 @@ def check_inputs(preset: Preset, emit: Callable) -> list:
     return collect_items(preset)
 
 
+def quiet_libraries() -> None:
+    """diffusers and transformers print loading bars and casting notes; the run reports its own progress."""
+    import diffusers
+    import transformers
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def make_accelerator(preset: Preset):
     """The one place that builds an Accelerator. accelerate keeps process-wide state, so a second run in the
     same process (the window runs many) with other precision settings must reset it first."""
@@ -167,6 +177,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     t = preset.training
     # 1. Check every input before loading anything heavy; gather the images of the enabled concepts.
     emit(ev.Status("Checking inputs"))
+    quiet_libraries()
     items = check_inputs(preset, emit)
     workspace = Path(preset.general.workspace_dir).expanduser()
     workspace.mkdir(parents=True, exist_ok=True)

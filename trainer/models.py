@@ -13,7 +13,7 @@ from trainer import convert
 
 BUNDLED_SD15 = Path(__file__).parent / "assets" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
 DTYPES = ("float16", "bfloat16", "float32")
 METADATA_FILE = "seachange_metadata.json"
 
@@ -174,13 +174,12 @@ def _same_shape(found: Any, wanted: Any) -> bool:
 def _load_single_file(path: Path, checkpoint: dict, config_dir: Path) -> SDComponents:
     """UNet and VAE through diffusers' from_single_file, the text encoder through the same converter that
     StableDiffusionPipeline.from_single_file uses; all configs from `config_dir`, nothing downloaded."""
-    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel
 
     _check_layout(path, checkpoint, config_dir)
-    common = {"config": str(config_dir), "local_files_only": True, "torch_dtype": torch.float32}
+    common = {"config": str(config_dir), "local_files_only": True}  # weights land in the float32 modules
     try:
         unet = UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", **common)
         vae = AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **common)
@@ -189,6 +188,10 @@ def _load_single_file(path: Path, checkpoint: dict, config_dir: Path) -> SDCompo
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise ModelLoadError(f"{path}: cannot load as SD 1.5 with the configs in {config_dir}: "
                              f"{_first_line(error)}") from error
+    for name, module in (("UNet", unet), ("VAE", vae), ("text encoder", text_encoder)):
+        empty = [key for key, tensor in module.state_dict().items() if tensor.is_meta]
+        if empty:
+            raise ModelLoadError(f"{path}: the {name} was left without weights for {', '.join(empty[:3])}")
     return SDComponents(unet.eval(), vae.eval(), text_encoder.eval(), _tokenizer(config_dir),
                         _noise_scheduler(config_dir))
 

@@ -1,0 +1,64 @@
+"""Built-in presets (presets/*.json) and the recently used preset files (~/.config/seachange/recent.json)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from trainer.config import atomic_write_text
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+DEFAULT_PRESET = PRESETS_DIR / "demo.json"
+MAX_RECENT = 8
+
+
+def config_dir() -> Path:
+    """Where the window keeps its own settings; SEACHANGE_CONFIG_DIR overrides (tests use it)."""
+    override = os.environ.get("SEACHANGE_CONFIG_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "seachange"
+
+
+def builtin_presets(folder: Path = PRESETS_DIR) -> dict[str, Path]:
+    """name -> path of each shipped preset, demo first; empty when the folder is missing."""
+    if not folder.is_dir():
+        return {}
+    paths = sorted(folder.glob("*.json"), key=lambda p: (p.stem != "demo", p.stem))
+    return {p.stem: p for p in paths}
+
+
+def is_builtin(path: str | Path, folder: Path = PRESETS_DIR) -> bool:
+    try:
+        return Path(path).resolve().parent == folder.resolve()
+    except OSError:
+        return False
+
+
+class RecentFiles:
+    """The last few preset files the user loaded or saved, newest first; survives a broken file."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path else config_dir() / "recent.json"
+        self.paths: list[str] = self._read()
+
+    def _read(self) -> list[str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        items = data.get("recent", []) if isinstance(data, dict) else []
+        return [p for p in items if isinstance(p, str)][:MAX_RECENT]
+
+    def add(self, path: str | Path) -> None:
+        path = str(Path(path).expanduser().resolve())
+        self.paths = [path] + [p for p in self.paths if p != path]
+        self.paths = self.paths[:MAX_RECENT]
+        try:
+            atomic_write_text(self.path, json.dumps({"recent": self.paths}, indent=2) + "\n")
+        except OSError:
+            pass  # a read-only home must not break loading or saving a preset
+
+    def existing(self) -> list[str]:
+        return [p for p in self.paths if Path(p).is_file()]

@@ -1,0 +1,117 @@
+"""Runs a TrainingSession for the window: starts it, drains its events on the Tk thread, sends commands."""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+from app.widgets import flush_graveyard
+from trainer import events as ev
+
+
+class Runner:
+    """Owns the current session. Only the Tk thread calls it; `drain()` runs every DRAIN_MS via after()."""
+
+    DRAIN_MS = 50
+    BUDGET_S = 0.010  # work per drain, so the Tk loop never stalls behind a burst of events
+    MAX_EVENTS = 400
+
+    def __init__(self, window, session_factory: Callable):
+        self.window, self.session_factory = window, session_factory
+        self.session = None
+        self.stopping = False
+        self.last_finished: ev.RunFinished | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.session is not None
+
+    def start(self, preset) -> None:
+        """Start a run on a deep copy of the preset (the worker never sees later edits)."""
+        if self.session is not None:
+            raise RuntimeError("a run is already going")
+        flush_graveyard()  # free dropped Tk objects here, so the worker's GC never finalizes one
+        self.stopping = False
+        self.last_finished = None
+        self.session = self.session_factory(copy.deepcopy(preset))
+        self.session.start()
+
+    def stop(self) -> None:
+        if self.session is not None and not self.stopping:
+            self.stopping = True
+            self.session.stop()
+
+    def command(self, name: str) -> None:
+        if self.session is not None and not self.stopping:
+            self.session.send(name)
+
+    def drain(self) -> bool:
+        """Handle queued events within the time budget; True when more are waiting."""
+        session = self.session
+        if session is None:
+            return False
+        deadline = time.perf_counter() + self.BUDGET_S
+        last_progress = None
+        handled = 0
+        while handled < self.MAX_EVENTS and time.perf_counter() < deadline and self.session is session:
+            try:
+                event = session.events.get_nowait()
+            except Exception:  # queue.Empty
+                break
+            handled += 1
+            if isinstance(event, ev.Progress):
+                self.window.run_tab.chart.add(event.step, event.loss, event.smooth_loss, event.lr,
+                                              event.total_steps)
+                last_progress = event
+            else:
+                self.handle(event)
+        if last_progress is not None and self.session is session:
+            self.window.bottom.show_progress(last_progress)
+        if self.session is session and not session.running and session.events.empty():
+            # the worker ended without its RunFinished (it always sends one; this guards the window anyway)
+            self.handle(ev.RunFinished("failed", "the training thread ended without reporting a result"))
+        return self.session is session and not session.events.empty()
+
+    def handle(self, event) -> None:
+        w = self.window
+        log = w.run_tab.log
+        if isinstance(event, ev.RunStarted):
+            w.bottom.show_totals(event.total_steps, event.total_epochs)
+            w.run_tab.chart.total_steps = event.total_steps
+            log.append("info", f"Run started on {event.device}: {event.total_steps} steps, "
+                               f"{event.total_epochs} epochs; workspace {event.workspace}")
+        elif isinstance(event, ev.Status):
+            w.bottom.show_status(event.text)
+        elif isinstance(event, ev.SampleReady):
+            w.run_tab.gallery.add(event)
+        elif isinstance(event, ev.CheckpointWritten):
+            what = {"backup": "Backup", "save": "Save", "final": "Final model"}.get(event.kind, event.kind)
+            log.append("info", f"{what} written at step {event.step}: {event.path}")
+            w.bottom.show_status(f"{what} written: {event.path}")
+        elif isinstance(event, ev.Log):
+            log.append(event.level, event.text)
+        elif isinstance(event, ev.RunFinished):
+            self.finish(event)
+
+    def finish(self, event: ev.RunFinished) -> None:
+        w = self.window
+        self.session = None
+        self.stopping = False
+        self.last_finished = event
+        if event.outcome == "completed":
+            text = f"Training completed at step {event.step}."
+            text += f" Model: {event.output_path}" if event.output_path else ""
+            level = "success"
+        elif event.outcome == "stopped":
+            text = f"Training stopped at step {event.step}."
+            text += f" Model: {event.output_path}" if event.output_path else ""
+            level = "info"
+        else:
+            text = f"Training failed: {event.message or 'no reason given'}"
+            level = "error"
+        w.run_tab.log.append("error" if level == "error" else "info", text)
+        w.bottom.show_message(text, level)
+        w.bottom.show_status({"completed": "Completed.", "stopped": "Stopped."}.get(event.outcome, "Failed."))
+        w.bottom.set_running(False)
+        flush_graveyard()
+        w.run_finished(event)

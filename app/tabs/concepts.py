@@ -1,0 +1,257 @@
+"""The concepts tab: the concept list (add, duplicate, remove, enable), an editor, thumbnails with captions."""
+from __future__ import annotations
+
+import copy
+import os
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+import customtkinter as ctk
+
+from app.form import hint_of, is_scalar, split_problem
+from app.tabs.common import Tab
+from app.widgets import ERROR, MUTED, Group, Tooltip, bury
+from trainer.config import ConceptConfig
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+THUMBS = 8
+THUMB_SIZE = 120
+
+
+def scan_folder(folder: str) -> tuple[list[Path], int]:
+    """(images sorted by name, how many have no .txt caption beside them); one directory listing."""
+    try:
+        names = [e.name for e in os.scandir(Path(folder).expanduser()) if e.is_file()]
+    except OSError:
+        return [], 0
+    stems = {os.path.splitext(n)[0] for n in names if n.lower().endswith(".txt")}
+    images = sorted(n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS)
+    missing = sum(1 for n in images if os.path.splitext(n)[0] not in stems)
+    return [Path(folder).expanduser() / n for n in images], missing
+
+
+def caption_of(image: Path, concept: ConceptConfig) -> str:
+    """The caption training would use (for txt: its first non-empty line; others are picked at random)."""
+    if concept.caption_source == "single":
+        return concept.caption
+    if concept.caption_source == "filename":
+        return image.stem
+    try:
+        lines = [ln.strip() for ln in image.with_suffix(".txt").read_text(encoding="utf-8").splitlines()]
+        lines = [ln for ln in lines if ln]
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    if not lines:
+        return concept.caption
+    return lines[0] + (f"  (+{len(lines) - 1} more)" if len(lines) > 1 else "")
+
+
+class ConceptsTab(Tab):
+    title = "concepts"
+
+    def __init__(self, window, frame):
+        super().__init__(window, frame)
+        self.selected: int | None = None
+        self.rows: list[tuple[ctk.CTkFrame, object, ctk.CTkButton]] = []
+        self.editor_bindings = []
+        self._thumb_token = 0
+        self._thumb_after: str | None = None
+        self.thumb_images: list = []
+
+    # ---- building ---------------------------------------------------------------------------------
+
+    def steps(self):
+        self.frame.grid_columnconfigure(1, weight=1)
+        self.frame.grid_rowconfigure(0, weight=1)
+        left = ctk.CTkFrame(self.frame, width=280)
+        left.grid(row=0, column=0, sticky="ns", padx=(6, 4), pady=6)
+        left.grid_propagate(False)
+        left.grid_rowconfigure(1, weight=1)
+        left.grid_columnconfigure(0, weight=1)
+        ctk.CTkLabel(left, text="Concepts", font=ctk.CTkFont(size=14, weight="bold")).grid(
+            row=0, column=0, sticky="w", padx=12, pady=(8, 2))
+        self.list_frame = ctk.CTkScrollableFrame(left, fg_color="transparent")
+        self.list_frame.grid(row=1, column=0, sticky="nsew", padx=4)
+        self.list_frame.grid_columnconfigure(1, weight=1)
+        buttons = ctk.CTkFrame(left, fg_color="transparent")
+        buttons.grid(row=2, column=0, sticky="ew", padx=8, pady=8)
+        self.add_button = ctk.CTkButton(buttons, text="Add", width=76, command=self.add)
+        self.duplicate_button = ctk.CTkButton(buttons, text="Duplicate", width=86, command=self.duplicate)
+        self.remove_button = ctk.CTkButton(buttons, text="Remove", width=76, command=self.remove)
+        for i, button in enumerate((self.add_button, self.duplicate_button, self.remove_button)):
+            button.grid(row=0, column=i, padx=3)
+        Tooltip(self.duplicate_button, "Copy the selected concept (handy for a second folder with the same settings).")
+        yield
+        right = ctk.CTkScrollableFrame(self.frame, fg_color="transparent")
+        right.grid(row=0, column=1, sticky="nsew", padx=(4, 6), pady=6)
+        right.grid_columnconfigure(0, weight=1)
+        self.placeholder = ctk.CTkLabel(right, text="Add a concept: a folder of images, each with a .txt caption "
+                                        "beside it.", text_color=MUTED)
+        self.editor = Group(right, "Concept")
+        concept_hints = typing.get_type_hints(ConceptConfig)
+        for f in fields(hint_of("concepts.0")):
+            if is_scalar(concept_hints[f.name]):
+                self.editor_bindings.append((f.name, self.form.field(self.editor, f"concepts.0.{f.name}")))
+        self.editor.pad_bottom()
+        yield
+        self.images = Group(right, "Images")
+        self.stats = ctk.CTkLabel(self.images, text="", text_color=MUTED, anchor="w")
+        self.stats.grid(row=1, column=0, columnspan=4, sticky="w", padx=12)
+        self.thumb_cards = []
+        for k in range(THUMBS):
+            image_label = ctk.CTkLabel(self.images, text="", width=THUMB_SIZE, height=THUMB_SIZE)
+            caption = ctk.CTkLabel(self.images, text="", wraplength=THUMB_SIZE + 40, font=ctk.CTkFont(size=11),
+                                   justify="center")
+            self.thumb_cards.append((image_label, caption))
+        for col in range(4):
+            self.images.grid_columnconfigure(col, weight=1, uniform="thumbs")
+        self.editor_row, self.images_row = 1, 2
+        self.reload()
+        yield
+
+    # ---- list -------------------------------------------------------------------------------------
+
+    @property
+    def concepts(self) -> list[ConceptConfig]:
+        return self.form.preset.concepts
+
+    def rebuild_list(self) -> None:
+        self.form.drop([binding for _, binding, _ in self.rows])
+        for row, binding, button in self.rows:
+            row.destroy()
+        bury(self.rows)
+        self.rows = []
+        for i, concept in enumerate(self.concepts):
+            row = ctk.CTkFrame(self.list_frame, fg_color="transparent")
+            row.grid(row=i, column=0, columnspan=2, sticky="ew", pady=1)
+            row.grid_columnconfigure(1, weight=1)
+            binding = self.form.bare(row, f"concepts.{i}.enabled")
+            binding.widget.grid(row=0, column=0, padx=(4, 0))
+            button = ctk.CTkButton(row, text=concept.name or "(unnamed)", anchor="w", fg_color="transparent",
+                                   command=lambda i=i: self.select(i))
+            button.grid(row=0, column=1, sticky="ew", padx=(0, 4))
+            self.rows.append((row, binding, button))
+
+    def select(self, index: int | None) -> None:
+        """Show concept `index` in the editor (None: no concept)."""
+        if index is not None and not 0 <= index < len(self.concepts):
+            index = None
+        self.selected = index
+        for i, (_, _, button) in enumerate(self.rows):
+            button.configure(fg_color=ctk.ThemeManager.theme["CTkButton"]["fg_color"] if i == index
+                             else "transparent")
+        for name, binding in self.editor_bindings:
+            self.form.retarget(binding, None if index is None else f"concepts.{index}.{name}")
+        if index is None:
+            self.editor.grid_remove(), self.images.grid_remove()
+            self.placeholder.grid(row=0, column=0, sticky="w", padx=16, pady=16)
+        else:
+            self.placeholder.grid_remove()
+            self.editor.grid(row=self.editor_row, column=0, sticky="ew", padx=6, pady=6)
+            self.images.grid(row=self.images_row, column=0, sticky="ew", padx=6, pady=6)
+        self.duplicate_button.configure(state="normal" if index is not None else "disabled")
+        self.remove_button.configure(state="normal" if index is not None else "disabled")
+        self.refresh_images()
+        self.window.schedule_validation()
+
+    def add(self) -> None:
+        self.concepts.append(ConceptConfig(name=f"concept {len(self.concepts) + 1}"))
+        self._list_changed(len(self.concepts) - 1)
+
+    def duplicate(self) -> None:
+        if self.selected is None:
+            return
+        clone = copy.deepcopy(self.concepts[self.selected])
+        clone.name = f"{clone.name} copy"
+        self.concepts.insert(self.selected + 1, clone)
+        self._list_changed(self.selected + 1)
+
+    def remove(self) -> None:
+        if self.selected is None:
+            return
+        del self.concepts[self.selected]
+        self._list_changed(min(self.selected, len(self.concepts) - 1) if self.concepts else None)
+
+    def _list_changed(self, select: int | None) -> None:
+        self.rebuild_list()
+        self.select(select)
+        self.form.on_change("concepts")
+
+    def reload(self) -> None:
+        self.rebuild_list()
+        self.select(0 if self.concepts else None)
+
+    def field_changed(self, path: str) -> None:
+        parts = path.split(".")
+        if len(parts) != 3 or parts[0] != "concepts":
+            return
+        index, name = int(parts[1]), parts[2]
+        if name == "name" and index < len(self.rows):
+            self.rows[index][2].configure(text=self.concepts[index].name or "(unnamed)")
+        if index == self.selected and name in ("path", "caption_source", "caption"):
+            if self._thumb_after is not None:
+                self.frame.after_cancel(self._thumb_after)
+            self._thumb_after = self.frame.after(400, self.refresh_images)
+
+    def mark(self, problems: list[str]) -> None:
+        """Concepts with a problem show their name in red in the list."""
+        bad = {int(p.split(".")[1]) for p, _ in map(split_problem, problems)
+               if p.startswith("concepts.") and p.split(".")[1].isdigit()}
+        for i, (_, _, button) in enumerate(self.rows):
+            button.configure(text_color=ERROR if i in bad else ctk.ThemeManager.theme["CTkButton"]["text_color"])
+
+    # ---- images -----------------------------------------------------------------------------------
+
+    def refresh_images(self) -> None:
+        """Statistics and the first few thumbnails of the selected concept; thumbnails load one per tick."""
+        self._thumb_after = None
+        self._thumb_token += 1
+        for image_label, caption in self.thumb_cards:
+            image_label.grid_remove(), caption.grid_remove()
+        if self.selected is None:
+            return
+        concept = self.concepts[self.selected]
+        images, missing = scan_folder(concept.path) if concept.path else ([], 0)
+        if not concept.path:
+            text = "Choose the folder of this concept's images."
+        elif not Path(concept.path).expanduser().is_dir():
+            text = (f"{concept.path} does not exist yet: the demo is generated there when training starts."
+                    if self.form.preset.general.demo_dir else f"The folder {concept.path} does not exist.")
+        elif not images:
+            text = f"No images in {concept.path}."
+        else:
+            text = f"{len(images)} image{'s' * (len(images) != 1)}"
+            if concept.caption_source == "txt":
+                text += f" · {missing} without a caption file" if missing else " · every image has a caption file"
+        self.stats.configure(text=text)
+        self.shown_images = images[:THUMBS]
+        self._load_thumb(self._thumb_token, 0)
+
+    def _load_thumb(self, token: int, k: int) -> None:
+        if token != self._thumb_token or k >= len(self.shown_images) or self.selected is None:
+            return
+        path = self.shown_images[k]
+        image_label, caption = self.thumb_cards[k]
+        try:
+            from PIL import Image
+            with Image.open(path) as im:
+                im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
+                im = im.convert("RGB")
+                im.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            image = ctk.CTkImage(light_image=im, dark_image=im, size=im.size)
+        except (OSError, ValueError):
+            image = None
+        if k < len(self.thumb_images):
+            bury(self.thumb_images[k])
+            self.thumb_images[k] = image
+        else:
+            self.thumb_images.append(image)
+        image_label.configure(image=image, text="" if image else "(unreadable)")
+        text = caption_of(path, self.concepts[self.selected])
+        caption.configure(text=(text if len(text) <= 90 else text[:87] + "…") or "(no caption)",
+                          text_color="#c8c8c8" if text else ERROR)
+        row, col = divmod(k, 4)
+        image_label.grid(row=2 + 2 * row, column=col, padx=6, pady=(8, 0))
+        caption.grid(row=3 + 2 * row, column=col, padx=6, pady=(2, 4), sticky="n")
+        self.frame.after(1, self._load_thumb, token, k + 1)

@@ -1,0 +1,286 @@
+"""Composite widgets for the form: field widgets, labelled field, tooltip, path picker, group frame, log view."""
+from __future__ import annotations
+
+import tkinter as tk
+from typing import Any, Callable
+
+import customtkinter as ctk
+
+ERROR = "#f0605a"
+WARNING = "#e3b341"
+SUCCESS = "#56c271"
+MUTED = "#9a9a9a"
+GROUP_COLOUR = ("gray86", "gray20")
+
+_graveyard: list[Any] = []
+
+
+def bury(obj: Any) -> None:
+    """Keep a dropped Tk object alive until the Tk thread collects it (never the training thread's GC).
+
+    Tk objects sit in reference cycles; if Python's cyclic GC frees them while the worker runs, their Tcl
+    finalizers run in the worker thread. So the window parks them here and `flush_graveyard()` frees them
+    from the Tk thread when no run is active.
+    """
+    _graveyard.append(obj)
+
+
+def flush_graveyard() -> None:
+    """Free buried Tk objects now, from the Tk thread."""
+    import gc
+    _graveyard.clear()
+    gc.collect()
+
+
+def format_value(value: Any) -> str:
+    """A field value as the text an entry shows; floats keep full precision (repr round-trips)."""
+    if isinstance(value, float):
+        return repr(value)
+    return "" if value is None else str(value)
+
+
+class Tooltip:
+    """Help text shown after hovering a widget for a moment. `text` may be a callable (re-read each time)."""
+
+    def __init__(self, widget, text: str | Callable[[], str], delay_ms: int = 450):
+        self.widget, self.text, self.delay_ms = widget, text, delay_ms
+        self._after: str | None = None
+        self._tip: tk.Toplevel | None = None
+        self._label: tk.Label | None = None
+        widget.bind("<Enter>", self._schedule, add="+")
+        widget.bind("<Leave>", self.hide, add="+")
+        widget.bind("<ButtonPress>", self.hide, add="+")
+
+    def current_text(self) -> str:
+        return self.text() if callable(self.text) else self.text
+
+    def _schedule(self, _event=None) -> None:
+        self._cancel()
+        self._after = self.widget.after(self.delay_ms, self.show)
+
+    def _cancel(self) -> None:
+        if self._after is not None:
+            try:
+                self.widget.after_cancel(self._after)
+            except tk.TclError:
+                pass
+            self._after = None
+
+    def show(self) -> None:
+        self._after = None
+        text = self.current_text()
+        if not text or not self.widget.winfo_exists():
+            return
+        if self._tip is None:  # built once and reused, so hovering never leaves Tk garbage behind
+            self._tip = tk.Toplevel(self.widget)
+            self._tip.withdraw()
+            self._tip.overrideredirect(True)
+            self._label = tk.Label(self._tip, justify="left", wraplength=380, bg="#1f2328", fg="#e6e6e6",
+                                   relief="solid", borderwidth=1, padx=8, pady=5, font=("TkDefaultFont", 10))
+            self._label.pack()
+        self._label.configure(text=text)
+        x, y = self.widget.winfo_pointerx() + 14, self.widget.winfo_pointery() + 18
+        self._tip.geometry(f"+{x}+{y}")
+        self._tip.deiconify()
+        self._tip.lift()
+
+    def hide(self, _event=None) -> None:
+        self._cancel()
+        if self._tip is not None:
+            self._tip.withdraw()
+
+
+# ---- field widgets: each has .var (the form traces it), show(value), get_raw(), set_error(reason) -----
+
+class TextField(ctk.CTkEntry):
+    def __init__(self, master, width: int = 240, **kw):
+        self.var = tk.StringVar(master=master)
+        super().__init__(master, width=width, textvariable=self.var, **kw)
+        self._border = self.cget("border_color")
+
+    def show(self, value: Any) -> None:
+        self.var.set(format_value(value))
+
+    def get_raw(self) -> str:
+        return self.var.get()
+
+    def set_error(self, reason: str | None) -> None:
+        self.configure(border_color=ERROR if reason else self._border)
+
+
+class NumberField(TextField):
+    def __init__(self, master, width: int = 110, **kw):
+        super().__init__(master, width=width, justify="right", **kw)
+
+
+class SwitchField(ctk.CTkSwitch):
+    def __init__(self, master, **kw):
+        self.var = tk.BooleanVar(master=master)
+        super().__init__(master, text="", variable=self.var, onvalue=True, offvalue=False, width=48, **kw)
+        self._progress = self.cget("progress_color")
+
+    def show(self, value: Any) -> None:
+        self.var.set(bool(value))
+
+    def get_raw(self) -> bool:
+        return bool(self.var.get())
+
+    def set_error(self, reason: str | None) -> None:
+        self.configure(progress_color=ERROR if reason else self._progress,
+                       button_color=ERROR if reason else ctk.ThemeManager.theme["CTkSwitch"]["button_color"])
+
+
+class ChoiceField(ctk.CTkOptionMenu):
+    def __init__(self, master, choices, width: int = 170, **kw):
+        self.var = tk.StringVar(master=master, value=choices[0])
+        super().__init__(master, values=list(choices), variable=self.var, width=width, dynamic_resizing=False,
+                         **kw)
+        self._fg, self._button = self.cget("fg_color"), self.cget("button_color")
+
+    def show(self, value: Any) -> None:
+        self.var.set(str(value))
+
+    def get_raw(self) -> str:
+        return self.var.get()
+
+    def set_error(self, reason: str | None) -> None:
+        self.configure(fg_color=ERROR if reason else self._fg, button_color=ERROR if reason else self._button)
+
+
+class MultilineField(ctk.CTkTextbox):
+    """Multi-line text (metadata kind "text"); mirrors its content into .var so the form can trace it."""
+
+    def __init__(self, master, width: int = 320, **kw):
+        self.var = tk.StringVar(master=master)
+        super().__init__(master, width=width, height=72, border_width=2, wrap="word", **kw)
+        self._border = self.cget("border_color")
+        self.bind("<KeyRelease>", lambda _e: self.var.set(self.get("1.0", "end-1c")))
+
+    def show(self, value: Any) -> None:
+        self.delete("1.0", "end")
+        self.insert("1.0", format_value(value))
+        self.var.set(format_value(value))
+
+    def get_raw(self) -> str:
+        return self.var.get()
+
+    def set_error(self, reason: str | None) -> None:
+        self.configure(border_color=ERROR if reason else self._border)
+
+
+class PathField(ctk.CTkFrame):
+    """A path entry with a Browse… button. `browse()` returns the chosen path, or None when cancelled."""
+
+    def __init__(self, master, browse: Callable[[str], str | None], width: int = 250, **kw):
+        super().__init__(master, fg_color="transparent", **kw)
+        self.entry = TextField(self, width=width)
+        self.entry.grid(row=0, column=0, sticky="ew")
+        self.button = ctk.CTkButton(self, text="Browse…", width=76, command=self._browse)
+        self.button.grid(row=0, column=1, padx=(6, 0))
+        self.grid_columnconfigure(0, weight=1)
+        self.var, self._ask = self.entry.var, browse
+
+    def _browse(self) -> None:
+        chosen = self._ask(self.var.get())
+        if chosen:
+            self.var.set(chosen)
+
+    def show(self, value: Any) -> None:
+        self.entry.show(value)
+
+    def get_raw(self) -> str:
+        return self.var.get()
+
+    def set_error(self, reason: str | None) -> None:
+        self.entry.set_error(reason)
+
+    def bind(self, sequence=None, command=None, add=True):
+        return self.entry.bind(sequence, command, add=add)
+
+
+class LabelledField:
+    """Label, widget and a reason line (shown only for a bad value), gridded into two columns of `parent`."""
+
+    def __init__(self, parent, row: int, label: str, help_text: str, widget, stretch: bool = False):
+        self.widget, self.help_text, self.reason = widget, help_text, None
+        self.label = ctk.CTkLabel(parent, text=label, anchor="w")
+        self.label.grid(row=row, column=0, sticky="w", padx=(12, 8), pady=(4, 0))
+        widget.grid(row=row, column=1, sticky="ew" if stretch else "w", padx=(0, 12), pady=(4, 0))
+        self._parent, self._row, self._error_label = parent, row, None
+        Tooltip(self.label, help_text)
+        Tooltip(widget, self.tooltip_text)
+
+    def tooltip_text(self) -> str:
+        return self.help_text + (f"\n\n⚠ {self.reason}" if self.reason else "")
+
+    def set_error(self, reason: str | None) -> None:
+        if reason == self.reason:
+            return
+        self.reason = reason
+        self.widget.set_error(reason)
+        if reason and self._error_label is None:
+            self._error_label = ctk.CTkLabel(self._parent, text="", text_color=ERROR, anchor="w", justify="left",
+                                             wraplength=300, font=ctk.CTkFont(size=11))
+        if self._error_label is not None:
+            if reason:
+                self._error_label.configure(text=reason)
+                self._error_label.grid(row=self._row + 1, column=1, sticky="w", padx=(0, 12))
+            else:
+                self._error_label.grid_remove()
+
+
+class Group(ctk.CTkFrame):
+    """A titled frame of related fields, as OneTrainer groups them. Fields go in rows 1, 3, 5, …"""
+
+    def __init__(self, master, title: str, **kw):
+        kw.setdefault("fg_color", GROUP_COLOUR)
+        super().__init__(master, **kw)
+        ctk.CTkLabel(self, text=title, font=ctk.CTkFont(size=14, weight="bold"), anchor="w").grid(
+            row=0, column=0, columnspan=2, sticky="w", padx=12, pady=(8, 2))
+        self.grid_columnconfigure(1, weight=1)
+        self.next_row = 1
+
+    def take_row(self) -> int:
+        row = self.next_row
+        self.next_row += 2  # the odd row below holds the field's reason line when it has one
+        return row
+
+    def pad_bottom(self) -> None:
+        ctk.CTkFrame(self, height=8, fg_color="transparent").grid(row=999, column=0)
+
+
+class LogView(ctk.CTkTextbox):
+    """Read-only log lines; warnings and errors highlighted; keeps the last `max_lines`."""
+
+    def __init__(self, master, max_lines: int = 4000, **kw):
+        super().__init__(master, wrap="word", font=ctk.CTkFont(family="DejaVu Sans Mono", size=12), **kw)
+        self.max_lines = max_lines
+        self.tag_config("warning", foreground=WARNING)
+        self.tag_config("error", foreground=ERROR)
+        self.tag_config("info", foreground="#d0d0d0")
+        self.configure(state="disabled")
+        self.lines = 0
+
+    def append(self, level: str, text: str) -> None:
+        at_bottom = self.yview()[1] >= 0.999
+        tag = level if level in ("warning", "error") else "info"
+        text = text.rstrip("\n")
+        self.configure(state="normal")
+        self.insert("end", text + "\n", tag)
+        self.lines += text.count("\n") + 1
+        if self.lines > self.max_lines:
+            drop = self.lines - self.max_lines
+            self.delete("1.0", f"{drop + 1}.0")
+            self.lines -= drop
+        self.configure(state="disabled")
+        if at_bottom:
+            self.see("end")
+
+    def clear(self) -> None:
+        self.configure(state="normal")
+        self.delete("1.0", "end")
+        self.configure(state="disabled")
+        self.lines = 0
+
+    def text(self) -> str:
+        return self.get("1.0", "end-1c")
