@@ -7,7 +7,7 @@ import customtkinter as ctk
 
 from app.widgets import ERROR, MUTED, SUCCESS, WARNING, Tooltip
 
-START_COLOUR, STOP_COLOUR = ("#2f8f4e", "#276f3e"), ("#b83a36", "#8f2c29")
+START_COLOUR, STOP_COLOUR, DISABLED = ("#2f8f4e", "#276f3e"), ("#b83a36", "#8f2c29"), "#4a4d50"
 LEVEL_COLOURS = {"error": ERROR, "warning": WARNING, "success": SUCCESS, "info": "#d0d0d0"}
 
 
@@ -87,14 +87,16 @@ class BottomBar(ctk.CTkFrame):
                                         fg_color=STOP_COLOUR[0], hover_color=STOP_COLOUR[1])
         else:
             self.start_button.configure(text="Start", state="normal" if self.can_start else "disabled",
-                                        fg_color=START_COLOUR[0], hover_color=START_COLOUR[1])
+                                        fg_color=START_COLOUR[0] if self.can_start else DISABLED,
+                                        hover_color=START_COLOUR[1])
 
     def set_problems(self, reasons: list[str]) -> None:
         """Why Start is disabled (empty: it is enabled). The first reason shows; the tooltip lists them all."""
         self.problem_reasons = reasons
+        changed = self.can_start != (not reasons)
         self.can_start = not reasons
-        if not self.running:
-            self.start_button.configure(state="normal" if self.can_start else "disabled")
+        if changed and not self.running:
+            self.set_running(False)
         if reasons:
             more = f"   (+{len(reasons) - 1} more: hover for the list)" if len(reasons) > 1 else ""
             self.problem.configure(text=f"Can't start: {reasons[0]}{more}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import math
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import is_dataclass
 from typing import Any, Callable
 
 from app.widgets import (ChoiceField, LabelledField, MultilineField, NumberField, PathField, SwitchField,
@@ -193,6 +193,9 @@ class Form:
         return found[0].widget
 
     def retarget(self, binding: Binding, path: str | None) -> None:
+        """Point a widget at another field (the concept editor); text that did not parse is dropped."""
+        if binding.path is not None:
+            self.parse_errors.pop(binding.path, None)
         binding.path = path
         self._show(binding)
 

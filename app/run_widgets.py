@@ -38,7 +38,7 @@ def format_tick(value: float) -> str:
 class LossChart(tk.Canvas):
     """Raw loss (thin, as a min/max band when dense) and smoothed loss over steps; LR on the right axis."""
 
-    MARGIN = (58, 18, 58, 30)  # left, top, right, bottom
+    MARGIN = (58, 30, 58, 30)  # left, top (the legend), right, bottom
 
     def __init__(self, master, height: int = 280, min_interval_ms: int = 250, **kw):
         super().__init__(master, bg=CHART_BG, highlightthickness=0, height=height, **kw)
@@ -113,7 +113,7 @@ class LossChart(tk.Canvas):
         self._polyline(self._band(self.loss, x1 - x0), sx, sy, RAW, 1)
         self._polyline(self._thin(self.smooth, x1 - x0), sx, sy, SMOOTH, 2)
         self._polyline(self._thin(self.lr, x1 - x0), sx, sy_lr, LR, 1, dash=(4, 3))
-        self._legend(x0 + 8, y0 + 8)
+        self._legend(x0, y0 - 15)
 
     def _thin(self, values: list[float], width: int) -> list[tuple[float, float]]:
         stride = max(1, len(values) // max(width, 1))
@@ -165,9 +165,9 @@ class Sample:
 class SampleGallery(ctk.CTkFrame):
     """The newest sample of each prompt, a slider to look back at earlier steps, click for full size."""
 
-    def __init__(self, master, thumb: int = 168, columns: int = 3, cache_size: int = 256, **kw):
+    def __init__(self, master, thumb: int = 168, cache_size: int = 256, **kw):
         super().__init__(master, **kw)
-        self.thumb, self.columns, self.cache_size = thumb, columns, cache_size
+        self.thumb, self.columns, self.cache_size = thumb, 2, cache_size
         self.samples: list[Sample] = []
         self.steps: list[int] = []
         self.index = -1  # index into self.steps; -1 follows the newest
@@ -188,6 +188,16 @@ class SampleGallery(ctk.CTkFrame):
         self.body.pack(fill="both", expand=True, padx=4, pady=(0, 6))
         self.empty = ctk.CTkLabel(self.body, text="Samples appear here while training.", text_color=MUTED)
         self.empty.grid(row=0, column=0, padx=10, pady=20)
+        self._slots: dict[int, int] = {}
+        self.body.bind("<Configure>", self._resized, add="+")
+
+    def _resized(self, event) -> None:
+        """As many columns of cards as the width holds."""
+        columns = max(1, int(event.width // (self.thumb + 20)))
+        if columns != self.columns:
+            self.columns = columns
+            for prompt_index, slot in self._slots.items():
+                self._place(prompt_index, slot)
 
     def add(self, sample) -> None:
         """Add a SampleReady (or Sample); the view follows it unless the slider is looking back."""
@@ -204,7 +214,7 @@ class SampleGallery(ctk.CTkFrame):
         self.render()
 
     def clear(self) -> None:
-        self.samples.clear(), self.steps.clear(), self.shown.clear()
+        self.samples.clear(), self.steps.clear(), self.shown.clear(), self._slots.clear()
         self.index = -1
         for image_label, caption in self.cards.values():
             image_label.grid_remove(), caption.grid_remove()
@@ -253,15 +263,19 @@ class SampleGallery(ctk.CTkFrame):
     def _card(self, prompt_index: int, slot: int):
         if prompt_index not in self.cards:
             image_label = ctk.CTkLabel(self.body, text="", width=self.thumb, height=self.thumb, cursor="hand2")
-            caption = ctk.CTkLabel(self.body, text="", wraplength=self.thumb + 20, justify="center",
+            caption = ctk.CTkLabel(self.body, text="", wraplength=self.thumb + 4, justify="center",
                                    font=ctk.CTkFont(size=11), text_color="#c8c8c8")
             image_label.bind("<Button-1>", lambda _e, p=prompt_index: self.open_full(p))
             self.cards[prompt_index] = (image_label, caption)
+        self._place(prompt_index, slot)
+        return self.cards[prompt_index]
+
+    def _place(self, prompt_index: int, slot: int) -> None:
+        self._slots[prompt_index] = slot
         image_label, caption = self.cards[prompt_index]
         row, col = divmod(slot, self.columns)
-        image_label.grid(row=2 * row, column=col, padx=8, pady=(8, 2))
-        caption.grid(row=2 * row + 1, column=col, padx=8, pady=(0, 6), sticky="n")
-        return image_label, caption
+        image_label.grid(row=2 * row, column=col, padx=6, pady=(8, 2))
+        caption.grid(row=2 * row + 1, column=col, padx=6, pady=(0, 6), sticky="n")
 
     def _thumbnail(self, path: str) -> ctk.CTkImage | None:
         if path in self._cache:

@@ -284,3 +284,17 @@ class LogView(ctk.CTkTextbox):
 
     def text(self) -> str:
         return self.get("1.0", "end-1c")
+
+
+class Tabview(ctk.CTkTabview):
+    """CTkTabview whose set() hides the other tabs at once. CTk hides them 100 ms later, so two set() calls
+    within 100 ms leave the second tab hidden (tests and Start switch tabs that fast)."""
+
+    def set(self, name: str) -> None:
+        if name not in self._tab_dict:
+            raise ValueError(f"no tab named {name!r}")
+        if name != self._current_name:
+            self._tab_dict[self._current_name].grid_forget()
+        self._current_name = name
+        self._segmented_button.set(name)
+        self._set_grid_current_tab()

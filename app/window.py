@@ -18,7 +18,7 @@ from app.tabs.model import ModelTab
 from app.tabs.run import RunTab
 from app.tabs.sampling import SamplingTab
 from app.tabs.training import TrainingTab
-from app.widgets import MUTED, WARNING, Tooltip
+from app.widgets import MUTED, WARNING, Tabview, Tooltip
 from trainer.config import ConfigError, Preset, load_preset, preset_to_dict, save_preset
 
 TAB_CLASSES = (GeneralTab, ModelTab, ConceptsTab, TrainingTab, SamplingTab, BackupTab, RunTab)
@@ -101,7 +101,7 @@ class Window(ctk.CTk):
         self.grid_columnconfigure(0, weight=1)
         self.grid_rowconfigure(1, weight=1)
         self._build_top_bar()
-        self.tabview = ctk.CTkTabview(self, command=self._tab_selected)
+        self.tabview = Tabview(self, command=self._tab_selected)
         self.tabview.grid(row=1, column=0, sticky="nsew", padx=8, pady=(0, 4))
         self.tabs = {cls.title: cls(self, self.tabview.add(cls.title)) for cls in TAB_CLASSES}
         self.run_tab: RunTab = self.tabs["run"]

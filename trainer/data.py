@@ -72,14 +72,21 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 @dataclass
 class Batch:
-    pixels: np.ndarray        # B, H, W, 3 in [-1, 1]
+    """One micro-batch. Either pixels, or cached VAE latent distributions (mean, std; unscaled)."""
     captions: list[str]
-    sample_ids: list[int]     # position of each sample inside the epoch (seeds its noise)
+    positions: list[int]      # position of each sample inside its epoch (seeds its noise)
     loss_weights: list[float]
+    pixels: np.ndarray | None = None       # B, H, W, 3 float32 in [-1, 1]
+    latent_mean: object | None = None      # torch tensor B, 4, h, w when latents are cached
+    latent_std: object | None = None
+    text_embeddings: object | None = None  # torch tensor B, 77, D when text embeddings are cached
 
 
 class EpochPlan:
-    """The seeded order of one epoch, cut into optimizer steps of micro-batches (none dropped)."""
+    """The seeded order of each epoch, cut into optimizer steps of micro-batches (no image dropped).
+
+    The loop uses only: epoch_steps(epoch), total_steps(epochs), iter_epoch(epoch, start_step).
+    """
 
     def __init__(self, preset: Preset, items: list[ImageItem]):
         self.preset = preset
@@ -96,15 +103,23 @@ class EpochPlan:
         rng.shuffle(uses)
         return uses
 
-    def steps_per_epoch(self) -> int:
-        batches = math.ceil(len(self.epoch_uses(0)) / self.batch_size)
-        return math.ceil(batches / self.accumulation)
-
     def step_groups(self, epoch: int) -> list[list[list[int]]]:
         """For each optimizer step, its micro-batches as lists of positions into epoch_uses(epoch)."""
         n = len(self.epoch_uses(epoch))
         batches = [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
         return [batches[i:i + self.accumulation] for i in range(0, len(batches), self.accumulation)]
+
+    def epoch_steps(self, epoch: int) -> int:
+        return len(self.step_groups(epoch))
+
+    def total_steps(self, epochs: int) -> int:
+        return sum(self.epoch_steps(e) for e in range(epochs))
+
+    def iter_epoch(self, epoch: int, start_step: int = 0):
+        """Yield, for each optimizer step from start_step on, its list of micro-batches."""
+        uses = self.epoch_uses(epoch)
+        for group in self.step_groups(epoch)[start_step:]:
+            yield [self.load_batch(epoch, positions, uses) for positions in group]
 
     def load_batch(self, epoch: int, positions: list[int], uses: list[ImageItem]) -> Batch:
         captions, pixels = [], []
@@ -114,4 +129,4 @@ class EpochPlan:
             rng = random.Random(f"{self.preset.general.seed}-caption-{epoch}-{pos}")
             captions.append(caption_for(item, concept, rng))
             pixels.append(load_image(item.path, self.resolution))
-        return Batch(np.stack(pixels), captions, list(positions), [1.0] * len(positions))
+        return Batch(captions, list(positions), [1.0] * len(positions), pixels=np.stack(pixels))

@@ -38,6 +38,10 @@ def build_tiny_components(seed: int = 0) -> SDComponents:
         max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     )
+    with torch.no_grad():  # a near-deterministic posterior, like SD's VAE: log-variance ~ -12 everywhere
+        vae.quant_conv.weight[4:].zero_()
+        vae.quant_conv.bias[4:].fill_(-12.0)
+    calibrate_latent_scale(vae)
     text_encoder = CLIPTextModel(text_config)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     scheduler = DDPMScheduler(
@@ -45,6 +49,21 @@ def build_tiny_components(seed: int = 0) -> SDComponents:
         clip_sample=False, steps_offset=1,
     )
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
+
+
+def calibrate_latent_scale(vae) -> float:
+    """Set the VAE's scaling_factor so latents of demo images have unit variance, as SD 1.5's 0.18215 does for
+    its VAE (Rombach et al. 2022, section 3.3); without it the diffusion model sees latents far below the noise."""
+    import numpy as np
+    import torch
+    rng = random.Random(0)
+    images = [draw_shape(c, s, b, 64, rng) for c, s, b in itertools.product(COLORS, SHAPES, BACKGROUNDS)]
+    pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1)
+    with torch.no_grad():
+        latents = vae.encode(pixels.permute(0, 3, 1, 2)).latent_dist.mean
+    scale = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scale)
+    return scale
 
 
 def save_diffusers_folder(components: SDComponents, folder: str | Path) -> Path:

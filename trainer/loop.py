@@ -217,9 +217,8 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     trainable = [p for g in groups for p in g["params"]]
     optimizer = optim.make_optimizer(t.optimizer, groups, t.learning_rate, weight_decay=t.weight_decay)
     plan = EpochPlan(preset, items)
-    steps_per_epoch = plan.steps_per_epoch()
-    total_steps = t.max_steps or t.epochs * steps_per_epoch
-    total_epochs = math.ceil(total_steps / steps_per_epoch)
+    total_steps = t.max_steps or plan.total_steps(t.epochs)
+    total_epochs = t.epochs if not t.max_steps else math.ceil(total_steps / plan.epoch_steps(0))
     lr_scheduler = optim.make_lr_scheduler(t.lr_scheduler, optimizer, t.lr_warmup_steps, total_steps)
     c.unet, c.text_encoder, optimizer = accelerator.prepare(c.unet, c.text_encoder, optimizer)
 
@@ -237,26 +236,28 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     try:
         while step < total_steps:
             # 5. An epoch: a seeded order of every image use, cut into optimizer steps of micro-batches.
-            uses = plan.epoch_uses(epoch)
             if train_te and t.text_encoder_stop_epoch and epoch >= t.text_encoder_stop_epoch:
                 # The text encoder stops learning after its stop epoch: no more gradients, weights stay put.
                 train_te = False
                 c.text_encoder.requires_grad_(False).eval()
                 emit(ev.Log("info", f"Text encoder frozen from epoch {epoch}"))
-            groups_of_epoch = plan.step_groups(epoch)
-            for epoch_step, micro_batches in enumerate(groups_of_epoch):
-                group_size = sum(len(mb) for mb in micro_batches)
+            epoch_steps = plan.epoch_steps(epoch)
+            for epoch_step, micro_batches in enumerate(plan.iter_epoch(epoch)):
+                group_size = sum(len(mb.positions) for mb in micro_batches)
                 step_loss = 0.0
-                for k, positions in enumerate(micro_batches):
-                    batch = plan.load_batch(epoch, positions, uses)
+                for k, batch in enumerate(micro_batches):
+                    positions = batch.positions
                     gens = [sample_generator(preset.general.seed, epoch, p) for p in positions]
-                    pixels = torch.from_numpy(batch.pixels).permute(0, 3, 1, 2).to(device, frozen_dtype)
-                    with torch.no_grad():
-                        # 6. Images -> VAE latent distributions -> one latent draw per sample, scaled.
-                        dist = c.vae.encode(pixels).latent_dist
-                        eps = torch.cat([torch.randn(dist.mean[:1].shape, generator=g) for g in gens])
-                        latents = (dist.mean + dist.std * eps.to(device, dist.mean.dtype)).float()
-                        latents = latents * c.vae.config.scaling_factor
+                    # 6. Images -> VAE latent distributions (cached or encoded now) -> one draw per sample, scaled.
+                    mean, std = batch.latent_mean, batch.latent_std
+                    if mean is None:
+                        pixels = torch.from_numpy(batch.pixels).permute(0, 3, 1, 2).to(device, frozen_dtype)
+                        with torch.no_grad():
+                            dist = c.vae.encode(pixels).latent_dist
+                        mean, std = dist.mean, dist.std
+                    eps = torch.cat([torch.randn(mean[:1].shape, generator=g) for g in gens])
+                    latents = (mean.to(device).float() + std.to(device).float() * eps.to(device))
+                    latents = latents * c.vae.config.scaling_factor
                     # 7. Noise (with optional offset noise) and uniformly drawn timesteps, per sample.
                     noise = torch.cat([losses.make_noise(torch.empty(latents[:1].shape), generator=g,
                                                          noise_offset=t.noise_offset) for g in gens]).to(device)
@@ -265,8 +266,11 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                     # 8. Forward diffusion: noisy latents at those timesteps.
                     noisy = c.noise_scheduler.add_noise(latents, noise, timesteps)
                     # 9. Condition on the captions (with gradients only when the text encoder trains).
-                    with torch.set_grad_enabled(train_te), accelerator.autocast():
-                        hidden = encode_text(c.tokenizer, c.text_encoder, batch.captions, device)
+                    if batch.text_embeddings is not None and not train_te:
+                        hidden = batch.text_embeddings.to(device)
+                    else:
+                        with torch.set_grad_enabled(train_te), accelerator.autocast():
+                            hidden = encode_text(c.tokenizer, c.text_encoder, batch.captions, device)
                     # 10. UNet prediction, target (epsilon or v), loss with optional min-SNR weights.
                     #     Only the last micro-batch of a step synchronises gradients across processes.
                     last = k == len(micro_batches) - 1
@@ -303,7 +307,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                     window_start, window_steps = now, 0
                 lr = optim.current_lr(optimizer)
                 vram = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-                emit(ev.Progress(step, total_steps, epoch, total_epochs, epoch_step + 1, len(groups_of_epoch),
+                emit(ev.Progress(step, total_steps, epoch, total_epochs, epoch_step + 1, epoch_steps,
                                  step_loss, smooth, lr, it_s, (total_steps - step) / max(it_s, 1e-9), vram))
                 run.log_scalars(step, step_loss, smooth, lr)
 

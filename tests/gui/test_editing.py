@@ -218,3 +218,17 @@ def test_load_error_is_a_config_error_message(window, tmp_path):
         expected = str(e)
     assert not window.load_file(tmp_path / "missing.json")
     assert expected in window.bottom.message.cget("text")
+
+
+def test_switching_concepts_drops_text_that_did_not_parse(window):
+    tab = window.tabs["concepts"]
+    tab.add_button.invoke()
+    first = tab.selected
+    type_into(window.form.widget_for(f"concepts.{first}.repeats"), "lots")
+    window.update()
+    assert window.bottom.start_button.cget("state") == "disabled"
+    tab.add_button.invoke()
+    window.update()
+    assert f"concepts.{first}.repeats" not in window.form.parse_errors
+    tab.select(first)
+    assert window.form.widget_for(f"concepts.{first}.repeats").get_raw() == "1.0"

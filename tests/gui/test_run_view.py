@@ -26,7 +26,7 @@ def running(window, sessions, pump):
     session = sessions[-1]
     yield window, session
     if window.runner.running:
-        session.finish("stopped")
+        window.runner.session.finish("stopped")
         pump(window)
 
 
@@ -64,7 +64,7 @@ def test_events_update_bars_chart_gallery_log_and_buttons(running, tmp_path, pum
     assert bottom.vram_label.cget("text") == "VRAM 3.2 GiB"
     chart = window.run_tab.chart
     assert chart.steps == list(range(1, 16)) and chart.loss[-1] == pytest.approx(1 / 15)
-    assert chart.find_all(), (chart.winfo_width(), chart.winfo_height(), chart.winfo_ismapped(), chart._pending, window.tabview.get())
+    assert chart.find_all(), "the chart drew nothing"
     gallery = window.run_tab.gallery
     assert {p: s.step for p, s in gallery.shown.items()} == {0: 10, 1: 10}
     assert gallery.cards[0][0].cget("image") and "step 10" in gallery.cards[0][1].cget("text")
