@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import make_preset
+from tiny_presets import make_preset
 from trainer.config import SamplePrompt
 from trainer.loop import train
 from trainer.models import load_model

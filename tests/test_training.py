@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_preset
+from tiny_presets import make_preset
 from trainer import events as ev
 from trainer.__main__ import main as cli_main
 from trainer.config import save_preset
@@ -134,7 +134,7 @@ def test_loss_falls_on_a_fixed_image(tiny_model_dir, tmp_path):
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10, losses
 
 
-def test_gradient_accumulation_matches_larger_batch(tiny_model_dir, color_concept, tmp_path):
+def test_gradient_accumulation_matches_larger_batch(tiny_model_dir, color_concept, tmp_path, initial):
     common = {"max_steps": 1, "optimizer": "sgd", "max_grad_norm": 0.0, "learning_rate": 0.5}
     big = run_train(make_preset(tmp_path / "a", tiny_model_dir, color_concept,
                                 training={**common, "batch_size": 2}))[0]
@@ -142,10 +142,13 @@ def test_gradient_accumulation_matches_larger_batch(tiny_model_dir, color_concep
                                 training={**common, "batch_size": 1, "gradient_accumulation_steps": 2}))[0]
     one = run_train(make_preset(tmp_path / "c", tiny_model_dir, color_concept,
                                 training={**common, "batch_size": 1}))[0]
+    w0 = unet_weights(initial)
     a, b, c = unet_weights(big.output_path), unet_weights(acc.output_path), unet_weights(one.output_path)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
-    assert differs(a, c)  # one sample alone gives another update: the test can tell them apart
+
+    def gap(x, y):  # distance between two updates, relative to the size of the update
+        return (sum((x[k] - y[k]).norm() ** 2 for k in w0) / sum((x[k] - w0[k]).norm() ** 2 for k in w0)).sqrt()
+    assert gap(a, b) < 1e-3  # float32 rounding differs between batch shapes
+    assert gap(a, c) > 0.05  # one sample alone gives another update: the test can tell them apart
 
 
 def test_text_encoder_trains_then_freezes_after_stop_epoch(tiny_model_dir, color_concept, tmp_path, initial):
