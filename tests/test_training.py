@@ -84,7 +84,7 @@ def test_session_events_in_order_and_one_finish(tiny_model_dir, color_concept, t
     assert [e.step for e in events if isinstance(e, ev.Progress)] == [1, 2, 3]
     samples = [e for e in events if isinstance(e, ev.SampleReady)]
     assert [s.step for s in samples] == [2, 3] and all(Path(s.path).is_file() for s in samples)
-    assert [e.kind for e in events if isinstance(e, ev.CheckpointWritten)] == ["final"]
+    assert [e.kind for e in events if isinstance(e, ev.CheckpointWritten)] == ["backup", "final"]
 
 
 def test_session_failure_still_ends_with_one_finish(tiny_model_dir, color_concept, tmp_path):

@@ -1,4 +1,4 @@
-"""Command line: python -m trainer train|make-demo|convert ... (headless, same session as the window). No UI here."""
+"""Command line: python -m trainer train|cache|stats|make-demo|convert ... (headless, same session as the window). No UI here."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,9 @@ def run_session(preset, resume: str | None = None, quiet: bool = False) -> int:
             os._exit(EXIT_STOPPED)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    # kill -USR1 PID: write a backup at the next step boundary; kill -USR2 PID: save the model.
+    signal.signal(signal.SIGUSR1, lambda s, f: session.send(ev.BACKUP_NOW))
+    signal.signal(signal.SIGUSR2, lambda s, f: session.send(ev.SAVE_NOW))
     bar = None
     try:
         session.start()
@@ -42,6 +45,8 @@ def run_session(preset, resume: str | None = None, quiet: bool = False) -> int:
                 bar.set_postfix(loss=f"{event.smooth_loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch,
                                 refresh=False)
                 bar.refresh()
+            elif isinstance(event, ev.CheckpointWritten) and not quiet:
+                (tqdm.write if bar else print)(f"{event.kind} written: {event.path}", file=sys.stderr)
             elif isinstance(event, ev.Log) and (event.level != "info" or not quiet):
                 (tqdm.write if bar else print)(f"[{event.level}] {event.text}", file=sys.stderr)
             elif isinstance(event, ev.Status) and not quiet and bar is None:
@@ -67,6 +72,58 @@ def cmd_train(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return run_session(preset, resume=args.resume, quiet=args.quiet)
+
+
+def cmd_cache(args) -> int:
+    """Fill the latent (and text) caches of a preset, as a training run would, without training."""
+    from tqdm import tqdm
+
+    from trainer.cache import fill_caches
+    from trainer.errors import describe_failure, is_input_error
+    try:
+        preset = apply_overrides(load_preset(args.preset), args.set or [])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    bars = {}
+
+    def emit(event):
+        if isinstance(event, ev.Log) and (event.level != "info" or not args.quiet):
+            tqdm.write(f"[{event.level}] {event.text}", file=sys.stderr)
+        elif isinstance(event, ev.Status) and not args.quiet and not event.text.startswith("Caching"):
+            tqdm.write(event.text, file=sys.stderr)
+
+    def progress(what, done, total):
+        bar = bars.get(what) or bars.setdefault(what, tqdm(total=total, desc=what, unit="item",
+                                                           disable=args.quiet, dynamic_ncols=True))
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+    try:
+        report = fill_caches(preset, emit, progress)
+    except Exception as e:  # noqa: BLE001 - reported like a training failure
+        print(f"error: {describe_failure(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT if is_input_error(e) else EXIT_FAILED
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(", ".join(f"{k}={v}" for k, v in report.items()))
+    return EXIT_OK
+
+
+def cmd_stats(args) -> int:
+    import json
+
+    from trainer.stats import concept_stats, format_stats
+    try:
+        preset = apply_overrides(load_preset(args.preset), args.set or [])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    stats = concept_stats(preset)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return EXIT_OK
 
 
 def cmd_make_demo(args) -> int:
@@ -98,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", metavar="latest|PATH", help="continue from a backup")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("cache", help="fill the latent and text caches of a preset (no training)")
+    p.add_argument("preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_cache)
+    p = sub.add_parser("stats", help="per concept: images, skipped files, captions, aspect buckets")
+    p.add_argument("preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_stats)
     p = sub.add_parser("make-demo", help="build the tiny demo model and its images")
     p.add_argument("dir")
     p.set_defaults(func=cmd_make_demo)

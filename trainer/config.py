@@ -40,6 +40,9 @@ class GeneralConfig:
     cache_dir: str = opt("workspace/cache", "Cache folder", "Folder for cached latents and text embeddings.",
                          kind="dir")
     seed: int = opt(42, "Seed", "Seed for noise, timesteps, data order and augmentations.", min=0, max=2**31 - 1)
+    dataloader_workers: int = opt(0, "Loader workers", "Processes that decode and augment images while the "
+                                  "model trains; 0 loads in the training process (fine on a CPU or with "
+                                  "cached latents), 2-8 on a GPU without latent caching.", min=0, max=64)
     device: str = opt("auto", "Device", "Where to train: auto picks the GPU when there is one.",
                       choices=("auto", "cpu", "cuda"))
     tensorboard: bool = opt(True, "TensorBoard", "Write loss, learning rate and samples for TensorBoard "
@@ -66,14 +69,49 @@ class ModelConfig:
 @dataclass
 class ConceptConfig:
     name: str = opt("concept", "Name", "A name for this concept, shown in logs and statistics.")
-    path: str = opt("", "Folder", "Folder holding this concept's images.", kind="dir")
+    path: str = opt("", "Folder", "Folder holding this concept's images (png, jpg, webp, bmp, tif).", kind="dir")
     enabled: bool = opt(True, "Enabled", "Train on this concept.")
+    include_subdirectories: bool = opt(False, "Include subfolders", "Also take the images in every folder below "
+                                       "this one.")
     caption_source: str = opt("txt", "Caption source", "txt: image.txt beside each image (a random non-empty "
-                              "line per use); filename: the file name; single: the caption below for all.",
-                              choices=("txt", "filename", "single"))
+                              "line per use); filename: the file name; single: the caption below for all; "
+                              "txt_or_filename: the txt file when there is one, else the file name.",
+                              choices=("txt", "filename", "single", "txt_or_filename"))
     caption: str = opt("", "Caption", "The caption for 'single', and the fallback when a txt file is missing.")
-    repeats: float = opt(1.0, "Repeats", "How often each image is seen per epoch (0.5 = half of them).",
-                         min=0.0, max=1000.0)
+    repeats: float = opt(1.0, "Repeats", "How often each image is seen per epoch: 2 = twice, 0.5 = half of the "
+                         "images each epoch (a different half each time).", min=0.0, max=1000.0)
+    loss_weight: float = opt(1.0, "Loss weight", "Weight of this concept's images in the loss (1 = normal).",
+                             min=0.0, max=100.0)
+    resolution: str = opt("", "Resolution", "Training size for this concept, one size or a list like "
+                          "'512,640'; empty uses the training resolution.")
+    random_flip: bool = opt(False, "Random flip", "Mirror images left-right at random.")
+    random_flip_probability: float = opt(0.5, "Flip probability", "Share of uses that are mirrored.",
+                                         min=0.0, max=1.0)
+    crop_jitter: bool = opt(False, "Crop jitter", "Move the crop (and zoom in slightly) at random instead of "
+                            "cropping the center.")
+    crop_jitter_strength: float = opt(1.0, "Crop jitter strength", "1 = anywhere in the spare border plus up "
+                                      "to 10% zoom; 0 = center crop.", min=0.0, max=1.0)
+    random_brightness: bool = opt(False, "Random brightness", "Scale brightness at random.")
+    random_brightness_strength: float = opt(0.1, "Brightness strength", "Largest change, as a share "
+                                            "(0.1 = ±10%).", min=0.0, max=1.0)
+    random_contrast: bool = opt(False, "Random contrast", "Scale contrast at random.")
+    random_contrast_strength: float = opt(0.1, "Contrast strength", "Largest change, as a share (0.1 = ±10%).",
+                                          min=0.0, max=1.0)
+    random_saturation: bool = opt(False, "Random saturation", "Scale colour saturation at random.")
+    random_saturation_strength: float = opt(0.1, "Saturation strength", "Largest change, as a share "
+                                            "(0.1 = ±10%).", min=0.0, max=1.0)
+    random_hue: bool = opt(False, "Random hue", "Rotate hues at random.")
+    random_hue_strength: float = opt(0.02, "Hue strength", "Largest rotation, as a share of the colour circle "
+                                     "(0.02 = ±7°).", min=0.0, max=0.5)
+    image_variations: int = opt(4, "Cached variations", "With latent caching and random crop or colour "
+                                "augmentations on: how many augmented versions of each image are cached "
+                                "(one is picked per use; flips are cached on top).", min=1, max=64)
+    shuffle_tags: bool = opt(False, "Shuffle tags", "Shuffle the comma-separated tags of each caption.")
+    keep_tags: int = opt(0, "Keep first tags", "Tags at the start that stay in place and are never dropped.",
+                         min=0, max=1000)
+    tag_dropout: float = opt(0.0, "Tag dropout", "Chance of leaving out each (not kept) tag.", min=0.0, max=1.0)
+    caption_dropout: float = opt(0.0, "Caption dropout", "Chance of training on an empty caption (teaches the "
+                                 "unconditional case used by CFG).", min=0.0, max=1.0)
 
 
 @dataclass
@@ -96,7 +134,12 @@ class TrainingConfig:
                                choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = opt(False, "Gradient checkpointing", "Recompute activations in the backward "
                                        "pass: much less memory, about 25% slower.")
-    resolution: str = opt("512", "Resolution", "Training size in pixels (multiple of 8).")
+    resolution: str = opt("512", "Resolution", "Training size in pixels (multiple of 8), or a list like "
+                          "'512,640' picked per image per epoch.")
+    aspect_bucketing: bool = opt(True, "Aspect ratio buckets", "Train each image near its own aspect ratio "
+                                 "(buckets of about resolution² pixels, 1:4 to 4:1) instead of a square crop.")
+    cache_latents: bool = opt(True, "Cache latents", "Encode each image with the VAE once and keep the result "
+                              "in the cache folder; much faster epochs.")
     train_unet: bool = opt(True, "Train UNet", "Update the UNet.")
     train_text_encoder: bool = opt(False, "Train text encoder", "Update the CLIP text encoder too.")
     text_encoder_learning_rate: float = opt(0.0, "Text encoder LR", "Learning rate of the text encoder; 0 uses "
@@ -112,6 +155,8 @@ class TrainingConfig:
                                min=0.0, max=100.0)
     prediction_type: str = opt("epsilon", "Prediction", "What the UNet predicts. SD 1.5 is epsilon.",
                                choices=("epsilon", "v_prediction"))
+    skip_nan_steps: int = opt(0, "Skip NaN steps", "How many batches with a NaN or infinite loss may be skipped "
+                              "before the run fails; 0 fails at the first.", min=0, max=10**6)
     zero_terminal_snr: bool = opt(False, "Zero terminal SNR", "Rescale the noise schedule to reach pure noise "
                                   "(use with v_prediction).")
 
@@ -138,7 +183,21 @@ class SamplingConfig:
 
 @dataclass
 class BackupConfig:
-    """Backups, saves and resume: filled in by the backup work; reserved so presets can carry it."""
+    backup_every: int = opt(30, "Backup every", "How often to write a backup (the full training state, to "
+                            "resume from), in the unit below.", min=1, max=10**7)
+    backup_unit: str = opt("minutes", "Backup unit", "Unit of the backup interval.", choices=INTERVAL_UNITS)
+    rolling_backups: int = opt(3, "Keep backups", "Keep the newest N backups and delete older ones; 0 keeps "
+                               "all.", min=0, max=10000)
+    backup_before_save: bool = opt(True, "Backup at the end", "Write a backup when the run completes or is "
+                                   "stopped, before the final save.")
+    save_every: int = opt(1, "Save every", "How often to save the model alone (in the output format) under "
+                          "workspace/save, in the unit below.", min=1, max=10**7)
+    save_unit: str = opt("never", "Save unit", "Unit of the save interval.", choices=INTERVAL_UNITS)
+    save_skip_first: int = opt(0, "Skip first saves", "Skip this many periodic saves at the start.", min=0,
+                               max=10**7)
+    prefix: str = opt("", "File name prefix", "Put in front of backup and save names.")
+    resume: str = opt("", "Resume from", "Empty starts fresh; 'latest' continues from the newest complete "
+                      "backup in the workspace; or the path of a backup folder.", kind="dir")
 
 
 @dataclass

@@ -1,78 +1,104 @@
-"""Concepts -> training samples: image files, captions, center crops, a seeded order per epoch. No UI here."""
+"""Concepts -> training batches: images, repeats, aspect buckets, seeded epochs, cached latents/text. No UI here.
+
+Every choice (order, bucket batches, resolution, caption line and augmentation, image augmentation or cached
+variant) is a pure function of (general.seed, epoch, position or image), so iter_epoch(e, k) yields exactly the
+steps k.. of an uninterrupted epoch e. torch is imported lazily: trainer.stats uses this module without it.
+"""
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
+from trainer import events as ev
+from trainer.buckets import bucket_sizes, nearest_bucket
+from trainer.captions import caption_lines, captions_vary, fixed_captions, pick_caption
 from trainer.config import ConceptConfig, Preset, parse_resolutions
 from trainer.errors import InputError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+from trainer.images import (IMAGE_SUFFIXES, Augment, FileIndex, draw_augment, has_random_augments,
+                            list_image_files, load_pixels, scan_files)
 
 
 @dataclass(frozen=True)
 class ImageItem:
+    """A usable image of an enabled concept, with what bucketing and captions need."""
     path: Path
     concept_index: int
+    digest: str = ""
+    width: int = 1
+    height: int = 1
+    captions: tuple[str, ...] = ("",)
+    has_txt: bool = False
 
 
-def list_images(concept: ConceptConfig) -> list[Path]:
+class Items(list):
+    """collect_items' result: the usable images; `skipped` holds (path, reason) of the files left out."""
+    skipped: list
+
+
+def file_index(preset: Preset) -> FileIndex:
+    return FileIndex(Path(preset.general.cache_dir).expanduser() / "files.json")
+
+
+def concept_resolutions(preset: Preset, index: int) -> list[int]:
+    concept = preset.concepts[index]
+    text = concept.resolution.strip() or preset.training.resolution
+    try:
+        return parse_resolutions(text)
+    except ValueError as e:
+        where = f"concepts.{index}.resolution" if concept.resolution.strip() else "training.resolution"
+        raise InputError(f"{where}: {e}") from None
+
+
+def scan_concept(concept: ConceptConfig, index: FileIndex) -> tuple[list, list[tuple[Path, str]]]:
+    """(usable ImageInfo, skipped (path, reason)) of a concept; a missing folder raises InputError."""
     folder = Path(concept.path).expanduser()
-    if not folder.is_dir():
+    if not concept.path or not folder.is_dir():
         raise InputError(f"concept {concept.name!r}: folder {folder} does not exist")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return scan_files(list_image_files(folder, concept.include_subdirectories), index)
 
 
-def collect_items(preset: Preset) -> list[ImageItem]:
-    """Every image of every enabled concept; a concept without images is an error before any model loads."""
-    items = []
-    for index, concept in enumerate(preset.concepts):
+def collect_items(preset: Preset) -> Items:
+    """Every usable image of every enabled concept. Each file is fully decoded once (remembered in the cache
+    folder by size and mtime); unreadable ones are skipped with a reason. A missing folder or a concept without
+    a usable image raises InputError, before any model loads."""
+    index, items = file_index(preset), Items()
+    items.skipped = []
+    for ci, concept in enumerate(preset.concepts):
         if not concept.enabled:
             continue
-        paths = list_images(concept)
-        if not paths:
-            raise InputError(f"concept {concept.name!r}: no images in {concept.path} "
-                             f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        items += [ImageItem(p, index) for p in paths]
+        usable, skipped = scan_concept(concept, index)
+        if not usable:
+            if not skipped:
+                raise InputError(f"concept {concept.name!r}: no images in {concept.path} "
+                                 f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+            path, reason = skipped[0]
+            raise InputError(f"concept {concept.name!r}: no usable images in {concept.path}; "
+                             f"{len(skipped)} file(s) could not be read (first: {path.name}: {reason})")
+        concept_resolutions(preset, ci)
+        for info in usable:
+            lines, has_txt = caption_lines(info.path, concept)
+            items.append(ImageItem(info.path, ci, info.digest, info.width, info.height, lines, has_txt))
+        items.skipped += skipped
+    try:
+        index.save()
+    except OSError:
+        pass  # the index only saves time on the next run
     if not items:
         raise InputError("concepts: no enabled concept to train on")
+    if all(preset.concepts[i.concept_index].repeats <= 0 for i in items):
+        raise InputError("concepts: every enabled concept has repeats 0, so there is nothing to train on")
     return items
-
-
-def caption_for(item: ImageItem, concept: ConceptConfig, rng: random.Random) -> str:
-    """The caption of one use of an image: a random non-empty line of its .txt, its file name, or the single one."""
-    if concept.caption_source == "filename":
-        return item.path.stem.replace("_", " ")
-    if concept.caption_source == "txt":
-        txt = item.path.with_suffix(".txt")
-        if txt.is_file():
-            lines = [line.strip() for line in txt.read_text(encoding="utf-8", errors="replace").splitlines()]
-            lines = [line for line in lines if line]
-            if lines:
-                return rng.choice(lines)
-    return concept.caption
-
-
-def load_image(path: Path, size: int) -> np.ndarray:
-    """Decode, apply EXIF rotation, scale the short side to `size`, center-crop: float32 HWC in [-1, 1]."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-    scale = size / min(im.size)
-    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-    im = im.resize((w, h), Image.Resampling.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    return np.asarray(im, dtype=np.float32) / 127.5 - 1.0
 
 
 @dataclass
 class Batch:
-    """One micro-batch. Either pixels, or cached VAE latent distributions (mean, std; unscaled)."""
+    """One micro-batch (one bucket). Either pixels, or cached VAE latent distributions (mean, std; unscaled)."""
     captions: list[str]
     positions: list[int]      # position of each sample inside its epoch (seeds its noise)
     loss_weights: list[float]
@@ -81,52 +107,278 @@ class Batch:
     latent_std: object | None = None
     text_embeddings: object | None = None  # torch tensor B, 77, D when text embeddings are cached
 
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader (pin_memory=True on CUDA): page-locked tensors copy to the GPU faster."""
+        pinned = {k: getattr(self, k).pin_memory() for k in ("latent_mean", "latent_std", "text_embeddings")
+                  if getattr(self, k) is not None}
+        return replace(self, **pinned)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one micro-batch holds: its bucket size, and each sample's epoch position and item index."""
+    epoch: int
+    size: tuple[int, int]
+    positions: tuple[int, ...]
+    items: tuple[int, ...]
+
 
 class EpochPlan:
-    """The seeded order of each epoch, cut into optimizer steps of micro-batches (no image dropped).
+    """The seeded order of each epoch, cut into optimizer steps of one-bucket micro-batches (no image dropped).
 
-    The loop uses only: epoch_steps(epoch), total_steps(epochs), iter_epoch(epoch, start_step).
+    The loop uses: prepare(...), epoch_steps(epoch), total_steps(epochs), iter_epoch(epoch, start_step).
     """
 
     def __init__(self, preset: Preset, items: list[ImageItem]):
-        self.preset = preset
-        self.items = items
-        self.resolution = parse_resolutions(preset.training.resolution)[0]
-        t = preset.training
+        self.preset, self.items = preset, list(items)
+        self.skipped = list(getattr(items, "skipped", []))
+        t, self.seed = preset.training, preset.general.seed
         self.batch_size, self.accumulation = t.batch_size, t.gradient_accumulation_steps
+        self.bucketing, self.workers = t.aspect_bucketing, preset.general.dataloader_workers
+        self.resolutions = {ci: concept_resolutions(preset, ci) for ci in {i.concept_index for i in self.items}}
+        self.members: dict[int, list[int]] = {}
+        for idx, item in enumerate(self.items):
+            self.members.setdefault(item.concept_index, []).append(idx)
+        self.whole, self.fraction = {}, {}
+        for ci, members in self.members.items():
+            r = Fraction(preset.concepts[ci].repeats).limit_denominator(10_000)
+            self.whole[ci], self.fraction[ci] = math.floor(r), (r - math.floor(r)) * len(members)
+        self._cycles: dict[int, list[list[int]]] = {}
+        self._layouts: dict[int, list[list[Spec]]] = {}
+        self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
+        self.latents = self.texts = None   # TensorCaches, set by prepare()
+        self.vae_id, self.dtype_name, self.text_keys, self.pin_memory = "", "", {}, False
+        self.report: dict[str, int] = {}
 
-    def epoch_uses(self, epoch: int) -> list[ImageItem]:
-        rng = random.Random(f"{self.preset.general.seed}-order-{epoch}")
+    # ---- which images an epoch uses ------------------------------------------------------------------
+
+    def _cycle(self, ci: int, k: int) -> list[int]:
+        """The k-th seeded permutation of a concept's images, from which fractional repeats take their share.
+        Epoch windows run through the cycles back to back, so over time every image gets the same share; a window
+        that spans two cycles never repeats an image (the next cycle starts with images not in its tail)."""
+        cycles, members, x = self._cycles.setdefault(ci, []), self.members[ci], self.fraction[ci]
+        n = len(members)
+        while len(cycles) <= k:
+            j = len(cycles)
+            perm = list(members)
+            random.Random(f"{self.seed}-cycle-{ci}-{j}").shuffle(perm)
+            if j > 0:
+                b = j * n
+                e = math.floor((b - 1) / x)
+                start, end = math.ceil(x * e), math.ceil(x * (e + 1))
+                if start < b < end:
+                    tail = set(cycles[j - 1][start - (j - 1) * n:])
+                    head = [p for p in perm if p not in tail][:end - b]
+                    perm = head + [p for p in perm if p not in set(head)]
+            cycles.append(perm)
+        return cycles[k]
+
+    def epoch_uses(self, epoch: int) -> list[int]:
+        """Item indices used this epoch (before shuffling): floor(repeats) of every image, plus the fractional
+        share, taken in windows of ceil(x*e)..ceil(x*(e+1)) over the cycles (x = fraction x images)."""
         uses = []
-        for item in self.items:
-            uses += [item] * max(0, round(self.preset.concepts[item.concept_index].repeats))
-        rng.shuffle(uses)
+        for ci, members in self.members.items():
+            uses += members * self.whole[ci]
+            x, n = self.fraction[ci], len(members)
+            if x:
+                for s in range(math.ceil(x * epoch), math.ceil(x * (epoch + 1))):
+                    uses.append(self._cycle(ci, s // n)[s % n])
         return uses
 
-    def step_groups(self, epoch: int) -> list[list[list[int]]]:
-        """For each optimizer step, its micro-batches as lists of positions into epoch_uses(epoch)."""
-        n = len(self.epoch_uses(epoch))
-        batches = [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
-        return [batches[i:i + self.accumulation] for i in range(0, len(batches), self.accumulation)]
+    def bucket_for(self, idx: int, resolution: int) -> tuple[int, int]:
+        key = (idx, resolution)
+        if key not in self._sizes:
+            item = self.items[idx]
+            self._sizes[key] = nearest_bucket(item.width, item.height, bucket_sizes(resolution, self.bucketing))
+        return self._sizes[key]
+
+    def size_for(self, idx: int, epoch: int) -> tuple[int, int]:
+        """The bucket of an image this epoch (its resolution is picked per image per epoch from a list)."""
+        sizes = self.resolutions[self.items[idx].concept_index]
+        r = sizes[0] if len(sizes) == 1 else random.Random(f"{self.seed}-resolution-{epoch}-{idx}").choice(sizes)
+        return self.bucket_for(idx, r)
+
+    def layout(self, epoch: int) -> list[list[Spec]]:
+        """The epoch's optimizer steps. The uses are shuffled once; walking that order, each use joins its
+        bucket's open batch, and a batch is emitted when full; leftover (smaller) batches come last. With one
+        bucket this is the shuffled order cut in batch_size pieces, whatever the batch size."""
+        if epoch in self._layouts:
+            return self._layouts[epoch]
+        uses = self.epoch_uses(epoch)
+        random.Random(f"{self.seed}-order-{epoch}").shuffle(uses)
+        batches, open_batches = [], {}
+        for n, idx in enumerate(uses):
+            size = self.size_for(idx, epoch)
+            members = open_batches.setdefault(size, (n, []))[1]
+            members.append(idx)
+            if len(members) == self.batch_size:
+                batches.append((size, members))
+                del open_batches[size]
+        batches += [(size, m) for size, (_, m) in sorted(open_batches.items(), key=lambda kv: kv[1][0])]
+        specs, pos = [], 0
+        for size, members in batches:
+            specs.append(Spec(epoch, size, tuple(range(pos, pos + len(members))), tuple(members)))
+            pos += len(members)
+        steps = [specs[i:i + self.accumulation] for i in range(0, len(specs), self.accumulation)]
+        if len(self._layouts) > 8:
+            self._layouts.pop(next(iter(self._layouts)))
+        self._layouts[epoch] = steps
+        return steps
 
     def epoch_steps(self, epoch: int) -> int:
-        return len(self.step_groups(epoch))
+        return len(self.layout(epoch))
 
     def total_steps(self, epochs: int) -> int:
         return sum(self.epoch_steps(e) for e in range(epochs))
 
-    def iter_epoch(self, epoch: int, start_step: int = 0):
-        """Yield, for each optimizer step from start_step on, its list of micro-batches."""
-        uses = self.epoch_uses(epoch)
-        for group in self.step_groups(epoch)[start_step:]:
-            yield [self.load_batch(epoch, positions, uses) for positions in group]
+    # ---- loading ---------------------------------------------------------------------------------------
 
-    def load_batch(self, epoch: int, positions: list[int], uses: list[ImageItem]) -> Batch:
-        captions, pixels = [], []
-        for pos in positions:
-            item = uses[pos]
-            concept = self.preset.concepts[item.concept_index]
-            rng = random.Random(f"{self.preset.general.seed}-caption-{epoch}-{pos}")
-            captions.append(caption_for(item, concept, rng))
-            pixels.append(load_image(item.path, self.resolution))
-        return Batch(captions, list(positions), [1.0] * len(positions), pixels=np.stack(pixels))
+    def iter_epoch(self, epoch: int, start_step: int = 0):
+        """Yield, for each optimizer step from start_step on, its list of micro-batches (Batch). Micro-batches
+        load in DataLoader workers (general.dataloader_workers) ahead of the training."""
+        from trainer.cache import map_loader
+        steps = self.layout(epoch)[start_step:]
+        flat = [spec for step in steps for spec in step]
+        loaded = iter(map_loader(self.load, flat, self.workers, self.pin_memory))
+        for step in steps:
+            yield [next(loaded) for _ in step]
+
+    def _concept(self, idx: int) -> ConceptConfig:
+        return self.preset.concepts[self.items[idx].concept_index]
+
+    def variant_augment(self, idx: int, size: tuple[int, int], variant: int, flip: bool) -> Augment:
+        """The augmentation of a cached variant: drawn from the image's content hash, size and variant number (not
+        the run seed, so another seed reuses the cache)."""
+        concept = self._concept(idx)
+        if not has_random_augments(concept):
+            return Augment(flip=flip)
+        rng = random.Random(f"variant-{self.items[idx].digest}-{size[0]}x{size[1]}-{variant}")
+        return draw_augment(concept, rng, flip=flip)
+
+    def variants(self, idx: int) -> tuple[tuple[bool, ...], int]:
+        """(flip values, variation count) cached per image and size."""
+        c = self._concept(idx)
+        p = c.random_flip_probability if c.random_flip else 0.0
+        flips = (False,) if p <= 0 else (True,) if p >= 1 else (False, True)
+        return flips, c.image_variations if has_random_augments(c) else 1
+
+    def latent_key(self, idx: int, size: tuple[int, int], aug: Augment) -> str:
+        from trainer.cache import entry_key
+        return entry_key("latent", self.items[idx].digest, size, aug.key(), self.vae_id, self.dtype_name)
+
+    def _cached_augment(self, idx: int, size: tuple[int, int], rng: random.Random) -> Augment:
+        flips, count = self.variants(idx)
+        flip = flips[0] if len(flips) == 1 else rng.random() < self._concept(idx).random_flip_probability
+        return self.variant_augment(idx, size, rng.randrange(count), flip)
+
+    def load(self, spec: Spec) -> Batch:
+        """Load one micro-batch: captions, loss weights, and pixels or cached latents (and text embeddings)."""
+        captions, weights, augs = [], [], []
+        for pos, idx in zip(spec.positions, spec.items):
+            concept = self._concept(idx)
+            rng = random.Random(f"{self.seed}-caption-{spec.epoch}-{pos}")
+            captions.append(pick_caption(self.items[idx].captions, concept, rng))
+            weights.append(concept.loss_weight)
+            rng = random.Random(f"{self.seed}-image-{spec.epoch}-{pos}")
+            augs.append(self._cached_augment(idx, spec.size, rng) if self.latents else draw_augment(concept, rng))
+        batch = Batch(captions, list(spec.positions), weights)
+        if self.latents is not None:
+            import torch
+            entries = [self.latents.load(self.latent_key(i, spec.size, a)) for i, a in zip(spec.items, augs)]
+            batch.latent_mean = torch.stack([e["mean"] for e in entries])
+            batch.latent_std = torch.stack([e["std"] for e in entries])
+        else:
+            batch.pixels = np.stack([load_pixels(self.items[i].path, spec.size, a) for i, a in zip(spec.items, augs)])
+        if self.texts is not None and all(c in self.text_keys for c in captions):
+            import torch
+            batch.text_embeddings = torch.stack([self.texts.load(self.text_keys[c])["hidden"] for c in captions])
+        return batch
+
+    # ---- caches ----------------------------------------------------------------------------------------
+
+    def latent_jobs(self) -> list[tuple[str, Path, tuple[int, int], Augment]]:
+        """Every (key, path, size, augmentation) that training can ask for: each image at each of its
+        resolutions' buckets, in each cached variant and flip."""
+        jobs = {}
+        for idx, item in enumerate(self.items):
+            if self._concept(idx).repeats <= 0:
+                continue
+            flips, count = self.variants(idx)
+            for r in self.resolutions[item.concept_index]:
+                size = self.bucket_for(idx, r)
+                for flip in flips:
+                    for v in range(count):
+                        aug = self.variant_augment(idx, size, v, flip)
+                        key = self.latent_key(idx, size, aug)
+                        jobs[key] = (key, item.path, size, aug)
+        return list(jobs.values())
+
+    def prepare(self, components, device, dtype, encode_text: bool, emit, progress=None) -> None:
+        """Before training: report skipped files, then fill the latent cache (training.cache_latents) and, when
+        encode_text, the text cache. Afterwards iteration needs neither the VAE encoder nor (unless
+        needs_text_encoder) the text encoder. progress(what, done, total), if given, follows each batch."""
+        import torch
+        from trainer.cache import TensorCache, encode_latents, encode_texts, entry_key, module_identity
+        for path, reason in self.skipped:
+            emit(ev.Log("warning", f"Skipped {path}: {reason}"))
+        device = torch.device(device)
+        self.pin_memory = device.type == "cuda"
+        root = Path(self.preset.general.cache_dir).expanduser()
+        self.dtype_name = str(dtype)
+        if self.preset.training.cache_latents:
+            self.vae_id = module_identity(components.vae, dtype)
+            cache = TensorCache(root / "latents")
+            jobs = self.latent_jobs()
+            emit(ev.Status(f"Checking {len(jobs)} cached latents"))
+            todo = set(cache.missing([j[0] for j in jobs]))
+            reporter = _Reporter("latents", emit, progress)
+            encode_latents(cache, [j for j in jobs if j[0] in todo], components.vae, device, dtype,
+                           max(1, self.batch_size), self.workers, reporter)
+            self.latents = cache
+            self._summary(emit, "latents", "latents", len(jobs), cache, root)
+        if encode_text:
+            text_id = module_identity(components.text_encoder, dtype)
+            strings = sorted({s for i in self.items for s in fixed_captions(i.captions, self.preset.concepts[
+                i.concept_index]) if not captions_vary(self.preset.concepts[i.concept_index])})
+            self.text_keys = {s: entry_key("text", s, text_id, self.dtype_name) for s in strings}
+            cache = TensorCache(root / "text")
+            todo = set(cache.missing(list(self.text_keys.values())))
+            jobs = [(k, s) for s, k in self.text_keys.items() if k in todo]
+            encode_texts(cache, jobs, components.tokenizer, components.text_encoder, device, 64,
+                         _Reporter("text embeddings", emit, progress))
+            self.texts = cache
+            self._summary(emit, "texts", "text embeddings", len(strings), cache, root)
+
+    def _summary(self, emit, name: str, what: str, total: int, cache, root: Path) -> None:
+        """Counts in self.report (latents_total, latents_encoded, latents_rebuilt, texts_...) and a log line."""
+        self.report.update({f"{name}_total": total, f"{name}_encoded": cache.written,
+                            f"{name}_rebuilt": cache.rebuilt})
+        damaged = f", {cache.rebuilt} damaged file(s) rebuilt" if cache.rebuilt else ""
+        emit(ev.Log("info", f"Cached {what}: {cache.written} encoded, {total - cache.written} reused{damaged} "
+                            f"({root})"))
+
+    @property
+    def needs_text_encoder(self) -> bool:
+        """After prepare: whether batches may come without text embeddings (the text encoder trains, or caption
+        augmentations make the text unpredictable), so the loop still encodes captions."""
+        return self.texts is None or any(captions_vary(self.preset.concepts[ci]) for ci in self.members)
+
+    @property
+    def needs_vae_encoder(self) -> bool:
+        """After prepare: whether batches come as pixels that the loop encodes with the VAE."""
+        return self.latents is None
+
+
+class _Reporter:
+    """Progress of a cache fill: Status events at most every second (and the last), plus an optional callback."""
+
+    def __init__(self, what: str, emit, progress):
+        self.what, self.emit, self.progress, self.last = what, emit, progress, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self.last >= 1.0:
+            self.last = now
+            self.emit(ev.Status(f"Caching {self.what}: {done}/{total}"))
+        if self.progress is not None:
+            self.progress(self.what, done, total)

@@ -18,13 +18,14 @@ import torch
 
 from trainer import events as ev
 from trainer import losses, optim
-from trainer.config import Preset, preset_to_json, atomic_write_text, validate
+from trainer.backup import Position, check_folders_and_disk, find_backup, read_backup, set_rng_state
+from trainer.config import Preset, atomic_write_text, preset_to_json, validate
 from trainer.data import EpochPlan, collect_items
 from trainer.ema import EMA
 from trainer.errors import InputError
 from trainer.intervals import Interval
-from trainer.models import SDComponents, load_model, save_model
-from trainer.sampling import generate, make_pipeline, sample_path
+from trainer.models import load_model
+from trainer.outputs import Run
 
 
 def check_inputs(preset: Preset, emit: Callable) -> list:
@@ -38,6 +39,7 @@ def check_inputs(preset: Preset, emit: Callable) -> list:
         raise InputError(problems[0])
     if preset.general.device == "cuda" and not torch.cuda.is_available():
         raise InputError("general.device: 'cuda' was chosen but no CUDA GPU is visible")
+    check_folders_and_disk(preset)
     on_gpu = preset.general.device != "cpu" and torch.cuda.is_available()
     if preset.training.mixed_precision == "fp16" and not on_gpu:
         raise InputError("training.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on the CPU")
@@ -74,91 +76,6 @@ def encode_text(tokenizer, text_encoder, captions: list[str], device) -> torch.T
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(device)
     return text_encoder(ids)[0]
-
-
-class Run:
-    """Per-run helpers around the loop: events, samples, saves, TensorBoard. The loop itself is `train`."""
-
-    def __init__(self, preset: Preset, emit: Callable, accelerator, components: SDComponents):
-        self.preset, self.emit, self.acc, self.c = preset, emit, accelerator, components
-        self.workspace = Path(preset.general.workspace_dir).expanduser()
-        self.samples_dir = self.workspace / "samples"
-        self.writer = None
-        self.ema: EMA | None = None
-        if preset.general.tensorboard and accelerator.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.workspace / "tensorboard"))
-
-    def unwrapped(self) -> SDComponents:
-        c = self.c
-        return SDComponents(self.acc.unwrap_model(c.unet), c.vae, self.acc.unwrap_model(c.text_encoder),
-                            c.tokenizer, c.noise_scheduler)
-
-    def sample(self, step: int, epoch: int) -> None:
-        """Render every sample prompt from the modules in memory (EMA weights swapped in when EMA is on)."""
-        if not self.preset.sampling.prompts or not self.acc.is_main_process:
-            return
-        self.emit(ev.Status(f"Sampling at step {step}"))
-        m = self.unwrapped()
-        training = m.unet.training, m.text_encoder.training
-        m.unet.eval(); m.text_encoder.eval()
-        if self.ema:
-            self.ema.swap_in()
-        try:
-            self.samples_dir.mkdir(parents=True, exist_ok=True)
-            for index, prompt in enumerate(self.preset.sampling.prompts):
-                pipe = make_pipeline(m.unet, m.vae, m.text_encoder, m.tokenizer, m.noise_scheduler.config,
-                                     prompt.sampler)
-                with self.acc.autocast():
-                    image = generate(pipe, prompt, self.acc.device)
-                path = sample_path(self.samples_dir, step, epoch, index, prompt.seed)
-                image.save(path)
-                if self.writer:
-                    self.writer.add_image(f"samples/{index}", np.asarray(image), step, dataformats="HWC")
-                self.emit(ev.SampleReady(str(path), index, prompt.prompt, step, epoch))
-        finally:
-            if self.ema:
-                self.ema.swap_out()
-            m.unet.train(training[0]); m.text_encoder.train(training[1])
-        self.emit(ev.Status("Training"))
-
-    def save(self, path: Path, kind: str, step: int) -> Path:
-        """Write the model (EMA weights when on) in the preset's output format and dtype."""
-        if not self.acc.is_main_process:
-            return path
-        self.emit(ev.Status(f"Saving {path}"))
-        metadata = {
-            "seachange.preset": preset_to_json(self.preset), "seachange.step": str(step),
-            "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
-            "modelspec.implementation": "https://github.com/CompVis/stable-diffusion",
-            "modelspec.title": path.stem, "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "modelspec.resolution": self.preset.training.resolution.split(",")[0].strip(),
-            "modelspec.prediction_type": self.preset.training.prediction_type,
-        }
-        if self.ema:
-            self.ema.swap_in()
-        try:
-            written = save_model(self.unwrapped(), path, self.preset.model.output_format,
-                                 self.preset.model.output_dtype, metadata)
-        finally:
-            if self.ema:
-                self.ema.swap_out()
-        self.emit(ev.CheckpointWritten(kind, str(written), step))
-        return written
-
-    def save_now_path(self, step: int, epoch: int) -> Path:
-        suffix = ".safetensors" if self.preset.model.output_format == "single_file" else ""
-        return self.workspace / "save" / f"step{step:07d}-epoch{epoch:04d}{suffix}"
-
-    def log_scalars(self, step: int, loss: float, smooth: float, lr: float) -> None:
-        if self.writer:
-            self.writer.add_scalar("loss/raw", loss, step)
-            self.writer.add_scalar("loss/smoothed", smooth, step)
-            self.writer.add_scalar("lr", lr, step)
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
 
 
 def drain_commands(commands: queue.Queue | None) -> set[str]:
@@ -217,6 +134,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     trainable = [p for g in groups for p in g["params"]]
     optimizer = optim.make_optimizer(t.optimizer, groups, t.learning_rate, weight_decay=t.weight_decay)
     plan = EpochPlan(preset, items)
+    plan.prepare(c, device, frozen_dtype, encode_text=not train_te, emit=emit)
     total_steps = t.max_steps or plan.total_steps(t.epochs)
     total_epochs = t.epochs if not t.max_steps else math.ceil(total_steps / plan.epoch_steps(0))
     lr_scheduler = optim.make_lr_scheduler(t.lr_scheduler, optimizer, t.lr_warmup_steps, total_steps)
@@ -225,30 +143,60 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     run = Run(preset, emit, accelerator, c)
     if t.ema != "off":
         run.ema = EMA(trainable, t.ema_decay, device if t.ema == "gpu" else "cpu")
+
+    # 5. Resume: weights, optimizer, LR schedule, grad scaler, EMA, RNGs and the position inside the epoch.
+    start = Position(0, 0, 0)
+    extra = {"smooth": None, "nan_skipped": 0}
+    resume = resume or preset.backup.resume or None
+    if resume:
+        folder = find_backup(preset, resume)
+        tensors, state, start, harmless = read_backup(folder, preset)
+        if harmless:
+            emit(ev.Log("info", f"Changed since the backup (harmless): {', '.join(harmless)}"))
+        if "unet" in tensors:
+            accelerator.unwrap_model(c.unet).load_state_dict(tensors["unet"])
+        if "text_encoder" in tensors:
+            accelerator.unwrap_model(c.text_encoder).load_state_dict(tensors["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if state["scaler"] is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        if run.ema and state["ema"]:
+            run.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        extra = {"smooth": state.get("smooth"), "nan_skipped": state.get("nan_skipped", 0)}
+        emit(ev.Log("info", f"Resumed from {folder} at step {start.step} (epoch {start.epoch}, "
+                            f"{start.epoch_step} steps into it)"))
+
+    b = preset.backup
     sample_every = Interval(preset.sampling.every, preset.sampling.unit)
+    backup_every = Interval(b.backup_every, b.backup_unit)
+    save_every = Interval(b.save_every, b.save_unit)
+    periodic_saves = 0
     emit(ev.RunStarted(str(workspace), total_steps, total_epochs, str(device)))
-    if preset.sampling.before_training:
+    if preset.sampling.before_training and start.step == 0:
         run.sample(0, 0)
 
-    step, epoch, outcome, smooth = 0, 0, "completed", None
+    step, epoch, outcome, smooth, here = start.step, start.epoch, "completed", extra["smooth"], start
     started, window_start, window_steps = time.monotonic(), time.monotonic(), 0
     emit(ev.Status("Training"))
     try:
         while step < total_steps:
-            # 5. An epoch: a seeded order of every image use, cut into optimizer steps of micro-batches.
+            # 6. An epoch: a seeded order of every image use, cut into optimizer steps of micro-batches.
             if train_te and t.text_encoder_stop_epoch and epoch >= t.text_encoder_stop_epoch:
                 # The text encoder stops learning after its stop epoch: no more gradients, weights stay put.
                 train_te = False
                 c.text_encoder.requires_grad_(False).eval()
                 emit(ev.Log("info", f"Text encoder frozen from epoch {epoch}"))
             epoch_steps = plan.epoch_steps(epoch)
-            for epoch_step, micro_batches in enumerate(plan.iter_epoch(epoch)):
+            first = start.epoch_step if epoch == start.epoch else 0
+            for epoch_step, micro_batches in enumerate(plan.iter_epoch(epoch, first), start=first):
                 group_size = sum(len(mb.positions) for mb in micro_batches)
                 step_loss = 0.0
                 for k, batch in enumerate(micro_batches):
                     positions = batch.positions
                     gens = [sample_generator(preset.general.seed, epoch, p) for p in positions]
-                    # 6. Images -> VAE latent distributions (cached or encoded now) -> one draw per sample, scaled.
+                    # 7. Images -> VAE latent distributions (cached or encoded now) -> one draw per sample, scaled.
                     mean, std = batch.latent_mean, batch.latent_std
                     if mean is None:
                         pixels = torch.from_numpy(batch.pixels).permute(0, 3, 1, 2).to(device, frozen_dtype)
@@ -258,20 +206,20 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                     eps = torch.cat([torch.randn(mean[:1].shape, generator=g) for g in gens])
                     latents = (mean.to(device).float() + std.to(device).float() * eps.to(device))
                     latents = latents * c.vae.config.scaling_factor
-                    # 7. Noise (with optional offset noise) and uniformly drawn timesteps, per sample.
+                    # 8. Noise (with optional offset noise) and uniformly drawn timesteps, per sample.
                     noise = torch.cat([losses.make_noise(torch.empty(latents[:1].shape), generator=g,
                                                          noise_offset=t.noise_offset) for g in gens]).to(device)
                     timesteps = torch.cat([losses.sample_timesteps(1, c.noise_scheduler.config.num_train_timesteps,
                                                                    "cpu", generator=g) for g in gens]).to(device)
-                    # 8. Forward diffusion: noisy latents at those timesteps.
+                    # 9. Forward diffusion: noisy latents at those timesteps.
                     noisy = c.noise_scheduler.add_noise(latents, noise, timesteps)
-                    # 9. Condition on the captions (with gradients only when the text encoder trains).
+                    # 10. Condition on the captions (with gradients only when the text encoder trains).
                     if batch.text_embeddings is not None and not train_te:
                         hidden = batch.text_embeddings.to(device)
                     else:
                         with torch.set_grad_enabled(train_te), accelerator.autocast():
                             hidden = encode_text(c.tokenizer, c.text_encoder, batch.captions, device)
-                    # 10. UNet prediction, target (epsilon or v), loss with optional min-SNR weights.
+                    # 11. UNet prediction, target (epsilon or v), loss with optional min-SNR weights.
                     #     Only the last micro-batch of a step synchronises gradients across processes.
                     last = k == len(micro_batches) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(c.unet):
@@ -281,25 +229,34 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                         weights = torch.tensor(batch.loss_weights, device=device)
                         loss = losses.diffusion_loss(pred.float(), target.float(), timesteps, c.noise_scheduler,
                                                      t.min_snr_gamma, per_sample_weight=weights)
-                        # 11. Backward, scaled so the accumulated gradient is the mean over the step's samples.
+                        # 12. Backward, scaled so the accumulated gradient is the mean over the step's samples.
                         accelerator.backward(loss * (len(positions) / group_size))
                     step_loss += loss.detach().float().item() * len(positions) / group_size
-                if not math.isfinite(step_loss):
-                    raise FloatingPointError(
-                        f"loss became {step_loss} at step {step + 1}; the weights were not updated. Likely causes: "
-                        "a learning rate too high, or fp16 overflow (try bf16)")
-                # 12. Clip the gradient norm, step the optimizer and the LR schedule, update the EMA.
-                if t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if run.ema:
-                    run.ema.step()
                 step += 1
                 window_steps += 1
+                if math.isfinite(step_loss):
+                    # 13. Clip the gradient norm, step the optimizer and the LR schedule, update the EMA.
+                    if t.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if run.ema:
+                        run.ema.step()
+                else:
+                    # A NaN/inf loss never reaches the weights: its gradients are dropped before any update.
+                    optimizer.zero_grad(set_to_none=True)
+                    extra["nan_skipped"] += 1
+                    if extra["nan_skipped"] > t.skip_nan_steps:
+                        raise NonFiniteLoss(
+                            f"The loss became {step_loss} at step {step}; the weights were not updated and the last "
+                            "backup is intact. Likely causes: a learning rate too high, or fp16 overflow (try "
+                            "bf16 or no mixed precision). training.skip_nan_steps lets a run skip a few bad batches.")
+                    emit(ev.Log("warning", f"Skipped step {step}: the loss was {step_loss} "
+                                           f"({extra['nan_skipped']} of {t.skip_nan_steps} allowed)"))
+                    step_loss = smooth if smooth is not None else 0.0
 
-                # 13. Report: loss, smoothed loss, LR, speed, ETA (and VRAM on a GPU).
+                # 14. Report: loss, smoothed loss, LR, speed, ETA (and VRAM on a GPU).
                 smooth = step_loss if smooth is None else 0.9 * smooth + 0.1 * step_loss
                 now = time.monotonic()
                 it_s = window_steps / max(now - window_start, 1e-9)
@@ -311,29 +268,44 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                                  step_loss, smooth, lr, it_s, (total_steps - step) / max(it_s, 1e-9), vram))
                 run.log_scalars(step, step_loss, smooth, lr)
 
-                # 14. Step boundary: commands from the window, periodic samples.
+                # 15. Step boundary: commands from the window or CLI, periodic samples, backups and saves.
                 wanted = drain_commands(commands)
+                at_epoch_end = epoch_step + 1 == epoch_steps
+                here = Position(step, epoch + 1, 0) if at_epoch_end else Position(step, epoch, epoch_step + 1)
                 if sample_every.due_after_step(step) or ev.SAMPLE_NOW in wanted:
                     run.sample(step, epoch)
-                if ev.SAVE_NOW in wanted:
+                if (backup_every.due_after_step(step) or ev.BACKUP_NOW in wanted) and step < total_steps:
+                    run.backup(here, optimizer, lr_scheduler, {**extra, "smooth": smooth})
+                if save_every.due_after_step(step):
+                    periodic_saves += 1
+                    if periodic_saves > b.save_skip_first:
+                        run.save(run.save_now_path(step, epoch), "save", step)
+                elif ev.SAVE_NOW in wanted:
                     run.save(run.save_now_path(step, epoch), "save", step)
-                if ev.BACKUP_NOW in wanted:
-                    emit(ev.Log("warning", "Backups are not available in this version; use Save now."))
                 if ev.STOP in wanted:
                     outcome = "stopped"
                     break
                 if step >= total_steps:
                     break
-            if outcome == "stopped":
+            if outcome == "stopped" or step >= total_steps:
                 break
             epoch += 1
-            if sample_every.due_after_epoch(epoch) and step < total_steps:
-                run.sample(step, epoch)
+            if step < total_steps:
+                if sample_every.due_after_epoch(epoch):
+                    run.sample(step, epoch)
+                if backup_every.due_after_epoch(epoch):
+                    run.backup(here, optimizer, lr_scheduler, {**extra, "smooth": smooth})
+                if save_every.due_after_epoch(epoch):
+                    periodic_saves += 1
+                    if periodic_saves > b.save_skip_first:
+                        run.save(run.save_now_path(step, epoch), "save", step)
 
-        # 15. The final model: samples at the end, then the save to model.output_path.
+        # 16. The end (completed or stopped): last samples, a backup to continue from, the final model.
         sampled_now = preset.sampling.unit == "steps" and step % preset.sampling.every == 0
         if outcome == "completed" and preset.sampling.unit != "never" and not sampled_now:
             run.sample(step, epoch)
+        if b.backup_before_save:
+            run.backup(here, optimizer, lr_scheduler, {**extra, "smooth": smooth})
         output = run.save(Path(preset.model.output_path).expanduser(), "final", step)
         elapsed = time.monotonic() - started
         message = f"{outcome} after {step} steps in {elapsed:.0f} s; model written to {output}"
@@ -342,3 +314,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     finally:
         run.close()
         accelerator.free_memory()
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite more often than training.skip_nan_steps allows."""

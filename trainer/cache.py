@@ -1,0 +1,220 @@
+"""On-disk caches of VAE latent distributions and text embeddings: keyed, checksummed, atomic. No UI here.
+
+One safetensors file per entry under cache_dir/latents/ or cache_dir/text/, named by a hash of everything that
+changes its content (image bytes, bucket size, crop/flip/colour variant, VAE weights, dtype; or caption text, text
+encoder weights, dtype). Each file carries its own key and a checksum of its tensor bytes in the header metadata,
+so a half-written, damaged or misplaced file is detected and rebuilt, never used. Writes go to a temporary file
+that is renamed into place (os.replace), so a crash never leaves a partial file under the final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from trainer import events as ev
+
+CACHE_VERSION = 1
+
+
+class CacheError(RuntimeError):
+    """A cache file that went bad after it was checked (changed on disk during training)."""
+
+
+def entry_key(*parts) -> str:
+    """A stable hex key for a JSON-able description of an entry."""
+    text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def module_identity(module: torch.nn.Module, dtype: torch.dtype) -> str:
+    """A hash of a module's class, config and every weight (as stored), plus the dtype it runs in."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(module).__name__.encode())
+    config = getattr(module, "config", None)
+    if config is not None:
+        items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        h.update(json.dumps(items, sort_keys=True, default=str).encode())
+    h.update(str(dtype).encode())
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            h.update(name.encode())
+            h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+class TensorCache:
+    """A folder of keyed, checksummed safetensors entries."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).expanduser()
+        self.written = 0
+        self.rebuilt = 0
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def read(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The entry's tensors, or None when it is missing, damaged, or not the entry for this key."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception:  # noqa: BLE001 - any unreadable file is treated as absent and rewritten
+            return None
+        if meta.get("key") != key or meta.get("checksum") != checksum(tensors):
+            return None
+        return tensors
+
+    def load(self, key: str) -> dict[str, torch.Tensor]:
+        """Read an entry that prepare() checked; a failure now means the file changed during training."""
+        tensors = self.read(key)
+        if tensors is None:
+            raise CacheError(f"cache entry {self.path(key)} is missing or damaged (changed during training?); "
+                             "run again to rebuild it")
+        return tensors
+
+    def write(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Write atomically: a temporary file in the same folder, then os.replace over the final name."""
+        tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata={"key": key, "checksum": checksum(tensors)})
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self.written += 1
+
+    def missing(self, keys: list[str]) -> list[str]:
+        """The keys without a valid entry (each existing file is read and its checksum verified; a bad one
+        is deleted and counted in `rebuilt`)."""
+        def state(key: str) -> str:
+            if not self.path(key).exists():
+                return "absent"
+            if self.read(key) is None:
+                self.path(key).unlink(missing_ok=True)
+                return "bad"
+            return "ok"
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            states = list(pool.map(state, keys))
+        self.rebuilt += states.count("bad")
+        return [k for k, s in zip(keys, states) if s != "ok"]
+
+
+# ---- filling the caches ---------------------------------------------------------------------------------
+
+def _identity(x):
+    return x
+
+
+class _MapDataset(torch.utils.data.Dataset):
+    def __init__(self, fn, items):
+        self.fn, self.items = fn, items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.fn(self.items[i])
+
+
+def map_loader(fn, items: list, workers: int, pin_memory: bool = False):
+    """fn over items in order: in DataLoader worker processes (prefetching ahead) when workers > 0, else here."""
+    if workers <= 0 or len(items) <= 1:
+        return (fn(x) for x in items)
+    return torch.utils.data.DataLoader(_MapDataset(fn, items), batch_size=None, shuffle=False,
+                                       num_workers=min(workers, len(items)), collate_fn=_identity,
+                                       pin_memory=pin_memory, prefetch_factor=4)
+
+
+def _load_latent_chunk(chunk):
+    from trainer.images import load_pixels
+    return [job[0] for job in chunk], np.stack([load_pixels(job[1], job[2], job[3]) for job in chunk])
+
+
+def encode_latents(cache: TensorCache, jobs: list, vae, device, dtype, batch_size: int, workers: int,
+                   report) -> None:
+    """Encode jobs (key, path, (w, h), Augment) with the VAE, batched per size; report(done, total) after each."""
+    by_size: dict = {}
+    for job in jobs:
+        by_size.setdefault(job[2], []).append(job)
+    chunks = [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+    done = 0
+    for keys, pixels in map_loader(_load_latent_chunk, chunks, workers):
+        x = torch.as_tensor(pixels).permute(0, 3, 1, 2).to(device, dtype)
+        with torch.no_grad():
+            dist = vae.encode(x).latent_dist
+        for i, key in enumerate(keys):
+            cache.write(key, {"mean": dist.mean[i], "std": dist.std[i]})
+        done += len(keys)
+        report(done, len(jobs))
+
+
+def encode_texts(cache: TensorCache, jobs: list[tuple[str, str]], tokenizer, text_encoder, device,
+                 batch_size: int, report) -> None:
+    """Encode (key, caption) jobs with the frozen text encoder; report(done, total) after each batch."""
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        ids = tokenizer([c for _, c in chunk], padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(device)
+        with torch.no_grad():
+            hidden = text_encoder(ids)[0]
+        for i, (key, _) in enumerate(chunk):
+            cache.write(key, {"hidden": hidden[i]})
+        report(start + len(chunk), len(jobs))
+
+
+def frozen_dtype(mixed_precision: str, device) -> torch.dtype:
+    """The dtype the frozen VAE and text encoder run in, as in the loop: that of the mixed precision, except
+    float16 on a CPU (float32 there). Cache keys include it, so `cache` and `train` must agree."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    return torch.float32 if torch.device(device).type == "cpu" and dtype == torch.float16 else dtype
+
+
+def fill_caches(preset, emit, progress=None) -> dict:
+    """`python -m trainer cache`: check the inputs, load the model, fill the caches as training would; returns
+    the counts (EpochPlan.report)."""
+    from trainer.data import EpochPlan
+    from trainer.loop import check_inputs, quiet_libraries
+    from trainer.models import load_model
+    quiet_libraries()
+    items = check_inputs(preset, emit)
+    on_gpu = preset.general.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    dtype = frozen_dtype(preset.training.mixed_precision, device)
+    emit(ev.Status(f"Loading {preset.model.base_model}"))
+    c = load_model(preset.model.base_model, preset.model.base_config or None)
+    c.vae.requires_grad_(False).eval().to(device, dtype)
+    encode_text = not preset.training.train_text_encoder
+    if encode_text:
+        c.text_encoder.requires_grad_(False).eval().to(device, dtype)
+    plan = EpochPlan(preset, items)
+    plan.prepare(c, device, dtype, encode_text, emit, progress)
+    return plan.report

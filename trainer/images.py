@@ -1,0 +1,260 @@
+"""Image files: find, check, decode (EXIF, modes, alpha), crop to a bucket, augment. No torch, no UI here."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+INDEX_VERSION = 1
+ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey picture
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A usable image: its file, content hash and size as shown (after EXIF rotation)."""
+    path: Path
+    digest: str
+    width: int
+    height: int
+
+
+def list_image_files(folder: Path, recursive: bool) -> list[Path]:
+    """Image files (by suffix) in the folder, or below it, sorted; hidden files and folders are left out."""
+    if recursive:
+        found = []
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [Path(root) / f for f in files if not f.startswith(".")]
+    else:
+        found = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()]
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _open(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+def check_image(data: bytes) -> tuple[int, int]:
+    """Fully decode the bytes; returns the displayed size or raises with the reason."""
+    with _open(data) as im:
+        orientation = im.getexif().get(0x0112, 1)
+        im.load()
+        w, h = im.size
+    return (h, w) if orientation in ROTATED_ORIENTATIONS else (w, h)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image (unknown or damaged format)"
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"cannot decode: {text}"
+
+
+class FileIndex:
+    """Remembers, per file, its size, mtime, content hash and whether it decodes: an unchanged file is neither
+    re-read nor re-hashed on the next run. Stored as JSON in the cache folder."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.entries, self.changed = path, {}, False
+        if path is not None and path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("version") == INDEX_VERSION:
+                    self.entries = data["files"]
+            except (OSError, ValueError, KeyError, AttributeError):
+                self.entries = {}  # a damaged index is only a slower scan
+
+    def lookup(self, path: Path) -> dict:
+        """{digest, width, height} or {reason}; reads the file only when it changed since it was last seen."""
+        key = str(path.resolve())
+        try:
+            st = path.stat()
+        except OSError as e:
+            return {"reason": f"cannot read: {e.strerror or e}"}
+        entry = self.entries.get(key)
+        if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
+            return entry
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            return {"reason": f"cannot read: {e.strerror or e}"}
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        try:
+            width, height = check_image(data)
+            entry.update(digest=hashlib.blake2b(data, digest_size=16).hexdigest(), width=width, height=height)
+        except Exception as e:  # noqa: BLE001 - any decoder failure means this file is skipped, with its reason
+            entry["reason"] = _reason(e)
+        self.entries[key], self.changed = entry, True
+        return entry
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        from trainer.config import atomic_write_text
+        atomic_write_text(self.path, json.dumps({"version": INDEX_VERSION, "files": self.entries}))
+        self.changed = False
+
+
+def scan_files(paths: list[Path], index: FileIndex) -> tuple[list[ImageInfo], list[tuple[Path, str]]]:
+    """Check every file (in parallel threads; PIL decodes without the GIL): usable images and (path, reason)."""
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        entries = list(pool.map(index.lookup, paths))
+    usable, skipped = [], []
+    for path, entry in zip(paths, entries):
+        if "reason" in entry:
+            skipped.append((path, entry["reason"]))
+        else:
+            usable.append(ImageInfo(path, entry["digest"], entry["width"], entry["height"]))
+    return usable, skipped
+
+
+# ---- decoding -------------------------------------------------------------------------------------------
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey (I;16, I, F) to 8-bit L by scaling the full range, not clipping it."""
+    arr = np.asarray(im, dtype=np.float32)
+    if im.mode.startswith("I;16"):
+        arr = arr / 257.0
+    elif im.mode == "F":
+        arr = arr * 255.0 if arr.max(initial=0.0) <= 1.0 else arr
+    elif arr.max(initial=0.0) > 255:
+        arr = arr / 257.0
+    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: high bit depths rescaled, palettes expanded, transparency flattened onto white."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        im = _to_8bit(im)
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if has_alpha:
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image as RGB with its EXIF rotation applied. draft_size lets JPEG decode at a reduced scale
+    (never below that size) which is much faster for large photos."""
+    with Image.open(path) as im:
+        if draft_size is not None and im.format == "JPEG":
+            orientation = im.getexif().get(0x0112, 1)
+            w, h = draft_size if orientation not in ROTATED_ORIENTATIONS else draft_size[::-1]
+            im.draft(im.mode, (w, h))
+        im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
+
+
+# ---- crop and augment -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Augment:
+    """One use's image augmentation. Offsets and factors are drawn in advance so a cached variant is reproducible
+    and its parameters can be part of the cache key."""
+    flip: bool = False
+    crop_x: float = 0.5      # crop position within the spare width/height, 0..1 (0.5 = center)
+    crop_y: float = 0.5
+    zoom: float = 1.0        # extra scale beyond "cover", >= 1
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0         # rotation as a share of the colour circle
+
+    def key(self) -> str:
+        return json.dumps([self.flip, round(self.crop_x, 6), round(self.crop_y, 6), round(self.zoom, 6),
+                           round(self.brightness, 6), round(self.contrast, 6), round(self.saturation, 6),
+                           round(self.hue, 6)])
+
+
+def draw_augment(concept, rng: random.Random, flip: bool | None = None) -> Augment:
+    """Random augmentation parameters for a concept's settings (flip drawn unless given)."""
+    c = concept
+    if flip is None:
+        flip = c.random_flip and rng.random() < c.random_flip_probability
+    crop_x = crop_y = 0.5
+    zoom = 1.0
+    if c.crop_jitter:
+        s = c.crop_jitter_strength
+        crop_x, crop_y = 0.5 + s * (rng.random() - 0.5), 0.5 + s * (rng.random() - 0.5)
+        zoom = 1.0 + 0.1 * s * rng.random()
+
+    def factor(on: bool, strength: float) -> float:
+        return 1.0 + strength * (2 * rng.random() - 1) if on else 1.0
+    return Augment(
+        flip=bool(flip), crop_x=crop_x, crop_y=crop_y, zoom=zoom,
+        brightness=factor(c.random_brightness, c.random_brightness_strength),
+        contrast=factor(c.random_contrast, c.random_contrast_strength),
+        saturation=factor(c.random_saturation, c.random_saturation_strength),
+        hue=c.random_hue_strength * (2 * rng.random() - 1) if c.random_hue else 0.0)
+
+
+def has_random_augments(concept) -> bool:
+    """Augmentations other than the flip (those make cached variants)."""
+    c = concept
+    return c.crop_jitter or c.random_brightness or c.random_contrast or c.random_saturation or c.random_hue
+
+
+def cover_size(width: int, height: int, target: tuple[int, int], zoom: float = 1.0) -> tuple[int, int]:
+    """The size that covers target (w, h) while keeping the aspect ratio."""
+    scale = max(target[0] / width, target[1] / height) * zoom
+    return max(target[0], math.ceil(width * scale - 1e-6)), max(target[1], math.ceil(height * scale - 1e-6))
+
+
+def crop_to(im: Image.Image, target: tuple[int, int], aug: Augment) -> Image.Image:
+    """Scale to cover the target size, then crop (centered, or where the augmentation says); flip if asked."""
+    w, h = cover_size(im.width, im.height, target, aug.zoom)
+    if (w, h) != im.size:
+        im = im.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    left = round((w - target[0]) * min(max(aug.crop_x, 0.0), 1.0))
+    top = round((h - target[1]) * min(max(aug.crop_y, 0.0), 1.0))
+    im = im.crop((left, top, left + target[0], top + target[1]))
+    return im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if aug.flip else im
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _rotate_hue(x: np.ndarray, turns: float) -> np.ndarray:
+    """Rotate the chroma of RGB values in YIQ space (a linear, fast stand-in for an HSV hue shift)."""
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+    a = 2 * math.pi * turns
+    rot = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]], np.float32)
+    m = np.linalg.inv(to_yiq) @ rot @ to_yiq
+    return x @ m.T.astype(np.float32)
+
+
+def color_jitter(x: np.ndarray, aug: Augment) -> np.ndarray:
+    """Brightness, contrast, saturation and hue on float RGB in [0, 1] (HWC)."""
+    if aug.brightness != 1.0:
+        x = x * aug.brightness
+    if aug.contrast != 1.0:
+        mean = float((x @ _LUMA).mean())
+        x = (x - mean) * aug.contrast + mean
+    if aug.saturation != 1.0:
+        grey = (x @ _LUMA)[..., None]
+        x = grey + (x - grey) * aug.saturation
+    if aug.hue != 0.0:
+        x = _rotate_hue(x, aug.hue)
+    return np.clip(x, 0.0, 1.0)
+
+
+def load_pixels(path: Path, size: tuple[int, int], aug: Augment) -> np.ndarray:
+    """One image for one use: decoded, covered and cropped to size (w, h), augmented; float32 HWC in [-1, 1]."""
+    im = decode(path, draft_size=(math.ceil(size[0] * aug.zoom), math.ceil(size[1] * aug.zoom)))
+    im = crop_to(im, size, aug)
+    x = np.asarray(im, dtype=np.float32) / 255.0
+    x = color_jitter(x, aug)
+    return x * 2.0 - 1.0

@@ -1,0 +1,128 @@
+"""What a run writes: samples, model saves, backups and TensorBoard scalars. No UI here."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trainer import events as ev
+from trainer.backup import Position, backup_root, prune_backups, rng_state, write_backup
+from trainer.config import Preset, preset_to_json
+from trainer.ema import EMA
+from trainer.models import SDComponents, save_model
+from trainer.sampling import generate, make_pipeline, sample_path
+
+
+class Run:
+    """Per-run helpers around the loop: events, samples, saves, TensorBoard. The loop itself is `train`."""
+
+    def __init__(self, preset: Preset, emit: Callable, accelerator, components: SDComponents):
+        self.preset, self.emit, self.acc, self.c = preset, emit, accelerator, components
+        self.workspace = Path(preset.general.workspace_dir).expanduser()
+        self.samples_dir = self.workspace / "samples"
+        self.writer = None
+        self.ema: EMA | None = None
+        if preset.general.tensorboard and accelerator.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.workspace / "tensorboard"))
+
+    def unwrapped(self) -> SDComponents:
+        c = self.c
+        return SDComponents(self.acc.unwrap_model(c.unet), c.vae, self.acc.unwrap_model(c.text_encoder),
+                            c.tokenizer, c.noise_scheduler)
+
+    def sample(self, step: int, epoch: int) -> None:
+        """Render every sample prompt from the modules in memory (EMA weights swapped in when EMA is on)."""
+        if not self.preset.sampling.prompts or not self.acc.is_main_process:
+            return
+        self.emit(ev.Status(f"Sampling at step {step}"))
+        m = self.unwrapped()
+        training = m.unet.training, m.text_encoder.training
+        m.unet.eval(); m.text_encoder.eval()
+        if self.ema:
+            self.ema.swap_in()
+        try:
+            self.samples_dir.mkdir(parents=True, exist_ok=True)
+            for index, prompt in enumerate(self.preset.sampling.prompts):
+                pipe = make_pipeline(m.unet, m.vae, m.text_encoder, m.tokenizer, m.noise_scheduler.config,
+                                     prompt.sampler)
+                with self.acc.autocast():
+                    image = generate(pipe, prompt, self.acc.device)
+                path = sample_path(self.samples_dir, step, epoch, index, prompt.seed)
+                image.save(path)
+                if self.writer:
+                    self.writer.add_image(f"samples/{index}", np.asarray(image), step, dataformats="HWC")
+                self.emit(ev.SampleReady(str(path), index, prompt.prompt, step, epoch))
+        finally:
+            if self.ema:
+                self.ema.swap_out()
+            m.unet.train(training[0]); m.text_encoder.train(training[1])
+        self.emit(ev.Status("Training"))
+
+    def save(self, path: Path, kind: str, step: int) -> Path:
+        """Write the model (EMA weights when on) in the preset's output format and dtype."""
+        if not self.acc.is_main_process:
+            return path
+        self.emit(ev.Status(f"Saving {path}"))
+        metadata = {
+            "seachange.preset": preset_to_json(self.preset), "seachange.step": str(step),
+            "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
+            "modelspec.implementation": "https://github.com/CompVis/stable-diffusion",
+            "modelspec.title": path.stem, "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "modelspec.resolution": self.preset.training.resolution.split(",")[0].strip(),
+            "modelspec.prediction_type": self.preset.training.prediction_type,
+        }
+        if self.ema:
+            self.ema.swap_in()
+        try:
+            written = save_model(self.unwrapped(), path, self.preset.model.output_format,
+                                 self.preset.model.output_dtype, metadata)
+        finally:
+            if self.ema:
+                self.ema.swap_out()
+        self.emit(ev.CheckpointWritten(kind, str(written), step))
+        return written
+
+    def save_now_path(self, step: int, epoch: int) -> Path:
+        suffix = ".safetensors" if self.preset.model.output_format == "single_file" else ""
+        name = f"{self.preset.backup.prefix}step{step:07d}-epoch{epoch:04d}{suffix}"
+        return self.workspace / "save" / name
+
+    def backup(self, position: Position, optimizer, lr_scheduler, extra: dict) -> Path | None:
+        """Write the full training state (see backup.py) and prune old backups; rank 0 only."""
+        if not self.acc.is_main_process:
+            return None
+        self.emit(ev.Status(f"Writing backup at step {position.step}"))
+        c, b = self.unwrapped(), self.preset.backup
+        modules = {}
+        if self.preset.training.train_unet:
+            modules["unet"] = c.unet
+        if self.preset.training.train_text_encoder:
+            modules["text_encoder"] = c.text_encoder
+        state = {
+            "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+            "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema else None, "rng": rng_state(), **extra,
+        }
+        name = f"{b.prefix}step{position.step:07d}-epoch{position.epoch:04d}"
+        pause = float(os.environ.get("SEACHANGE_TEST_BACKUP_PAUSE", "0"))  # fault-injection hook for tests
+        folder = write_backup(backup_root(self.preset), name, modules, state, self.preset, position, pause)
+        for old in prune_backups(backup_root(self.preset), b.rolling_backups):
+            self.emit(ev.Log("info", f"Deleted old backup {old}"))
+        self.emit(ev.CheckpointWritten("backup", str(folder), position.step))
+        self.emit(ev.Status("Training"))
+        return folder
+
+    def log_scalars(self, step: int, loss: float, smooth: float, lr: float) -> None:
+        if self.writer:
+            self.writer.add_scalar("loss/raw", loss, step)
+            self.writer.add_scalar("loss/smoothed", smooth, step)
+            self.writer.add_scalar("lr", lr, step)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
