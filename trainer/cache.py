@@ -168,7 +168,7 @@ def encode_latents(cache: TensorCache, jobs: list, vae, device, dtype, batch_siz
     chunks = [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
     done = 0
     for keys, pixels in map_loader(_load_latent_chunk, chunks, workers):
-        x = torch.as_tensor(pixels).permute(0, 3, 1, 2).to(device, dtype)
+        x = torch.as_tensor(pixels).permute(0, 3, 1, 2).contiguous().to(device, dtype)
         with torch.no_grad():
             dist = vae.encode(x).latent_dist
         for i, key in enumerate(keys):

@@ -1,0 +1,325 @@
+"""Backups, saves and exact resume; faults (kill, NaN, full disk, unwritable output) lose nothing."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny_presets import make_preset
+from trainer import events as ev
+from trainer import losses
+from trainer.backup import complete_backups, prune_backups
+from trainer.config import save_preset
+from trainer.errors import InputError
+from trainer.intervals import Interval
+from trainer.loop import train
+
+STEPS = 12
+TRAINING = {"max_steps": STEPS, "batch_size": 2, "optimizer": "adamw", "lr_scheduler": "cosine",
+            "lr_warmup_steps": 3, "ema": "cpu", "ema_decay": 0.9}
+
+
+def preset_for(tmp_path, model, concept, **backup):
+    return make_preset(tmp_path, model, concept, training=TRAINING,
+                       backup={"backup_unit": "never", "rolling_backups": 0, **backup})
+
+
+def run(preset, stop_at: int | None = None, resume=None):
+    """Train in-process; stop_at sends STOP once that step is reported."""
+    commands, events = queue.Queue(), []
+
+    def emit(e):
+        events.append(e)
+        if stop_at and isinstance(e, ev.Progress) and e.step == stop_at:
+            commands.put(ev.Command(ev.STOP))
+    return train(preset, emit, commands, resume=resume), events
+
+
+def final_state(preset):
+    """(weights, optimizer state, EMA state, LR schedule) of the newest backup of a run."""
+    folder = complete_backups(Path(preset.general.workspace_dir) / "backup")[-1]
+    state = torch.load(folder / "state.pt", weights_only=True)
+    return load_file(str(folder / "unet.safetensors")), state
+
+
+def assert_same_state(a, b):
+    (wa, sa), (wb, sb) = a, b
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa if isinstance(pa[k], torch.Tensor))
+    assert all(torch.equal(x, y) for x, y in zip(sa["ema"]["shadow"], sb["ema"]["shadow"]))
+    assert sa["lr_scheduler"]["last_epoch"] == sb["lr_scheduler"]["last_epoch"] == STEPS
+    assert sa["lr_scheduler"]["_last_lr"] == sb["lr_scheduler"]["_last_lr"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, color_concept, tmp_path_factory):
+    preset = preset_for(tmp_path_factory.mktemp("full"), tiny_model_dir, color_concept)
+    finished, events = run(preset)
+    assert finished.outcome == "completed"
+    return final_state(preset), load_file(finished.output_path)
+
+
+# ---- intervals, rolling deletion ------------------------------------------------------------------------
+
+def test_intervals_for_each_unit():
+    steps = Interval(3, "steps")
+    assert [s for s in range(1, 10) if steps.due_after_step(s)] == [3, 6, 9]
+    epochs = Interval(2, "epochs")
+    assert not any(epochs.due_after_step(s) for s in range(1, 10))
+    assert [e for e in range(1, 7) if epochs.due_after_epoch(e)] == [2, 4, 6]
+    now = [0.0]
+    minutes = Interval(2, "minutes", clock=lambda: now[0])
+    due = []
+    for step in range(1, 11):
+        now[0] += 30  # half a minute per step
+        if minutes.due_after_step(step):
+            due.append(step)
+    assert due == [4, 8]
+    never = Interval(1, "never")
+    assert not any(never.due_after_step(s) or never.due_after_epoch(s) for s in range(1, 10))
+
+
+def test_rolling_deletion_keeps_the_newest(tmp_path):
+    for step in (5, 10, 15, 20):
+        folder = tmp_path / f"step{step:07d}"
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"step": step}))
+    (tmp_path / ".step0000025.tmp-1").mkdir()  # unfinished: never counted, never picked
+    prune_backups(tmp_path, 2)
+    assert [p.name for p in complete_backups(tmp_path)] == ["step0000015", "step0000020"]
+    prune_backups(tmp_path, 0)
+    assert len(complete_backups(tmp_path)) == 2
+
+
+# ---- exact resume --------------------------------------------------------------------------------------
+
+def test_backup_before_save_on_completion_and_stop(tiny_model_dir, color_concept, tmp_path):
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept, backup_unit="steps", backup_every=4,
+                        rolling_backups=2)
+    finished, events = run(preset, stop_at=6)
+    assert finished.outcome == "stopped" and finished.step == 6
+    kinds = [(e.kind, e.step) for e in events if isinstance(e, ev.CheckpointWritten)]
+    assert kinds == [("backup", 4), ("backup", 6), ("final", 6)]
+    names = [p.name for p in complete_backups(tmp_path / "ws" / "backup")]
+    assert names == ["step0000004-epoch0001", "step0000006-epoch0001"]
+    finished, events = run(preset, resume="latest")
+    assert finished.outcome == "completed"
+    assert [(e.kind, e.step) for e in events if isinstance(e, ev.CheckpointWritten)] == \
+        [("backup", 8), ("backup", 12), ("final", 12)]
+    assert len(complete_backups(tmp_path / "ws" / "backup")) == 2  # rolling: the newest two
+
+
+def test_resume_after_stop_is_exact(tiny_model_dir, color_concept, tmp_path, uninterrupted):
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept)
+    assert run(preset, stop_at=5)[0].outcome == "stopped"
+    finished, events = run(preset, resume="latest")
+    assert any("Resumed from" in e.text and "step 5" in e.text for e in events if isinstance(e, ev.Log))
+    assert [e.step for e in events if isinstance(e, ev.Progress)] == list(range(6, STEPS + 1))
+    assert_same_state(final_state(preset), uninterrupted[0])
+    out = load_file(finished.output_path)
+    assert all(torch.equal(out[k], uninterrupted[1][k]) for k in out)  # the saved EMA model too
+
+
+def cli_preset(tmp_path, model, concept, **backup) -> Path:
+    path = tmp_path / "preset.json"
+    save_preset(preset_for(tmp_path, model, concept, **backup), path)
+    return path
+
+
+def start_cli(preset_path, env=None, *extra):
+    cmd = [sys.executable, "-m", "trainer", "train", str(preset_path), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def wait_for(condition, timeout=120.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("moment", ["mid-step", "mid-backup"])
+def test_resume_after_sigkill_is_exact(moment, tiny_model_dir, color_concept, tmp_path, uninterrupted):
+    preset_path = cli_preset(tmp_path, tiny_model_dir, color_concept, backup_unit="steps", backup_every=3)
+    backups = tmp_path / "ws" / "backup"
+    env = {"SEACHANGE_TEST_BACKUP_PAUSE": "1.5"} if moment == "mid-backup" else {}
+    child = start_cli(preset_path, env, "--quiet")
+    try:
+        if moment == "mid-step":
+            assert wait_for(lambda: complete_backups(backups)), child.stderr and child.communicate()[1][-2000:]
+        else:  # one complete backup, then kill while the next one is being written
+            assert wait_for(lambda: complete_backups(backups) and list(backups.glob(".*.tmp-*")))
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+    assert child.returncode == -signal.SIGKILL
+    if moment == "mid-backup":
+        assert list(backups.glob(".*.tmp-*")) and len(complete_backups(backups)) == 1
+    resumed = start_cli(preset_path, {}, "--resume", "latest")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "Resumed from" in err
+    from trainer.config import load_preset
+    assert_same_state(final_state(load_preset(preset_path)), uninterrupted[0])
+
+
+def test_incompatible_resume_is_refused_and_harmless_change_allowed(tiny_model_dir, color_concept, tmp_path):
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept)
+    run(preset, stop_at=2)
+    preset.training.batch_size = 4
+    with pytest.raises(InputError, match=r"training\.batch_size: changed since the backup \(2 -> 4\)"):
+        run(preset, resume="latest")
+    preset.training.batch_size = 2
+    preset.sampling.every = 7
+    finished, events = run(preset, resume="latest")
+    assert finished.outcome == "completed"
+    assert any("harmless" in e.text and "sampling.every" in e.text for e in events if isinstance(e, ev.Log))
+    with pytest.raises(InputError, match="not a complete backup"):
+        run(preset, resume=str(tmp_path / "nowhere"))
+
+
+# ---- NaN, disk full, unwritable output, interrupted save -----------------------------------------------
+
+def nan_at(monkeypatch, bad_calls: set[int]):
+    real, calls = losses.diffusion_loss, [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls[0] in bad_calls else value
+    monkeypatch.setattr(losses, "diffusion_loss", loss)
+
+
+def test_nan_loss_fails_naming_the_step_and_keeps_the_backup(tiny_model_dir, color_concept, tmp_path,
+                                                             monkeypatch):
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept, backup_unit="steps", backup_every=1)
+    nan_at(monkeypatch, {3})
+    from trainer.loop import NonFiniteLoss
+    with pytest.raises(NonFiniteLoss, match="at step 3; the weights were not updated") as e:
+        run(preset)
+    assert "learning rate too high" in str(e.value)
+    assert [p.name for p in complete_backups(tmp_path / "ws" / "backup")][-1] == "step0000002-epoch0000"
+
+
+def test_nan_run_failure_through_session(tiny_model_dir, color_concept, tmp_path, monkeypatch):
+    from trainer.session import TrainingSession
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept, backup_unit="steps", backup_every=1)
+    nan_at(monkeypatch, {3})
+    session = TrainingSession(preset)
+    session.start()
+    assert session.join(120)
+    finished = list(session.events.queue)[-1]
+    assert finished.outcome == "failed" and "step 3" in finished.message and "fp16" in finished.message
+    backups = complete_backups(tmp_path / "ws" / "backup")
+    assert [p.name for p in backups] == ["step0000001-epoch0000", "step0000002-epoch0000"]
+    weights = load_file(str(backups[-1] / "unet.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not Path(preset.model.output_path).exists()  # poisoned weights are never saved
+
+
+def test_skip_nan_steps_skips_bad_batches(tiny_model_dir, color_concept, tmp_path, monkeypatch):
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept)
+    preset.training.skip_nan_steps = 2
+    nan_at(monkeypatch, {3, 5})
+    finished, events = run(preset)
+    assert finished.outcome == "completed", finished.message
+    assert sum("Skipped step" in e.text for e in events if isinstance(e, ev.Log)) == 2
+    assert all(torch.isfinite(w).all() for w in load_file(finished.output_path).values())
+
+
+def test_disk_full_during_backup_keeps_earlier_files(tiny_model_dir, color_concept, tmp_path, monkeypatch):
+    import safetensors.torch
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept, backup_unit="steps", backup_every=2)
+    real, calls = safetensors.torch.save_file, [0]
+
+    def save_file(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # the second backup's weights
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    from trainer.session import TrainingSession
+    session = TrainingSession(preset)
+    session.start()
+    assert session.join(120)
+    finished = list(session.events.queue)[-1]
+    assert finished.outcome == "failed" and "No space left on device" in finished.message
+    backups = tmp_path / "ws" / "backup"
+    assert [p.name for p in complete_backups(backups)] == ["step0000002-epoch0000"]
+    assert not list(backups.glob(".*"))  # the half-written backup was removed
+    assert load_file(str(complete_backups(backups)[0] / "unet.safetensors"))
+
+
+def test_unwritable_output_exits_2_before_loading(tiny_model_dir, color_concept, tmp_path, capsys):
+    from trainer.__main__ import main
+    (tmp_path / "a_file").write_text("not a folder")
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept)
+    preset.model.output_path = str(tmp_path / "a_file" / "model.safetensors")
+    save_preset(preset, tmp_path / "p.json")
+    assert main(["train", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "model.output_path: cannot write to" in err and "a_file" in err
+    assert "Loading" not in err
+
+
+def test_not_enough_disk_exits_2(tiny_model_dir, color_concept, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept)
+    with pytest.raises(InputError, match=r"general.workspace_dir: only 0.0 GiB free"):
+        run(preset)
+
+
+def test_interrupted_save_leaves_the_old_file_readable(tiny_model_dir, tmp_path, monkeypatch):
+    from trainer import models
+    components = models.load_model(str(tiny_model_dir))
+    target = tmp_path / "model.safetensors"
+    models.save_model(components, target, "single_file", "float16", {"modelspec.title": "old"})
+    before = load_file(str(target))
+
+    def no_rename(src, dst):
+        raise OSError(errno.EIO, "interrupted before rename")
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError):
+        models.save_model(components, target, "single_file", "float32", {"modelspec.title": "new"})
+    monkeypatch.undo()
+    after = load_file(str(target))
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary left behind
+
+
+def test_signals_backup_now_and_ctrl_c_stops_cleanly(tiny_model_dir, color_concept, tmp_path):
+    preset = preset_for(tmp_path, tiny_model_dir, color_concept)
+    preset.training.max_steps = 100000
+    preset.training.epochs = 100000
+    save_preset(preset, tmp_path / "p.json")
+    child = start_cli(tmp_path / "p.json")
+    backups = tmp_path / "ws" / "backup"
+    try:
+        assert wait_for(lambda: (tmp_path / "ws" / "preset.json").exists())
+        time.sleep(3)
+        child.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda: complete_backups(backups), 60)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err[-2000:]
+    assert len(complete_backups(backups)) == 2  # the one asked for, and the one on stop
+    assert Path(preset.model.output_path).is_file() and "stopped" in err
