@@ -323,3 +323,21 @@ def test_signals_backup_now_and_ctrl_c_stops_cleanly(tiny_model_dir, color_conce
     assert child.returncode == 130, err[-2000:]
     assert len(complete_backups(backups)) == 2  # the one asked for, and the one on stop
     assert Path(preset.model.output_path).is_file() and "stopped" in err
+
+
+def test_out_of_memory_fails_with_suggestions(tiny_model_dir, color_concept, tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    from trainer.session import TrainingSession
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(UNet2DConditionModel, "forward", oom)
+    session = TrainingSession(preset_for(tmp_path, tiny_model_dir, color_concept))
+    session.start()
+    assert session.join(120)
+    finished = list(session.events.queue)[-1]
+    assert finished.outcome == "failed" and not finished.bad_input
+    for advice in ("Out of GPU memory", "batch size", "gradient checkpointing", "8-bit AdamW", "resolution",
+                   "low-VRAM preset"):
+        assert advice in finished.message
