@@ -67,6 +67,8 @@ def run(args) -> dict:
     workers = [int(w) for w in args.workers.split(",")]
     plan = EpochPlan(preset, items)
     result["uncached_images_per_s"] = {w: round(epoch_rate(plan, w), 1) for w in workers}
+    if args.no_cache:
+        return result
     if args.model:
         from trainer.models import load_model
         components = load_model(args.model)
@@ -93,10 +95,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--long-side", type=int, default=1536, help="long side of the generated photos")
-    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--resolution", type=int, default=256, help="training resolution (the tiny VAE is "
+                        "slow on a CPU at 512: its mid-block attention is quadratic in the pixels)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", default="0,2", help="comma list of DataLoader worker counts to time")
     parser.add_argument("--augment", action="store_true", help="crop jitter and brightness on")
+    parser.add_argument("--no-cache", action="store_true", help="time only the scan and uncached loading")
     parser.add_argument("--model", default="", help="a real SD 1.5 model for the cache fill (GPU advised)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

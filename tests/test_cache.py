@@ -82,7 +82,7 @@ def test_changed_image_re_encodes_only_itself(tmp_path, components):
     assert count.images == 1 and count.texts == 0
 
 
-def test_resolution_vae_and_dtype_changes_re_encode(tmp_path, components):
+def test_resolution_bucketing_and_vae_changes_re_encode(tmp_path, components):
     preset = preset_for(tmp_path, mixed_folder(tmp_path / "imgs"))
     prepare(preset, components)
     preset.training.resolution = "48"

@@ -13,6 +13,7 @@ from trainer.buckets import bucket_sizes, nearest_bucket
 from trainer.captions import augment_caption, pick_caption
 from trainer.config import ConceptConfig
 from trainer.errors import InputError
+from trainer.images import Augment
 
 
 # ---- captions --------------------------------------------------------------------------------------------
@@ -237,3 +238,18 @@ def test_augmentations_change_pixels_and_flip_mirrors(tmp_path):
                                                           "random_brightness_strength": 0.3}))
     means = [b.pixels[0].mean() for step in plan.iter_epoch(0) for b in step]
     assert np.std(means) > 0.01
+
+
+def test_colour_augmentations():
+    from trainer.images import color_jitter
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.8, (8, 8, 3)).astype(np.float32)
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    grey = color_jitter(x, Augment(saturation=0.0))
+    assert np.allclose(grey[..., 0], grey[..., 1], atol=1e-6) and np.allclose(grey @ luma, x @ luma, atol=1e-5)
+    flat = color_jitter(x, Augment(contrast=0.0))
+    assert np.allclose(flat, (x @ luma).mean(), atol=1e-5)
+    hue = color_jitter(x, Augment(hue=0.25))
+    assert np.allclose(hue @ luma, x @ luma, atol=2e-2) and np.abs(hue - x).max() > 0.1
+    assert np.allclose(color_jitter(x, Augment(hue=1.0)), x, atol=1e-4)  # a full turn changes nothing
+    assert np.allclose(color_jitter(x, Augment(brightness=1.2)), np.clip(x * 1.2, 0, 1))

@@ -280,7 +280,8 @@ class EpochPlan:
             captions.append(pick_caption(self.items[idx].captions, concept, rng))
             weights.append(concept.loss_weight)
             rng = random.Random(f"{self.seed}-image-{spec.epoch}-{pos}")
-            augs.append(self._cached_augment(idx, spec.size, rng) if self.latents else draw_augment(concept, rng))
+            augs.append(self._cached_augment(idx, spec.size, rng) if self.latents is not None
+                        else draw_augment(concept, rng))
         batch = Batch(captions, list(spec.positions), weights)
         if self.latents is not None:
             import torch

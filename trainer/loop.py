@@ -20,6 +20,7 @@ from trainer import events as ev
 from trainer import losses, optim
 from trainer.backup import Position, check_folders_and_disk, find_backup, read_backup, set_rng_state
 from trainer.config import Preset, atomic_write_text, preset_to_json, validate
+from trainer.cache import frozen_dtype as cache_dtype
 from trainer.data import EpochPlan, collect_items
 from trainer.ema import EMA
 from trainer.errors import InputError
@@ -111,9 +112,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     c = load_model(preset.model.base_model, preset.model.base_config or None)
     c.noise_scheduler = losses.configure_noise_scheduler(dict(c.noise_scheduler.config), t.prediction_type,
                                                          t.zero_terminal_snr)
-    frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.mixed_precision, torch.float32)
-    if device.type == "cpu":
-        frozen_dtype = torch.float32 if frozen_dtype == torch.float16 else frozen_dtype
+    frozen_dtype = cache_dtype(t.mixed_precision, device)  # the same rule as `python -m trainer cache`
     c.vae.requires_grad_(False).eval().to(device, frozen_dtype)
     c.unet.requires_grad_(t.train_unet).train(t.train_unet).to(device)
     train_te = t.train_text_encoder
