@@ -65,3 +65,10 @@ class TrainingSession:
             finished = ev.RunFinished("failed", message, bad_input=is_input_error(e))
         finally:
             self.events.put(finished)
+
+
+def concept_statistics(preset: Preset) -> list[dict]:
+    """Per concept: images, usable and skipped files with reasons, missing captions, caption lengths and the
+    bucket histogram (plain data; may take a while on big folders, so call it off the UI thread)."""
+    from trainer.stats import concept_stats  # no torch: safe before the first run
+    return concept_stats(copy.deepcopy(preset))
