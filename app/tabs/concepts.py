@@ -1,4 +1,5 @@
-"""The concepts tab: the concept list (add, duplicate, remove, enable), an editor, thumbnails with captions."""
+"""The concepts tab: the concept list (add, duplicate, remove, enable), an editor, the engine's statistics of the
+selected concept (computed in a worker thread) and thumbnails with captions."""
 from __future__ import annotations
 
 import copy
@@ -11,24 +12,26 @@ import customtkinter as ctk
 
 from app.form import hint_of, is_scalar, split_problem
 from app.tabs.common import Tab
+from app.tabs.concept_stats import StatsPanel, stats_key
 from app.widgets import ERROR, MUTED, Group, Tooltip, bury
 from trainer.config import ConceptConfig
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as trainer.images
 THUMBS = 8
 THUMB_SIZE = 120
+STATS_DEBOUNCE_MS = 300
+STATS_INPUTS = ("training.resolution", "training.aspect_bucketing", "general.cache_dir")  # besides the concept
 
 
-def scan_folder(folder: str) -> tuple[list[Path], int]:
-    """(images sorted by name, how many have no .txt caption beside them); one directory listing."""
+def scan_folder(folder: str) -> list[Path]:
+    """The image files to show as thumbnails, sorted by name (one directory listing; the statistics come from
+    the engine)."""
     try:
-        names = [e.name for e in os.scandir(Path(folder).expanduser()) if e.is_file()]
+        names = [e.name for e in os.scandir(Path(folder).expanduser()) if e.is_file() and e.name[:1] != "."]
     except OSError:
-        return [], 0
-    stems = {os.path.splitext(n)[0] for n in names if n.lower().endswith(".txt")}
+        return []
     images = sorted(n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS)
-    missing = sum(1 for n in images if os.path.splitext(n)[0] not in stems)
-    return [Path(folder).expanduser() / n for n in images], missing
+    return [Path(folder).expanduser() / n for n in images]
 
 
 def caption_of(image: Path, concept: ConceptConfig) -> str:
@@ -57,6 +60,7 @@ class ConceptsTab(Tab):
         self.editor_bindings = []
         self._thumb_token = 0
         self._thumb_after: str | None = None
+        self._stats_after: str | None = None
         self.thumb_images: list = []
 
     # ---- building ---------------------------------------------------------------------------------
@@ -95,9 +99,11 @@ class ConceptsTab(Tab):
                 self.editor_bindings.append((f.name, self.form.field(self.editor, f"concepts.0.{f.name}")))
         self.editor.pad_bottom()
         yield
+        self.stats_panel = StatsPanel(right, on_rescan=self.rescan)
+        self.stats = self.stats_panel.summary
         self.images = Group(right, "Images")
-        self.stats = ctk.CTkLabel(self.images, text="", text_color=MUTED, anchor="w")
-        self.stats.grid(row=1, column=0, columnspan=4, sticky="w", padx=12)
+        self.images_note = ctk.CTkLabel(self.images, text="", text_color=MUTED, anchor="w")
+        self.images_note.grid(row=1, column=0, columnspan=4, sticky="w", padx=12)
         self.thumb_cards = []
         for k in range(THUMBS):
             image_label = ctk.CTkLabel(self.images, text="", width=THUMB_SIZE, height=THUMB_SIZE)
@@ -106,7 +112,7 @@ class ConceptsTab(Tab):
             self.thumb_cards.append((image_label, caption))
         for col in range(4):
             self.images.grid_columnconfigure(col, weight=1, uniform="thumbs")
-        self.editor_row, self.images_row = 1, 2
+        self.stats_row, self.editor_row, self.images_row = 1, 2, 3  # statistics first: seen without scrolling
         self.reload()
         yield
 
@@ -144,15 +150,16 @@ class ConceptsTab(Tab):
         for name, binding in self.editor_bindings:
             self.form.retarget(binding, None if index is None else f"concepts.{index}.{name}")
         if index is None:
-            self.editor.grid_remove(), self.images.grid_remove()
+            self.editor.grid_remove(), self.stats_panel.grid_remove(), self.images.grid_remove()
             self.placeholder.grid(row=0, column=0, sticky="w", padx=16, pady=16)
         else:
             self.placeholder.grid_remove()
             self.editor.grid(row=self.editor_row, column=0, sticky="ew", padx=6, pady=6)
-            self.images.grid(row=self.images_row, column=0, sticky="ew", padx=6, pady=6)
+            self.stats_panel.grid(row=self.stats_row, column=0, sticky="ew", padx=6, pady=6)
         self.duplicate_button.configure(state="normal" if index is not None else "disabled")
         self.remove_button.configure(state="normal" if index is not None else "disabled")
         self.refresh_images()
+        self.refresh_stats()
         self.window.schedule_validation()
 
     def add(self) -> None:
@@ -183,6 +190,8 @@ class ConceptsTab(Tab):
         self.select(0 if self.concepts else None)
 
     def field_changed(self, path: str) -> None:
+        if path in STATS_INPUTS:
+            self._schedule_stats()
         parts = path.split(".")
         if len(parts) != 3 or parts[0] != "concepts":
             return
@@ -193,6 +202,8 @@ class ConceptsTab(Tab):
             if self._thumb_after is not None:
                 self.frame.after_cancel(self._thumb_after)
             self._thumb_after = self.frame.after(400, self.refresh_images)
+        if index == self.selected:
+            self._schedule_stats()
 
     def mark(self, problems: list[str]) -> None:
         """Concepts with a problem show their name in red in the list."""
@@ -201,10 +212,38 @@ class ConceptsTab(Tab):
         for i, (_, _, button) in enumerate(self.rows):
             button.configure(text_color=ERROR if i in bad else ctk.ThemeManager.theme["CTkButton"]["text_color"])
 
+    # ---- statistics -------------------------------------------------------------------------------
+
+    def _schedule_stats(self) -> None:
+        """After an edit: rescan once the typing pauses, and only when something the statistics read changed."""
+        if self._stats_after is not None:
+            self.frame.after_cancel(self._stats_after)
+        self._stats_after = self.frame.after(STATS_DEBOUNCE_MS, self._stats_if_changed)
+
+    def _stats_if_changed(self) -> None:
+        self._stats_after = None
+        if self.selected is not None and stats_key(self.form.preset, self.selected) != self.stats_panel.key:
+            self.refresh_stats()
+
+    def rescan(self) -> None:
+        """The Rescan button: files may have changed on disk."""
+        self.refresh_images()
+        self.refresh_stats()
+
+    def refresh_stats(self) -> None:
+        """Compute the selected concept's statistics in a worker thread (the panel shows them when they come)."""
+        if self._stats_after is not None:
+            self.frame.after_cancel(self._stats_after)
+            self._stats_after = None
+        if self.selected is None:
+            self.stats_panel.forget()
+        else:
+            self.stats_panel.request(self.form.preset, self.selected)
+
     # ---- images -----------------------------------------------------------------------------------
 
     def refresh_images(self) -> None:
-        """Statistics and the first few thumbnails of the selected concept; thumbnails load one per tick."""
+        """The first few thumbnails of the selected concept, with captions; they load one per tick."""
         self._thumb_after = None
         self._thumb_token += 1
         for image_label, caption in self.thumb_cards:
@@ -212,19 +251,13 @@ class ConceptsTab(Tab):
         if self.selected is None:
             return
         concept = self.concepts[self.selected]
-        images, missing = scan_folder(concept.path) if concept.path else ([], 0)
-        if not concept.path:
-            text = "Choose the folder of this concept's images."
-        elif not Path(concept.path).expanduser().is_dir():
-            text = (f"{concept.path} does not exist yet: the demo is generated there when training starts."
-                    if self.form.preset.general.demo_dir else f"The folder {concept.path} does not exist.")
-        elif not images:
-            text = f"No images in {concept.path}."
-        else:
-            text = f"{len(images)} image{'s' * (len(images) != 1)}"
-            if concept.caption_source == "txt":
-                text += f" · {missing} without a caption file" if missing else " · every image has a caption file"
-        self.stats.configure(text=text)
+        images = scan_folder(concept.path) if concept.path else []
+        if not images:
+            self.images.grid_remove()
+            return
+        self.images.grid(row=self.images_row, column=0, sticky="ew", padx=6, pady=6)
+        self.images_note.configure(text=f"The first {THUMBS} of {len(images)} image files."
+                                   if len(images) > THUMBS else "")
         self.shown_images = images[:THUMBS]
         self._load_thumb(self._thumb_token, 0)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from app.widgets import ERROR
 from trainer.config import ConfigError, load_preset, preset_to_dict, preset_to_json, save_preset
@@ -119,6 +120,10 @@ def test_concept_thumbnails_show_captions_and_statistics(window, tmp_path):
     tab.add_button.invoke()
     type_into(window.form.widget_for(f"concepts.{tab.selected}.path"), str(tmp_path))
     tab.refresh_images()
+    tab.refresh_stats()  # the engine's statistics come from a worker thread
+    end = time.monotonic() + 20
+    while tab.stats_panel.pending() and time.monotonic() < end:
+        window.update()
     for _ in range(10):
         window.update()
     assert "3 images" in tab.stats.cget("text") and "1 without a caption file" in tab.stats.cget("text")

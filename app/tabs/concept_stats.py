@@ -1,0 +1,299 @@
+"""The concepts tab's statistics panel: the engine's concept statistics, computed in a worker thread."""
+from __future__ import annotations
+
+import copy
+import json
+import queue
+import threading
+import tkinter as tk
+from pathlib import Path
+
+import customtkinter as ctk
+
+from app.widgets import ERROR, GROUP_COLOUR, MUTED, WARNING, Group, Tooltip
+from trainer.config import Preset
+from trainer.session import concept_statistics
+
+SKIPPED_LISTED = 200  # skipped files written into the scrollable list; the rest become "+N more"
+SKIPPED_VISIBLE = 6   # lines the list shows before it scrolls
+POLL_MS = 50
+CACHED = 32  # statistics kept for switching back to a concept (shown at once while it is rechecked)
+BAR, BAR_TEXT = "#3b8ed0", "#d0d0d0"
+
+
+def stats_key(preset: Preset, index: int) -> str:
+    """What the statistics of concept `index` depend on; an edit that leaves this unchanged needs no rescan."""
+    c, t = preset.concepts[index], preset.training
+    return json.dumps([c.path, c.include_subdirectories, c.caption_source, c.caption, c.resolution,
+                       t.resolution, t.aspect_bucketing, preset.general.cache_dir])
+
+
+def one_concept_preset(preset: Preset, index: int) -> Preset:
+    """A private copy of the preset holding only concept `index` (made on the Tk thread, read by the worker)."""
+    mine = copy.deepcopy(preset)
+    mine.concepts = [mine.concepts[index]]
+    return mine
+
+
+def _compute(preset: Preset, token: int, results: queue.Queue) -> None:
+    """Worker thread: plain data in, plain data out. It references no Tk object (nor anything holding one)."""
+    try:
+        stats = concept_statistics(preset)[0]
+    except Exception as e:  # noqa: BLE001 - shown in the panel rather than lost in a thread
+        concept = preset.concepts[0]
+        stats = {"name": concept.name, "path": concept.path, "enabled": concept.enabled,
+                 "error": f"statistics failed: {e}", "image_count": 0, "usable": 0, "skipped": [],
+                 "without_caption": 0, "caption_words": None, "caption_chars": None, "resolutions": [],
+                 "buckets": []}
+    results.put((token, stats))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def span(values: list[int] | None, unit: str) -> str:
+    lo, hi = values
+    return f"{lo} {unit}" if lo == hi else f"{lo}–{hi} {unit}"
+
+
+def skipped_entries(stats: dict) -> list[tuple[str, str]]:
+    """(path, reason) pairs; the engine gives dicts, older shapes gave [path, reason] pairs."""
+    return [(k["path"], k["reason"]) if isinstance(k, dict) else (k[0], k[1]) for k in stats["skipped"]]
+
+
+def short_path(path: str, folder: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path(folder).expanduser()))
+    except ValueError:
+        return path
+
+
+class BucketChart(tk.Canvas):
+    """Horizontal bars, one per aspect bucket ('512×512 ▇▇▇ 12'), grouped by resolution if there are several."""
+
+    ROW, LABEL_W, COUNT_W = 20, 78, 44
+
+    def __init__(self, master, **kw):
+        bg = GROUP_COLOUR[1] if ctk.get_appearance_mode() == "Dark" else GROUP_COLOUR[0]
+        super().__init__(master, bg=bg, highlightthickness=0, height=self.ROW, **kw)
+        self.rows: list[tuple[str, str, int]] = []  # (kind "heading" | "bar", text, count)
+        self.bind("<Configure>", lambda _e: self.redraw())
+
+    def set_buckets(self, buckets: list[dict]) -> None:
+        resolutions = sorted({b["resolution"] for b in buckets})
+        self.rows = []
+        for r in resolutions:
+            if len(resolutions) > 1:
+                self.rows.append(("heading", f"at {r} px", 0))
+            ordered = sorted((b for b in buckets if b["resolution"] == r), key=lambda b: b["width"] / b["height"])
+            self.rows += [("bar", f"{b['width']}×{b['height']}", b["images"]) for b in ordered]
+        self.configure(height=max(1, len(self.rows)) * self.ROW + 4)
+        self.redraw()
+
+    def bar_rows(self) -> list[tuple[str, int]]:
+        return [(text, count) for kind, text, count in self.rows if kind == "bar"]
+
+    def redraw(self) -> None:
+        self.delete("all")
+        width = max(self.winfo_width(), 200)
+        most = max((count for kind, _, count in self.rows if kind == "bar"), default=1) or 1
+        room = width - self.LABEL_W - self.COUNT_W - 12
+        font = ("TkDefaultFont", 10)
+        for i, (kind, text, count) in enumerate(self.rows):
+            y = i * self.ROW + self.ROW / 2 + 2
+            if kind == "heading":
+                self.create_text(4, y, text=text, anchor="w", fill=MUTED, font=font, tags=("heading",))
+                continue
+            self.create_text(self.LABEL_W, y, text=text, anchor="e", fill=BAR_TEXT, font=font, tags=("label",))
+            x0 = self.LABEL_W + 8
+            x1 = x0 + max(2, room * count / most)
+            self.create_rectangle(x0, y - 6, x1, y + 6, fill=BAR, outline="", tags=("bar",))
+            self.create_text(x1 + 6, y, text=str(count), anchor="w", fill=BAR_TEXT, font=font, tags=("count",))
+
+
+class StatsPanel(Group):
+    """Images usable / found, skipped files with reasons, missing captions, caption lengths, bucket histogram.
+
+    `request()` starts a worker thread on a private copy of the preset; results come back through a queue that
+    after() drains on the Tk thread. Each request gets a token and only the latest token's result is shown.
+    """
+
+    def __init__(self, master, on_rescan):
+        super().__init__(master, "Statistics")
+        head = ctk.CTkFrame(self, fg_color="transparent")
+        head.grid(row=0, column=1, sticky="e", padx=8, pady=(8, 2))
+        self.status = ctk.CTkLabel(head, text="", text_color=MUTED)
+        self.status.grid(row=0, column=0, padx=(0, 8))
+        self.rescan_button = ctk.CTkButton(head, text="Rescan", width=70, height=24, command=on_rescan)
+        self.rescan_button.grid(row=0, column=1)
+        Tooltip(self.rescan_button, "Check the folder again (after adding, removing or editing files).")
+        body = ctk.CTkFrame(self, fg_color="transparent")
+        body.grid(row=1, column=0, columnspan=2, sticky="ew", padx=12, pady=(0, 10))
+        body.grid_columnconfigure(0, weight=3, uniform="stats")
+        body.grid_columnconfigure(1, weight=2, uniform="stats")
+        self.facts = facts = ctk.CTkFrame(body, fg_color="transparent")
+        facts.grid(row=0, column=0, sticky="new", padx=(0, 12))
+        facts.grid_columnconfigure(0, weight=1)
+        self.summary = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=760,
+                                    font=ctk.CTkFont(size=13, weight="bold"))
+        self.summary.grid(row=0, column=0, sticky="w")
+        self.error = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=520, text_color=ERROR)
+        self.captions = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=520, text_color=MUTED)
+        self.skipped_title = ctk.CTkLabel(facts, text="", anchor="w", text_color=WARNING)
+        self.skipped_box = ctk.CTkTextbox(facts, height=60, wrap="none", activate_scrollbars=True,
+                                          font=ctk.CTkFont(family="DejaVu Sans Mono", size=11))
+        self.buckets = buckets = ctk.CTkFrame(body, fg_color="transparent")
+        buckets.grid_columnconfigure(0, weight=1)
+        self.buckets_title = ctk.CTkLabel(buckets, text="Aspect buckets", anchor="w", text_color=MUTED)
+        self.buckets_title.grid(row=0, column=0, sticky="w")
+        self.chart = BucketChart(buckets)
+        self.chart.grid(row=1, column=0, sticky="ew")
+        Tooltip(self.buckets_title, "Images per training size: each image trains at the bucket nearest its own "
+                                    "aspect ratio (one bucket per resolution when the concept trains at several).")
+        self.shown: dict | None = None
+        self._results: queue.Queue = queue.Queue()
+        self._token = 0
+        self._outstanding = 0
+        self._poll_id: str | None = None
+        self._requests: dict[int, tuple[str, object, bool]] = {}  # token -> (key, concept copy, demo)
+        self._cache: dict[str, dict] = {}
+        self.key: str | None = None
+
+    def destroy(self) -> None:
+        if self._poll_id is not None:
+            self.after_cancel(self._poll_id)
+            self._poll_id = None
+        super().destroy()
+
+    # ---- threads ----------------------------------------------------------------------------------
+
+    def request(self, preset: Preset, index: int) -> None:
+        """(Re)compute the statistics of concept `index` in a worker; show cached ones meanwhile."""
+        self._token += 1
+        self.key = stats_key(preset, index)
+        mine = one_concept_preset(preset, index)
+        self._requests = {self._token: (self.key, mine.concepts[0], bool(preset.general.demo_dir))}
+        cached = self._cache.get(self.key)
+        if cached is not None:
+            self.show(cached, mine.concepts[0], bool(preset.general.demo_dir))
+            self.status.configure(text="rechecking…")
+        else:
+            self.clear("Checking the images…")
+            self.status.configure(text="checking…")
+        threading.Thread(target=_compute, args=(mine, self._token, self._results), daemon=True,
+                         name="concept-stats").start()
+        self._outstanding += 1
+        if self._poll_id is None:
+            self._poll_id = self.after(POLL_MS, self._poll)
+
+    def forget(self) -> None:
+        """No concept selected: results still on their way are dropped."""
+        self._token += 1
+        self._requests, self.key = {}, None
+        self.status.configure(text="")
+
+    def _poll(self) -> None:
+        self._poll_id = None
+        while True:
+            try:
+                token, stats = self._results.get_nowait()
+            except queue.Empty:
+                break
+            self._outstanding -= 1
+            if token in self._requests:  # the latest request; older ones are stale
+                key, concept, demo = self._requests.pop(token)
+                self._cache.pop(key, None)
+                self._cache[key] = stats
+                while len(self._cache) > CACHED:
+                    self._cache.pop(next(iter(self._cache)))
+                self.show(stats, concept, demo)
+                self.status.configure(text="")
+        if self._outstanding > 0:
+            self._poll_id = self.after(POLL_MS, self._poll)
+
+    def pending(self) -> bool:
+        return bool(self._requests)
+
+    # ---- drawing ----------------------------------------------------------------------------------
+
+    def clear(self, text: str = "", colour: str | None = None) -> None:
+        self.summary.configure(text=text, text_color=colour or MUTED)
+        for widget in (self.error, self.captions, self.skipped_title, self.skipped_box, self.buckets):
+            widget.grid_remove()  # a whole frame goes: Tk keeps an emptied grid master at its old size
+        self.facts.grid(columnspan=2)
+        self.chart.set_buckets([])
+        self.shown = None
+
+    def show(self, stats: dict, concept, demo: bool) -> None:
+        folder_missing = bool(stats["path"]) and not Path(stats["path"]).expanduser().is_dir()
+        if stats["error"] and not stats["image_count"]:
+            if demo and folder_missing:
+                self.clear(f"{stats['path']} does not exist yet: the demo is generated there when training "
+                           "starts.")
+            elif not stats["path"]:
+                self.clear("No folder chosen: pick the folder of this concept's images above.", ERROR)
+            else:
+                self.clear(stats["error"][:1].upper() + stats["error"][1:] + ".", ERROR)
+            self.shown = stats
+            return
+        self.clear()
+        self.shown = stats
+        self.summary.configure(text=self.summary_text(stats),
+                               text_color=WARNING if not stats["usable"] else ("gray10", "gray90"))
+        if stats["error"]:
+            self.error.configure(text=stats["error"][:1].upper() + stats["error"][1:] + ".")
+            self.error.grid(row=1, column=0, sticky="w")
+        captions = self.captions_text(stats, concept)
+        if captions:
+            self.captions.configure(text=captions)
+            self.captions.grid(row=2, column=0, sticky="w", pady=(2, 0))
+        self.show_skipped(stats)
+        if stats["buckets"]:
+            self.facts.grid(columnspan=1)
+            self.buckets.grid(row=0, column=1, sticky="new")
+            self.chart.set_buckets(stats["buckets"])
+
+    @staticmethod
+    def summary_text(stats: dict) -> str:
+        if not stats["image_count"]:
+            return f"No image files in {stats['path']}."
+        parts = [f"{stats['usable']} of {plural(stats['image_count'], 'image')} usable"]
+        if stats["skipped"]:
+            parts.append(f"{len(stats['skipped'])} skipped")
+        if stats["without_caption"]:
+            parts.append(f"{stats['without_caption']} without a caption file")
+        return " · ".join(parts)
+
+    @staticmethod
+    def captions_text(stats: dict, concept) -> str:
+        lines = []
+        if stats["caption_words"]:
+            lines.append(f"Captions: {span(stats['caption_words'], 'words')}, "
+                         f"{span(stats['caption_chars'], 'characters')}")
+        if stats["without_caption"]:
+            fallback = ("their file name" if concept.caption_source == "txt_or_filename" else
+                        f"the concept caption “{concept.caption}”" if concept.caption.strip() else
+                        "an empty caption (set the concept's Caption)")
+            n = stats["without_caption"]
+            lines.append(f"{plural(n, 'image')} without a .txt caption {'trains' if n == 1 else 'train'} on "
+                         f"{fallback}.")
+        elif stats["usable"] and concept.caption_source in ("txt", "txt_or_filename"):
+            lines.append("Every image has a caption file.")
+        return "\n".join(lines)
+
+    def show_skipped(self, stats: dict) -> None:
+        entries = skipped_entries(stats)
+        if not entries:
+            return
+        self.skipped_title.configure(text=f"Skipped {plural(len(entries), 'file')} (not used in training):")
+        self.skipped_title.grid(row=3, column=0, sticky="w", pady=(6, 0))
+        lines = [f"{short_path(p, stats['path'])} — {reason}" for p, reason in entries[:SKIPPED_LISTED]]
+        if len(entries) > SKIPPED_LISTED:
+            lines.append(f"+{len(entries) - SKIPPED_LISTED} more")
+        box = self.skipped_box
+        box.configure(state="normal", height=min(len(lines), SKIPPED_VISIBLE) * 17 + 12)
+        box.delete("1.0", "end")
+        box.insert("1.0", "\n".join(lines))
+        box.configure(state="disabled")
+        box.grid(row=4, column=0, sticky="ew", pady=(2, 0))

@@ -1,0 +1,172 @@
+"""The concepts tab shows the engine's statistics of the selected concept, computed off the Tk thread."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from app.widgets import ERROR
+
+TIMEOUT_S = 20.0
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
+
+
+def type_into(widget, text: str) -> None:
+    entry = getattr(widget, "entry", widget)
+    entry.delete(0, "end")
+    entry.insert(0, text)
+
+
+def wait_for(window, condition, what: str) -> None:
+    """Pump the Tk loop (after() callbacks included) until `condition()` holds."""
+    end = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < end:
+        window.update()
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def settled(tab, folder) -> bool:
+    """The panel shows finished statistics of `folder` (not a stale or pending result)."""
+    shown = tab.stats_panel.shown
+    return (tab._stats_after is None and not tab.stats_panel.pending() and shown is not None
+            and shown["path"] == str(folder))
+
+
+def make_concept(folder: Path, broken: int = 1) -> Path:
+    """Three images of different aspect ratios (one without a .txt caption) and `broken` corrupt .png files."""
+    folder.mkdir()
+    for name, size in (("square", (64, 64)), ("wide", (128, 48)), ("tall", (48, 128))):
+        Image.new("RGB", size, "red").save(folder / f"{name}.png")
+    (folder / "square.txt").write_text("a red square\n")
+    (folder / "wide.txt").write_text("a long red band lying on its side\n")
+    for i in range(broken):
+        (folder / f"broken{i or ''}.png").write_bytes(b"this is not a png at all")
+    return folder
+
+
+def select_new_concept(window, folder) -> object:
+    tab = window.tabs["concepts"]
+    window.tabview.set("concepts")
+    type_into(window.form.widget_for("general.demo_dir"), "")
+    tab.add_button.invoke()
+    type_into(window.form.widget_for(f"concepts.{tab.selected}.path"), str(folder))
+    window.update()
+    return tab
+
+
+def test_selected_concept_shows_usable_skipped_captions_and_buckets(window, tmp_path):
+    folder = make_concept(tmp_path / "cats")
+    tab = select_new_concept(window, folder)
+    type_into(window.form.widget_for(f"concepts.{tab.selected}.caption"), "a red shape")
+    wait_for(window, lambda: settled(tab, folder) and "“a red shape”" in tab.stats_panel.captions.cget("text"),
+             "the statistics")
+    panel = tab.stats_panel
+    summary = panel.summary.cget("text")
+    assert "3 of 4 images usable" in summary and "1 skipped" in summary
+    assert "1 without a caption file" in summary
+    assert panel.skipped_box.winfo_ismapped()
+    skipped = panel.skipped_box.get("1.0", "end")
+    assert "broken.png" in skipped and "not an image" in skipped
+    captions = panel.captions.cget("text")
+    assert "1 image without a .txt caption trains on the concept caption" in captions
+    assert "Captions: 3–8 words" in captions
+    rows = panel.chart.bar_rows()
+    assert len(rows) >= 2 and sum(count for _, count in rows) == 3
+    drawn = {panel.chart.itemcget(item, "text") for item in panel.chart.find_withtag("label")}
+    assert drawn == {label for label, _ in rows} and all("×" in label for label in drawn)
+    assert panel.chart.winfo_ismapped() and panel.status.cget("text") == ""
+
+
+def test_missing_folder_shows_its_error(window, tmp_path):
+    tab = select_new_concept(window, tmp_path / "nowhere")
+    wait_for(window, lambda: settled(tab, tmp_path / "nowhere"), "the statistics")
+    assert "does not exist" in tab.stats.cget("text")
+    assert tab.stats.cget("text_color") == ERROR
+    assert not tab.stats_panel.chart.winfo_ismapped() and not tab.stats_panel.skipped_box.winfo_ismapped()
+
+
+def test_many_skipped_files_end_in_more(window, tmp_path, monkeypatch):
+    import app.tabs.concept_stats as concept_stats
+    monkeypatch.setattr(concept_stats, "SKIPPED_LISTED", 2)
+    folder = make_concept(tmp_path / "junk", broken=3)
+    tab = select_new_concept(window, folder)
+    wait_for(window, lambda: settled(tab, folder), "the statistics")
+    lines = tab.stats_panel.skipped_box.get("1.0", "end").strip().splitlines()
+    assert len(lines) == 3 and lines[-1] == "+1 more"
+    assert "3 skipped" in tab.stats.cget("text")
+
+
+def test_editing_the_folder_recomputes_and_ignores_stale_results(window, tmp_path):
+    first = make_concept(tmp_path / "first")
+    second = tmp_path / "second"
+    second.mkdir()
+    Image.new("RGB", (64, 64), "blue").save(second / "only.png")
+    (second / "only.txt").write_text("blue")
+    tab = select_new_concept(window, first)
+    window.update()
+    tab.refresh_stats()  # a result for the first folder is on its way ...
+    type_into(window.form.widget_for(f"concepts.{tab.selected}.path"), str(second))  # ... and is now stale
+    wait_for(window, lambda: settled(tab, second), "the second folder's statistics")
+    time.sleep(0.3)
+    for _ in range(20):
+        window.update()
+    assert tab.stats_panel.shown["path"] == str(second)
+    assert tab.stats.cget("text") == "1 of 1 image usable"
+    assert not tab.stats_panel.skipped_box.winfo_ismapped()
+    requests = tab.stats_panel._token
+    type_into(window.form.widget_for(f"concepts.{tab.selected}.repeats"), "3")  # does not change the statistics
+    time.sleep(0.4)
+    for _ in range(20):
+        window.update()
+    assert tab.stats_panel._token == requests
+
+
+def test_demo_folder_that_is_not_made_yet_is_not_an_error(window):
+    tab = window.tabs["concepts"]
+    if not window.preset.general.demo_dir or not window.preset.concepts:
+        return
+    tab.select(0)
+    folder = window.preset.concepts[0].path
+    if Path(folder).expanduser().is_dir():
+        return
+    wait_for(window, lambda: not tab.stats_panel.pending() and tab.stats_panel.shown is not None, "statistics")
+    assert "the demo is generated there" in tab.stats.cget("text")
+    assert tab.stats.cget("text_color") != ERROR
+
+
+def grab(window, pump, name: str) -> None:
+    from PIL import ImageGrab
+    pump(window, 0.35)
+    x, y = window.winfo_rootx(), window.winfo_rooty()
+    image = ImageGrab.grab(bbox=(x, y, x + window.winfo_width(), y + window.winfo_height()))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    image.save(SCREENSHOTS / f"{name}.png")
+    assert len(image.getcolors(1 << 20) or range(99)) > 8, f"{name}: the screenshot is blank"
+
+
+def test_screenshot_of_concept_statistics(window, tmp_path, pump):
+    """Writes tests/screenshots/concepts_stats*.png: a concept with skipped files, missing captions and buckets;
+    then the same concept with a folder that does not exist."""
+    from PIL import ImageDraw
+    folder = tmp_path / "portraits"
+    folder.mkdir()
+    sizes = [(512, 512)] * 5 + [(512, 768)] * 7 + [(768, 512)] * 3 + [(1024, 512), (400, 1000)]
+    for i, size in enumerate(sizes):
+        image = Image.new("RGB", size, ("#2a4d69", "#4b86b4", "#adcbe3", "#e7eff6", "#63ace5")[i % 5])
+        ImageDraw.Draw(image).ellipse((size[0] // 4, size[1] // 4, size[0] * 3 // 4, size[1] * 3 // 4), fill="white")
+        image.save(folder / f"photo_{i:02d}.png")
+        if i % 6:
+            (folder / f"photo_{i:02d}.txt").write_text(f"a portrait of sks person, photo {i}, soft light\n")
+    (folder / "broken_download.png").write_bytes(b"<html>not found</html>")
+    (folder / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+    tab = select_new_concept(window, folder)
+    type_into(window.form.widget_for(f"concepts.{tab.selected}.name"), "portraits")
+    wait_for(window, lambda: settled(tab, folder), "the statistics")
+    grab(window, pump, "concepts_stats")
+    type_into(window.form.widget_for(f"concepts.{tab.selected}.path"), str(tmp_path / "typo"))
+    wait_for(window, lambda: settled(tab, tmp_path / "typo"), "the statistics")
+    grab(window, pump, "concepts_stats_missing")
