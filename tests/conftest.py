@@ -8,6 +8,8 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Demos built by tests fit their VAE for a few seconds, not the minute `make-demo` spends.
+os.environ.setdefault("SEACHANGE_DEMO_VAE_SECONDS", "3")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Command line: python -m trainer train|cache|stats|make-demo|convert ... (headless, same session as the window). No UI here."""
+"""Command line: python -m trainer train|generate-data|compare|cache|stats|make-demo|convert ... (headless, same session as the window). No UI here."""
 from __future__ import annotations
 
 import argparse
@@ -12,12 +12,10 @@ from trainer.config import ConfigError, apply_overrides, load_preset
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
 
 
-def run_session(preset, resume: str | None = None, quiet: bool = False) -> int:
-    """Run a TrainingSession in the foreground with a tqdm bar; Ctrl-C once stops cleanly, twice aborts."""
+def run_session(session, quiet: bool = False) -> int:
+    """Run a session (training or a tool) in the foreground with a tqdm bar; Ctrl-C once stops cleanly, twice
+    aborts. Returns the exit code."""
     from tqdm import tqdm
-
-    from trainer.session import TrainingSession
-    session = TrainingSession(preset, resume=resume)
     interrupts = []
 
     def on_interrupt(signum, frame):
@@ -45,6 +43,11 @@ def run_session(preset, resume: str | None = None, quiet: bool = False) -> int:
                 bar.set_postfix(loss=f"{event.smooth_loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch,
                                 refresh=False)
                 bar.refresh()
+            elif isinstance(event, (ev.ImageGenerated, ev.GridCell)):
+                if bar is None:
+                    bar = tqdm(total=event.total, unit="image", disable=quiet, dynamic_ncols=True)
+                bar.n = event.done
+                bar.refresh()
             elif isinstance(event, ev.CheckpointWritten) and not quiet:
                 (tqdm.write if bar else print)(f"{event.kind} written: {event.path}", file=sys.stderr)
             elif isinstance(event, ev.Log) and (event.level != "info" or not quiet):
@@ -71,7 +74,31 @@ def cmd_train(args) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return run_session(preset, resume=args.resume, quiet=args.quiet)
+    from trainer.session import TrainingSession
+    return run_session(TrainingSession(preset, resume=args.resume), quiet=args.quiet)
+
+
+def cmd_tool(args) -> int:
+    """generate-data and compare: load the spec (with --set overrides), run it as a session."""
+    from trainer.config import set_value
+    from trainer.session import compare_session, generate_data_session
+    from trainer.specs import CompareSpec, GenerateDataSpec, load_spec, validate_spec
+    expected = GenerateDataSpec if args.command == "generate-data" else CompareSpec
+    try:
+        spec = load_spec(args.spec, expected)
+        for item in args.set or []:
+            if "=" not in item:
+                raise ConfigError(f"--set {item}: expected key=value")
+            key, text = item.split("=", 1)
+            set_value(spec, key.strip(), text)
+        problems = validate_spec(spec)
+        if problems:
+            raise ConfigError(problems[0])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    session = generate_data_session(spec) if expected is GenerateDataSpec else compare_session(spec)
+    return run_session(session, quiet=args.quiet)
 
 
 def cmd_cache(args) -> int:
@@ -165,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_stats)
+    p = sub.add_parser("generate-data", help="build training data with a model from prompt templates")
+    p.add_argument("spec", help="a generate_data spec file (JSON)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tool)
+    p = sub.add_parser("compare", help="a labelled grid: samples across steps/epochs, or prompts across models")
+    p.add_argument("spec", help="a compare spec file (JSON)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tool)
     p = sub.add_parser("make-demo", help="build the tiny demo model and its images")
     p.add_argument("dir")
     p.set_defaults(func=cmd_make_demo)

@@ -71,3 +71,56 @@ def fixed_captions(lines: tuple[str, ...], concept) -> set[str]:
     if concept.caption_dropout > 0:
         out.add("")
     return out
+
+
+# ---- editing captions (the window's caption editor, generate-data) --------------------------------------
+
+def write_caption(image: Path, text: str) -> Path:
+    """Write image.txt beside the image atomically (a crash leaves the old caption or the new one)."""
+    from trainer.config import atomic_write_text
+    txt = Path(image).with_suffix(".txt")
+    atomic_write_text(txt, text.strip() + "\n")
+    return txt
+
+
+def replace_in_caption(text: str, find: str, replace: str, whole_word: bool = True) -> str:
+    """`find` replaced by `replace` (case-insensitive; whole words only unless whole_word is False); the
+    doubled spaces and empty comma tags a removal leaves are tidied away."""
+    import re
+    if not find.strip():
+        return text
+    pattern = re.escape(find.strip())
+    if whole_word:
+        pattern = rf"(?<!\w){pattern}(?!\w)"
+    out = re.sub(pattern, lambda _: replace, text, flags=re.IGNORECASE)
+    if out == text:
+        return text
+    out = re.sub(r"[ \t]+", " ", out)
+    out = re.sub(r"\s+,", ",", out)
+    out = re.sub(r",(\s*,)+", ",", out)
+    return out.strip().strip(",").strip()
+
+
+def find_replace_captions(images: list[Path], find: str, replace: str, whole_word: bool = True,
+                          dry_run: bool = False) -> list[Path]:
+    """Replace `find` in the txt captions of `images` (each line); returns the images whose caption changed.
+    Each changed file is rewritten atomically; dry_run only reports what would change."""
+    changed = []
+    for image in images:
+        txt = Path(image).with_suffix(".txt")
+        if not txt.is_file():
+            continue
+        old = txt.read_text(encoding="utf-8-sig", errors="replace")
+        new = "\n".join(replace_in_caption(line, find, replace, whole_word) for line in old.strip().splitlines())
+        if new != old.strip():
+            changed.append(Path(image))
+            if not dry_run:
+                write_caption(image, new)
+    return changed
+
+
+def strip_phrases(caption: str, phrases: str) -> str:
+    """`caption` with each comma-separated phrase of `phrases` removed (whole words, case-insensitive)."""
+    for phrase in phrases.split(","):
+        caption = replace_in_caption(caption, phrase, "")
+    return caption

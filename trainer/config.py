@@ -266,39 +266,49 @@ def _from_dict(cls, data: dict, path: str = ""):
     return cls(**kwargs)
 
 
-def preset_from_dict(data: dict) -> Preset:
-    """Migrate, lay over the defaults and validate a preset dict (as read from JSON)."""
+def read_versioned(data: dict, what: str, version_now: int, migrations: dict) -> dict:
+    """Check a file's "version", run its migrations in order and return the migrated dict without the key.
+    `what` names the document in messages ("preset", "spec")."""
     if not isinstance(data, dict):
-        raise ConfigError("preset: expected a JSON object")
+        raise ConfigError(f"{what}: expected a JSON object")
     data = copy.deepcopy(data)
     version = data.pop("version", None)
     if version is None:
-        raise ConfigError("version: missing (a preset file starts with {\"version\": N, ...})")
+        raise ConfigError(f"version: missing (a {what} file starts with {{\"version\": N, ...}})")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ConfigError(f"version: expected a positive whole number, got {version!r}")
-    if version > VERSION:
-        raise ConfigError(f"version: this preset is version {version}, newer than this SeaChange "
-                          f"understands ({VERSION}); update SeaChange")
-    for v in range(version, VERSION):
-        data = MIGRATIONS[v](data)
-    preset = _from_dict(Preset, data)
+    if version > version_now:
+        raise ConfigError(f"version: this {what} is version {version}, newer than this SeaChange "
+                          f"understands ({version_now}); update SeaChange")
+    for v in range(version, version_now):
+        data = migrations[v](data)
+    return data
+
+
+def preset_from_dict(data: dict) -> Preset:
+    """Migrate, lay over the defaults and validate a preset dict (as read from JSON)."""
+    preset = _from_dict(Preset, read_versioned(data, "preset", VERSION, MIGRATIONS))
     problems = validate(preset)
     if problems:
         raise ConfigError(problems[0])
     return preset
 
 
-def load_preset(path: str | Path) -> Preset:
+def read_json_file(path: str | Path, what: str) -> Any:
+    """Parsed JSON of a file; unreadable files and bad JSON raise ConfigError naming the file and the place."""
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"preset: cannot read {path}: {e.strerror or e}") from e
+        raise ConfigError(f"{what}: cannot read {path}: {e.strerror or e}") from e
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"preset: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
-    return preset_from_dict(data)
+        raise ConfigError(f"{what}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+
+
+def load_preset(path: str | Path) -> Preset:
+    return preset_from_dict(read_json_file(path, "preset"))
 
 
 # ---- writing -----------------------------------------------------------------------------------------
@@ -333,18 +343,18 @@ def save_preset(preset: Preset, path: str | Path) -> None:
 
 # ---- validation --------------------------------------------------------------------------------------
 
-def _field_problems(obj, path: str) -> list[str]:
+def field_problems(obj, path: str) -> list[str]:
     problems = []
     for f in fields(obj):
         value = getattr(obj, f.name)
         p = f"{path}.{f.name}" if path else f.name
         meta = f.metadata
         if is_dataclass(value):
-            problems += _field_problems(value, p)
+            problems += field_problems(value, p)
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if is_dataclass(item):
-                    problems += _field_problems(item, f"{p}.{i}")
+                    problems += field_problems(item, f"{p}.{i}")
         else:
             if meta.get("choices") and value not in meta["choices"]:
                 problems.append(f"{p}: {value!r} is not one of {', '.join(meta['choices'])}")
@@ -371,7 +381,7 @@ def parse_resolutions(text: str) -> list[int]:
 
 def validate(preset: Preset, check_paths: bool = False) -> list[str]:
     """Every problem of the preset as 'dotted.path: reason'. check_paths also checks that inputs exist."""
-    problems = _field_problems(preset, "")
+    problems = field_problems(preset, "")
     try:
         parse_resolutions(preset.training.resolution)
     except ValueError as e:
@@ -415,10 +425,11 @@ def _path_problems(preset: Preset) -> list[str]:
 
 # ---- dotted paths (CLI --set, the window's form) -----------------------------------------------------
 
-def _walk(preset: Preset, dotted: str):
-    """Return (parent object, attribute name or list index, type hint) for a dotted path."""
+def _walk(preset: Any, dotted: str):
+    """Return (parent object, attribute name or list index, type hint) for a dotted path in a preset (or any
+    dataclass tree, such as a tool spec)."""
     parts = dotted.split(".")
-    obj, hint = preset, Preset
+    obj, hint = preset, type(preset)
     for i, part in enumerate(parts):
         here = ".".join(parts[: i + 1])
         if isinstance(obj, list):
@@ -436,14 +447,14 @@ def _walk(preset: Preset, dotted: str):
     return parent, key, hint
 
 
-def get_value(preset: Preset, dotted: str) -> Any:
+def get_value(preset: Any, dotted: str) -> Any:
     parent, key, _ = _walk(preset, dotted)
     return parent[key] if isinstance(parent, list) else getattr(parent, key)
 
 
-def field_meta(dotted: str) -> dict:
+def field_meta(dotted: str, root: Any = Preset) -> dict:
     """The metadata (label, help, min, max, choices, kind) of a field by dotted path; list indices allowed."""
-    cls, meta = Preset, {}
+    cls, meta = root, {}
     for part in dotted.split("."):
         if part.isdigit():
             continue
@@ -481,7 +492,7 @@ def parse_text(text: str, hint: Any, path: str) -> Any:
     return _check_type(value, hint, path)
 
 
-def set_value(preset: Preset, dotted: str, value: Any) -> None:
+def set_value(preset: Any, dotted: str, value: Any) -> None:
     """Set one field (value already typed, or text to parse); type-checked, not range-validated."""
     parent, key, hint = _walk(preset, dotted)
     value = parse_text(value, hint, dotted) if isinstance(value, str) and hint is not str else \

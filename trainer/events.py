@@ -70,7 +70,37 @@ class RunFinished:
     bad_input: bool = False  # the preset or an input was at fault (CLI exit code 2), not the training
 
 
-Event = RunStarted | Status | Progress | SampleReady | CheckpointWritten | Log | RunFinished
+# ---- tool events (generate-data, compare): same queue, Status, Log and one RunFinished as above ---------
+
+@dataclass(frozen=True)
+class ImageGenerated:
+    """generate-data wrote (or, resuming, found) one image and its caption. `done` counts from 1 to `total`."""
+    path: str
+    caption: str
+    done: int
+    total: int
+    skipped: bool = False  # already there from an earlier run
+
+
+@dataclass(frozen=True)
+class GridStarted:
+    """compare: the grid's shape, before any cell. Cells arrive as GridCell events in any order."""
+    row_labels: tuple[str, ...]
+    column_labels: tuple[str, ...]
+    output_png: str
+
+
+@dataclass(frozen=True)
+class GridCell:
+    path: str
+    row: int
+    column: int
+    done: int
+    total: int
+
+
+Event = (RunStarted | Status | Progress | SampleReady | CheckpointWritten | Log | RunFinished | ImageGenerated |
+         GridStarted | GridCell)
 
 
 # ---- commands: the window sends these; the worker checks them at optimizer-step boundaries -----
