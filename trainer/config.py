@@ -134,6 +134,17 @@ class TrainingConfig:
                                choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = opt(False, "Gradient checkpointing", "Recompute activations in the backward "
                                        "pass: much less memory, about 25% slower.")
+    weight_dtype: str = opt("float32", "Weight precision", "Precision of the trained weights in memory. "
+                            "bfloat16 halves the memory of weights and gradients; use it with stochastic "
+                            "rounding.", choices=("float32", "bfloat16"))
+    stochastic_rounding: bool = opt(True, "Stochastic rounding", "With bfloat16 weights: compute each update in "
+                                    "float32 and round it up or down at random, so small updates still count "
+                                    "on average. Off, most fine-tuning updates round away.")
+    fused_backward: bool = opt(False, "Fused back pass", "Step each weight as soon as its gradient is ready "
+                               "and free the gradient at once: the memory of all gradients is never needed. "
+                               "Needs accumulation 1, max grad norm 0 and one process.")
+    compile: bool = opt(False, "Compile UNet", "torch.compile the UNet: faster steps on a GPU after a "
+                        "compile of a minute or more at the start (cached across runs where torch can).")
     resolution: str = opt("512", "Resolution", "Training size in pixels (multiple of 8), or a list like "
                           "'512,640' picked per image per epoch.")
     aspect_bucketing: bool = opt(True, "Aspect ratio buckets", "Train each image near its own aspect ratio "
@@ -393,10 +404,30 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
     if preset.training.zero_terminal_snr and preset.training.prediction_type != "v_prediction":
         problems.append("training.zero_terminal_snr: needs prediction v_prediction (an epsilon model cannot "
                         "predict at zero SNR)")
+    problems += _precision_problems(preset.training)
     if not (preset.training.train_unet or preset.training.train_text_encoder):
         problems.append("training.train_unet: nothing to train (turn on the UNet or the text encoder)")
     if check_paths:
         problems += _path_problems(preset)
+    return problems
+
+
+def _precision_problems(t: TrainingConfig) -> list[str]:
+    problems = []
+    if t.weight_dtype == "bfloat16" and t.mixed_precision != "bf16":
+        problems.append("training.weight_dtype: bfloat16 weights need mixed precision bf16 (the frozen parts "
+                        "and the samples then run in bf16 too)")
+    if t.fused_backward:
+        for wrong, reason in ((t.gradient_accumulation_steps > 1, "needs gradient accumulation 1 (each step "
+                               "happens during the backward pass)"),
+                              (t.max_grad_norm > 0, "needs max grad norm 0 (clipping needs every gradient at "
+                               "once, which the fused back pass never holds)"),
+                              (t.optimizer == "prodigy", "does not work with prodigy (its step size is estimated "
+                               "over all gradients at once)"),
+                              (t.mixed_precision == "fp16", "does not work with fp16 (the grad scaler needs "
+                               "every gradient); use bf16")):
+            if wrong:
+                problems.append(f"training.fused_backward: {reason}")
     return problems
 
 

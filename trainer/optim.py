@@ -139,3 +139,125 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     if "d" in group and "d0" in group:  # Prodigy keeps its step-size estimate d beside lr
         return float(group["d"]) * lr
     return lr
+
+
+# ---- bf16 weights with stochastic rounding, and the fused back pass ----------------------------------------
+
+@torch.no_grad()
+def stochastic_round_(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Write float32 `source` into bfloat16 `target`, rounding up or down at random with the probability that
+    makes the result unbiased (E[target] = source), on the tensors' device. Round-to-nearest would drop every
+    update smaller than half a bf16 step (about 0.4% of the weight), which is most fine-tuning updates
+    (Zamirai et al. 2020, "Revisiting BFloat16 Training"). bf16 is the upper 16 bits of a float32: add random
+    low bits, then truncate them."""
+    bits = source.detach().to(torch.float32).contiguous().view(torch.int32)
+    noise = torch.randint_like(bits, 0, 1 << 16)
+    target.copy_(((bits + noise) & -65536).view(torch.float32))
+    return target
+
+
+class Stepper:
+    """Owns the optimizer and steps it the way the preset asks.
+
+    - Plain: `step()` after backward, all parameters at once (the optimizer's own, fused where it can be).
+    - master (bf16 weights + stochastic rounding): the optimizer works on float32 proxies that exist only while
+      a parameter is stepped; its state lives with the proxies (float32, or 8-bit for adamw8bit); the new
+      weight is rounded stochastically into the bf16 parameter.
+    - fused back pass (`attach()`): each large parameter is stepped in its post-accumulate-grad hook and its
+      gradient freed at once, so the full set of gradients never exists. Small parameters (norms, biases) wait
+      and are stepped together at `finish()`: one optimizer call for hundreds of tiny tensors.
+    Per-parameter calls swap the optimizer's param_groups for a one-parameter group, so every optimizer
+    (torch, bitsandbytes, transformers) works unchanged and its state stays keyed by the same tensors.
+    """
+
+    SMALL = 1 << 16  # parameters below this many elements are batched
+
+    def __init__(self, name: str, param_groups: list[dict], lr: float, weight_decay: float, master: bool):
+        self.master = master
+        self.params = [p for g in param_groups for p in g["params"]]
+        if master:
+            self.proxies = {p: torch.nn.Parameter(torch.empty(0, device=p.device)) for p in self.params}
+            groups = [dict(g, params=[self.proxies[p] for p in g["params"]]) for g in param_groups]
+        else:
+            self.proxies = {}
+            groups = param_groups
+        self.optimizer = make_optimizer(name, groups, lr, weight_decay=weight_decay)
+        self.group_of = {}
+        for index, group in enumerate(param_groups):
+            for p in group["params"]:
+                self.group_of[p] = index
+        self.pending: list[torch.Tensor] = []
+        self.hooks: list = []
+
+    # -- stepping -----------------------------------------------------------------------------------------
+
+    def _run(self, params: list[torch.Tensor]) -> None:
+        """One optimizer call over `params` (their grads set); grads are freed afterwards."""
+        if not params:
+            return
+        opt = self.optimizer
+        saved = opt.param_groups
+        by_group: dict[int, list] = {}
+        for p in params:
+            by_group.setdefault(self.group_of[p], []).append(p)
+        if self.master:
+            for p in params:
+                proxy = self.proxies[p]
+                proxy.data = p.detach().float()
+                proxy.grad = p.grad.float()
+        opt.param_groups = [dict(saved[i], params=[self.proxies[p] if self.master else p for p in ps])
+                            for i, ps in by_group.items()]
+        try:
+            opt.step()
+        finally:
+            opt.param_groups = saved
+        for p in params:
+            if self.master:
+                proxy = self.proxies[p]
+                stochastic_round_(p.data, proxy.data)
+                proxy.data, proxy.grad = torch.empty(0, device=p.device), None
+            p.grad = None
+
+    def step(self) -> None:
+        """Step every parameter that has a gradient (after backward; not used with the fused back pass)."""
+        if not self.master:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        with_grad = [p for p in self.params if p.grad is not None]
+        chunk, size = [], 0
+        for p in with_grad:  # chunks bound the float32 temporaries to about 64M elements at a time
+            chunk.append(p)
+            size += p.numel()
+            if size >= 1 << 26:
+                self._run(chunk)
+                chunk, size = [], 0
+        self._run(chunk)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+        self.pending.clear()
+
+    # -- the fused back pass ------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Step each parameter as soon as its gradient is complete during backward."""
+        for p in self.params:
+            self.hooks.append(p.register_post_accumulate_grad_hook(self._hook))
+
+    def _hook(self, p: torch.Tensor) -> None:
+        if p.numel() < self.SMALL:
+            self.pending.append(p)
+        else:
+            self._run([p])
+
+    def finish(self) -> None:
+        """After backward with the fused back pass: step the batched small parameters."""
+        pending, self.pending = self.pending, []
+        self._run(pending)
+
+    def detach(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()

@@ -8,10 +8,11 @@ GROUPS = [
     ("Learning-rate schedule", ["lr_scheduler", "lr_warmup_steps"]),
     ("Length and batch", ["epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "resolution"]),
     ("Text encoder", ["train_text_encoder", "text_encoder_learning_rate", "text_encoder_stop_epoch"]),
-    ("UNet", ["train_unet"]),
+    ("UNet", ["train_unet", "compile"]),
     ("Noise and loss", ["prediction_type", "noise_offset", "min_snr_gamma", "zero_terminal_snr"]),
     ("EMA", ["ema", "ema_decay"]),
-    ("Precision and memory", ["mixed_precision", "gradient_checkpointing"]),
+    ("Precision and memory", ["mixed_precision", "weight_dtype", "stochastic_rounding", "fused_backward",
+                              "gradient_checkpointing"]),
 ]
 
 

@@ -1,0 +1,125 @@
+"""bf16 weights: stochastic rounding is unbiased, keeps small updates (the quality guard), and the fused back pass
+steps the same as the plain one."""
+from __future__ import annotations
+
+import queue
+
+import pytest
+import torch
+from PIL import Image
+from tiny_presets import make_preset
+
+from trainer import events as ev
+from trainer.config import ConfigError, preset_from_dict
+from trainer.optim import Stepper, stochastic_round_
+
+
+def test_stochastic_rounding_is_unbiased_and_exact_where_it_can_be():
+    x = torch.full((200_000,), 1.0 + 1e-4)  # far below half a bf16 step (0.0039) above 1
+    out = stochastic_round_(torch.empty_like(x, dtype=torch.bfloat16), x).float()
+    assert set(out.unique().tolist()) == {1.0, 1.0078125}
+    assert out.mean().item() == pytest.approx(1.0 + 1e-4, abs=2e-5)
+    assert x.to(torch.bfloat16).float().mean().item() == 1.0  # round-to-nearest loses the update
+    neg = stochastic_round_(torch.empty_like(x, dtype=torch.bfloat16), -x).float()
+    assert neg.mean().item() == pytest.approx(-(1.0 + 1e-4), abs=2e-5)
+    exact = torch.tensor([0.5, -3.0, 0.0, 1024.0])
+    assert torch.equal(stochastic_round_(torch.empty(4, dtype=torch.bfloat16), exact).float(), exact)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit", "adafactor"])
+def test_per_parameter_steps_equal_one_optimizer_step(optimizer):
+    """The fused back pass (each weight stepped in its gradient hook, small ones batched) moves every weight
+    exactly as one optimizer step over all of them."""
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(300, 300), torch.nn.LayerNorm(300), torch.nn.Linear(300, 4))
+    plain, fused = make(), make()
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(8, 300)
+    ref = Stepper(optimizer, [{"params": list(plain.parameters())}], 1e-3, 0.01, master=False)
+    hooked = Stepper(optimizer, [{"params": list(fused.parameters())}], 1e-3, 0.01, master=False)
+    hooked.attach()
+    for _ in range(3):
+        plain(x).pow(2).mean().backward()
+        ref.step()
+        fused(x).pow(2).mean().backward()
+        assert fused[0].weight.grad is None  # stepped and freed during backward (90,000 elements)
+        assert fused[1].weight.grad is not None  # small: waits for finish()
+        hooked.finish()
+    for a, b in zip(plain.parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_back_pass_refuses_what_it_cannot_do():
+    base = {"version": 1, "training": {"fused_backward": True, "max_grad_norm": 0.0}}
+    preset_from_dict(base)
+    for change, reason in [({"gradient_accumulation_steps": 2}, "accumulation"), ({"max_grad_norm": 1.0}, "grad norm"),
+                           ({"optimizer": "prodigy"}, "prodigy")]:
+        with pytest.raises(ConfigError, match=reason):
+            preset_from_dict({"version": 1, "training": {**base["training"], **change}})
+    with pytest.raises(ConfigError, match="need mixed precision bf16"):
+        preset_from_dict({"version": 1, "training": {"weight_dtype": "bfloat16"}})
+
+
+def eval_loss(model_path, image_dir, config_dir) -> float:
+    """The UNet's loss on the training image with fixed noise and timesteps (deterministic)."""
+    import numpy as np
+
+    from trainer.models import load_model
+    m = load_model(str(model_path), str(config_dir))
+    pixels = torch.from_numpy(np.asarray(Image.open(image_dir / "a.png"), dtype=np.float32) / 127.5 - 1)
+    pixels = pixels.permute(2, 0, 1)[None]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        latents = m.vae.encode(pixels).latent_dist.mean.repeat(8, 1, 1, 1) * m.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.linspace(50, 950, 8).long()
+        ids = m.tokenizer(["red"] * 8, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        pred = m.unet(m.noise_scheduler.add_noise(latents, noise, t), t, m.text_encoder(ids)[0]).sample
+    return float(((pred - noise) ** 2).mean())
+
+
+def test_bf16_weights_learn_with_stochastic_rounding_and_not_without(tiny_model_dir, tmp_path):
+    """The quality guard: the same 60 small steps in float32, bf16 + stochastic rounding and bf16 rounded to
+    nearest. With a fine-tuning-sized learning rate the bf16 rounding step swallows most updates unless they are
+    rounded stochastically."""
+    from trainer.loop import train
+    (tmp_path / "one").mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "one" / "a.png")
+    results = {}
+    for name, extra in [("fp32", {}), ("sr", {"weight_dtype": "bfloat16"}),
+                        ("nearest", {"weight_dtype": "bfloat16", "stochastic_rounding": False})]:
+        preset = make_preset(tmp_path / name, tiny_model_dir, tmp_path / "one",
+                             training={"max_steps": 60, "batch_size": 4, "learning_rate": 3e-5,
+                                       "mixed_precision": "bf16", "fused_backward": name == "sr",
+                                       "max_grad_norm": 0.0, **extra},
+                             concepts=[{"path": str(tmp_path / "one"), "caption_source": "single", "caption": "red"}])
+        finished = train(preset, lambda e: None, queue.Queue())
+        assert finished.outcome == "completed", finished.message
+        results[name] = eval_loss(finished.output_path, tmp_path / "one", tiny_model_dir)
+    start = eval_loss(tiny_model_dir, tmp_path / "one", tiny_model_dir)
+    gain = {k: start - v for k, v in results.items()}
+    print(start, results)
+    assert gain["fp32"] > 0.05 * start, (start, results)  # fp32 learned something measurable
+    assert abs(results["sr"] - results["fp32"]) < 0.05 * results["fp32"], (start, results)
+    assert gain["nearest"] < 0.5 * gain["fp32"], (start, results)
+
+
+def test_fused_back_pass_in_the_loop_trains_like_the_plain_one(tiny_model_dir, color_concept, tmp_path):
+    from safetensors.torch import load_file
+
+    from trainer.loop import train
+    outputs = []
+    for fused in (False, True):
+        preset = make_preset(tmp_path / str(fused), tiny_model_dir, color_concept,
+                             training={"max_steps": 3, "max_grad_norm": 0.0, "fused_backward": fused})
+        events = []
+        finished = train(preset, events.append, queue.Queue())
+        assert finished.outcome == "completed", finished.message
+        assert sum(isinstance(e, ev.Progress) for e in events) == 3
+        outputs.append(load_file(finished.output_path))
+    initial = None
+    for key in outputs[0]:
+        if "diffusion_model" in key:
+            torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=1e-4, atol=1e-6)
+            initial = key
+    assert initial is not None
