@@ -123,3 +123,28 @@ def test_fused_back_pass_in_the_loop_trains_like_the_plain_one(tiny_model_dir, c
             torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=1e-4, atol=1e-6)
             initial = key
     assert initial is not None
+
+
+def test_compiled_unet_trains_and_saves_plain_keys(tiny_model_dir, color_concept, tmp_path, monkeypatch):
+    """training.compile wraps the UNet in torch.compile (here with the eager backend: inductor's C++ build takes
+    minutes on a CPU); samples, backups and the saved model see the plain module."""
+    from safetensors.torch import load_file
+
+    from trainer.loop import train
+    real_compile, compiled = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or
+                        real_compile(module, backend="eager"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={"max_steps": 2, "compile": True},
+                         backup={"backup_unit": "steps", "backup_every": 1})
+    events = []
+    finished = train(preset, events.append, queue.Queue())
+    assert finished.outcome == "completed", finished.message
+    assert len(compiled) == 1
+    assert any(isinstance(e, ev.Log) and "torch.compile included" in e.text for e in events)
+    keys = list(load_file(finished.output_path))
+    assert any(k.startswith("model.diffusion_model.") for k in keys)
+    assert not any("_orig_mod" in k for k in keys)
+    backups = sorted((tmp_path / "ws" / "backup").iterdir())
+    assert backups and not any("_orig_mod" in k for b in backups for f in b.glob("*.safetensors")
+                               for k in load_file(f))
