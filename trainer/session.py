@@ -1,12 +1,20 @@
-"""TrainingSession: runs one training in a background thread; events out, commands in. No UI here.
+"""Sessions: a training or a tool (generate-data, compare) run in the background; events out, commands in. No UI.
 
-Importing this module is cheap: torch and the engine are imported inside the worker thread, so the window can
-paint before any of them load.
+A session runs its job in a thread of this process, or (process=True, what the window uses) in a child process:
+torch then never loads into the window's process, and nothing the job does (importing torch, loading or writing
+a model, a crash) can hold the window's Python interpreter. Events are plain picklable data either way, and
+`events` is a queue.Queue in both modes. Importing this module is cheap.
 """
 from __future__ import annotations
 
 import copy
+import os
+import pickle
 import queue
+import signal
+import struct
+import subprocess
+import sys
 import threading
 import traceback
 from typing import Callable
@@ -15,35 +23,145 @@ from trainer import events as ev
 from trainer.config import Preset
 
 
-class Session:
-    """One run of a job in a background thread: training, or a tool (generate-data, compare).
+# ---- the jobs (module level, so a child process can be handed them) ------------------------------------------
 
-    `work(emit, commands)` does the job and returns its RunFinished; it runs in the worker thread and imports
-    what it needs there. The worker puts events on `self.events` (exactly one RunFinished, last, from a
-    `finally`); commands sent with `send()` are checked at the job's natural boundaries (optimizer steps,
-    images).
+def train_job(emit, commands, preset: Preset, resume: str | None):
+    from trainer.loop import train  # lazy: torch loads in the worker, never before the window paints
+    return train(preset, emit, commands, resume=resume)
+
+
+def generate_data_job(emit, commands, spec):
+    from trainer.generate_data import generate_data
+    return generate_data(spec, emit, commands)
+
+
+def compare_job(emit, commands, spec):
+    from trainer.compare import compare
+    return compare(spec, emit, commands)
+
+
+def run_job(job: Callable, args: tuple, emit, commands) -> None:
+    """Run a job and emit its RunFinished: exactly one, last, whatever happens."""
+    finished = ev.RunFinished("failed", "the run ended without a result")
+    try:
+        finished = job(emit, commands, *args)
+    except Exception as e:  # noqa: BLE001 - any failure becomes a "failed" event with its message
+        from trainer.errors import describe_failure, is_input_error
+        emit(ev.Log("error", traceback.format_exc()))
+        finished = ev.RunFinished("failed", describe_failure(e), bad_input=is_input_error(e))
+    finally:
+        emit(finished)
+
+
+# ---- a child process: `python -m trainer.session` reads its job and commands on stdin, writes events to stdout,
+# each a length-prefixed pickle. Plain subprocess pipes, so nothing of the parent (its main module, Tk) is copied.
+
+def write_frame(stream, obj) -> None:
+    data = pickle.dumps(obj)
+    stream.write(struct.pack(">I", len(data)) + data)
+    stream.flush()
+
+
+def read_frame(stream):
+    """The next object, or None at the end of the stream."""
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    (size,) = struct.unpack(">I", head)
+    data = stream.read(size)
+    return pickle.loads(data) if len(data) == size else None
+
+
+def child_main() -> None:
+    """A child process's whole life. Ctrl-C reaches the parent, which sends a stop command instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    frames = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever the libraries print goes to stderr, never into the event stream
+    job, args = read_frame(sys.stdin.buffer)
+    commands: queue.Queue = queue.Queue()
+
+    def read_commands():
+        while (command := read_frame(sys.stdin.buffer)) is not None:
+            commands.put(command)
+        commands.put(ev.Command(ev.STOP))  # the parent is gone: stop cleanly
+    threading.Thread(target=read_commands, daemon=True).start()
+    lock = threading.Lock()
+
+    def emit(event):
+        with lock:
+            write_frame(frames, event)
+    run_job(job, args, emit, commands)
+
+
+class Session:
+    """One run of a job: `job(emit, commands, *args)` returns its RunFinished.
+
+    The worker puts events on `self.events` (exactly one RunFinished, last); commands sent with `send()` are
+    checked at the job's natural boundaries (optimizer steps, images).
     """
 
-    def __init__(self, work: Callable, name: str = "seachange-job"):
-        self._work = work
-        self._name = name
+    def __init__(self, job: Callable, args: tuple = (), process: bool = False, name: str = "seachange-job"):
+        self._job, self._args, self._name = job, args, name
+        self.process = process
         self.events: queue.Queue = queue.Queue()
         self.commands: queue.Queue = queue.Queue()
+        self._child: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("a session runs once; make a new session for the next run")
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        if self.process:
+            self._child = subprocess.Popen([sys.executable, "-m", "trainer.session"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, cwd=os.getcwd())
+            write_frame(self._child.stdin, (self._job, self._args))
+            target, args = self._pump, ()
+        else:
+            target, args = run_job, (self._job, self._args, self.events.put, self.commands)
+        self._thread = threading.Thread(target=target, args=args, name=self._name, daemon=True)
         self._thread.start()
+
+    def _pump(self) -> None:
+        """Forward the child's events; if it dies without its RunFinished, say so in one."""
+        child = self._child
+        while (event := read_frame(child.stdout)) is not None:
+            self.events.put(event)
+            if isinstance(event, ev.RunFinished):
+                break
+        else:
+            code = child.wait()
+            self.events.put(ev.Log("error", f"the worker process exited with code {code}"))
+            self.events.put(ev.RunFinished("failed", f"The worker process ended unexpectedly (exit code {code}): "
+                                                     "it may have run out of memory or crashed. The last backup "
+                                                     "is intact."))
+        try:
+            child.stdin.close()  # the child's command reader ends; it exits
+        except OSError:
+            pass
+        try:
+            child.wait(60)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
     def send(self, name: str, **extra) -> None:
         if name not in ev.COMMANDS:
             raise ValueError(f"unknown command {name!r}; expected one of {', '.join(ev.COMMANDS)}")
-        self.commands.put(ev.Command(name, extra))
+        command = ev.Command(name, extra)
+        if self._child is None:
+            self.commands.put(command)
+            return
+        try:
+            write_frame(self._child.stdin, command)
+        except (OSError, ValueError):  # the child has ended already
+            pass
 
     def stop(self) -> None:
         self.send(ev.STOP)
+
+    def kill(self) -> None:
+        """End a child process at once (a session that ignores stop); a thread cannot be killed."""
+        if self._child is not None and self._child.poll() is None:
+            self._child.kill()
 
     @property
     def running(self) -> bool:
@@ -55,49 +173,24 @@ class Session:
             self._thread.join(timeout)
         return not self.running
 
-    def _run(self) -> None:
-        finished = ev.RunFinished("failed", "the run ended without a result")
-        try:
-            finished = self._work(self.events.put, self.commands)
-        except Exception as e:  # noqa: BLE001 - any failure becomes a "failed" event with its message
-            from trainer.errors import describe_failure, is_input_error
-            self.events.put(ev.Log("error", traceback.format_exc()))
-            finished = ev.RunFinished("failed", describe_failure(e), bad_input=is_input_error(e))
-        finally:
-            self.events.put(finished)
-
 
 class TrainingSession(Session):
     """One training. Start deep-copies the preset; the worker treats its copy as read-only."""
 
-    def __init__(self, preset: Preset, resume: str | None = None):
+    def __init__(self, preset: Preset, resume: str | None = None, process: bool = False):
         self.preset = copy.deepcopy(preset)
         self.resume = resume
-        super().__init__(self._train, "seachange-training")
-
-    def _train(self, emit, commands):
-        from trainer.loop import train  # lazy: torch loads in the worker, never before the window paints
-        return train(self.preset, emit, commands, resume=self.resume)
+        super().__init__(train_job, (self.preset, resume), process, "seachange-training")
 
 
-def generate_data_session(spec) -> Session:
+def generate_data_session(spec, process: bool = False) -> Session:
     """A session that runs generate-data on a copy of `spec` (a trainer.specs.GenerateDataSpec)."""
-    spec = copy.deepcopy(spec)
-
-    def work(emit, commands):
-        from trainer.generate_data import generate_data
-        return generate_data(spec, emit, commands)
-    return Session(work, "seachange-generate-data")
+    return Session(generate_data_job, (copy.deepcopy(spec),), process, "seachange-generate-data")
 
 
-def compare_session(spec) -> Session:
+def compare_session(spec, process: bool = False) -> Session:
     """A session that builds a comparison grid from a copy of `spec` (a trainer.specs.CompareSpec)."""
-    spec = copy.deepcopy(spec)
-
-    def work(emit, commands):
-        from trainer.compare import compare
-        return compare(spec, emit, commands)
-    return Session(work, "seachange-compare")
+    return Session(compare_job, (copy.deepcopy(spec),), process, "seachange-compare")
 
 
 def concept_statistics(preset: Preset) -> list[dict]:
@@ -105,3 +198,7 @@ def concept_statistics(preset: Preset) -> list[dict]:
     bucket histogram (plain data; may take a while on big folders, so call it off the UI thread)."""
     from trainer.stats import concept_stats  # no torch: safe before the first run
     return concept_stats(copy.deepcopy(preset))
+
+
+if __name__ == "__main__":
+    child_main()
