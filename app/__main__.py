@@ -12,9 +12,9 @@ def main(argv: list[str] | None = None) -> int:
     from app.window import Window
     window = Window(args.preset)
     window.mainloop()
-    session = window.runner.session
-    if session is not None:  # closed while stopping: give the worker a moment to finish cleanly
+    for session in window.sessions():  # closed while stopping: give each worker a moment to finish cleanly
         session.stop()
+    for session in window.sessions():
         session.join(timeout=30)
     return 0
 

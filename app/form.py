@@ -1,8 +1,10 @@
-"""Binds widgets to dotted preset paths; labels, tooltips, ranges and choices all come from the field metadata."""
+"""Binds widgets to dotted paths of a dataclass tree (the preset, or a tool spec); labels, tooltips, ranges and
+choices all come from the field metadata."""
 from __future__ import annotations
 
 import functools
 import math
+import re
 import typing
 from dataclasses import is_dataclass
 from typing import Any, Callable
@@ -19,8 +21,8 @@ def _template(dotted: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _hint(template: str) -> Any:
-    hint: Any = Preset
+def _hint(template: str, root: type) -> Any:
+    hint: Any = root
     for part in template.split("."):
         if typing.get_origin(hint) is list:
             hint = typing.get_args(hint)[0]
@@ -29,19 +31,52 @@ def _hint(template: str) -> Any:
     return hint
 
 
-def hint_of(dotted: str) -> Any:
-    """The type hint of the field at a dotted path (list indices allowed and ignored); cached."""
-    return _hint(_template(dotted))
+def hint_of(dotted: str, root: type = Preset) -> Any:
+    """The type hint of the field at a dotted path below `root` (list indices allowed and ignored); cached."""
+    return _hint(_template(dotted), root)
 
 
 @functools.lru_cache(maxsize=None)
-def _meta(template: str) -> dict:
-    return field_meta(template)
+def _meta(template: str, root: type) -> dict:
+    return field_meta(template, root)
 
 
-def meta_of(dotted: str) -> dict:
+def meta_of(dotted: str, root: type = Preset) -> dict:
     """trainer.config.field_meta, cached (typing.get_type_hints is slow and a form asks often)."""
-    return _meta(_template(dotted))
+    return _meta(_template(dotted), root)
+
+
+def scalar_list_item(hint: Any) -> Any:
+    """str, int or float for a list-of-scalars hint (one field edited as text), else None."""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return item if item in (str, int, float) else None
+    return None
+
+
+def as_text(value: Any, hint: Any) -> Any:
+    """What a widget shows for a value: a list of strings one per line, a list of numbers comma-separated;
+    scalars unchanged (the widget formats them)."""
+    item = scalar_list_item(hint)
+    if item is str:
+        return "\n".join(value)
+    if item is not None:
+        return ", ".join(map(str, value))
+    return value
+
+
+def parse_list(raw: str, item: Any, path: str) -> list:
+    """The text of a list-of-scalars field back into the list (blank lines or entries are dropped)."""
+    if item is str:
+        return [line.strip() for line in raw.splitlines() if line.strip()]
+    values = []
+    for part in (p for p in re.split(r"[,\s]+", raw.strip()) if p):
+        try:
+            values.append(item(part))
+        except ValueError:
+            kind = "whole numbers" if item is int else "numbers"
+            raise ConfigError(f"{path}: expected {kind} separated by commas, got {part!r}") from None
+    return values
 
 
 def read(obj: Any, dotted: str) -> Any:
@@ -74,8 +109,9 @@ def split_problem(problem: str) -> tuple[str, str]:
     return (path, reason) if sep else ("", problem)
 
 
-def describe_problem(problem: str, preset: Preset) -> str:
-    """A problem in words: 'Training › Learning rate: expected a number, got 'abc''."""
+def describe_problem(problem: str, preset: Any) -> str:
+    """A problem in words: 'Training › Learning rate: expected a number, got 'abc''. `preset` is the tree the
+    path starts at (the preset or a tool spec)."""
     path, reason = split_problem(problem)
     if not path:
         return reason
@@ -87,10 +123,8 @@ def describe_problem(problem: str, preset: Preset) -> str:
                 item = read(preset, here) if i == 1 else None
                 name = getattr(item, "name", "")
                 words[-1] = f"{words[-1].rstrip('s')} {int(part) + 1}" + (f" “{name}”" if name else "")
-            elif i == 0:
-                words.append(part.capitalize())
-            else:
-                words.append(meta_of(here).get("label") or part)
+            else:  # a preset's sections have no label: their name is the tab's
+                words.append(meta_of(here, type(preset)).get("label") or part.capitalize())
     except (ConfigError, KeyError, IndexError):
         return problem
     return f"{' › '.join(words)}: {reason}"
@@ -114,6 +148,9 @@ class Binding:
             return bool(raw)
         if self.hint is str:
             return raw
+        item = scalar_list_item(self.hint)
+        if item is not None:
+            return parse_list(raw, item, self.path or "value")
         value = parse_text(raw, self.hint, self.path or "value")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{self.path}: expected a finite number, got {raw!r}")
@@ -121,23 +158,33 @@ class Binding:
 
 
 class Form:
-    """The window's preset and every widget bound to it. Edits land in the preset at once; text that does
-    not parse stays in `parse_errors` (the preset keeps its last good value) until it is fixed."""
+    """A dataclass tree and every widget bound to it: the window's preset, or a tool tab's spec. Edits land in
+    the tree at once; text that does not parse stays in `parse_errors` (the tree keeps its last good value)
+    until it is fixed. `validator(tree, check_paths=...)` lists the tree's problems (default: the preset's)."""
 
-    def __init__(self, preset: Preset, on_change: Callable[[str], None],
-                 browse: Callable[[str, str, str], str | None] | None = None):
-        self.preset = preset
+    def __init__(self, preset: Any, on_change: Callable[[str], None],
+                 browse: Callable[[str, str, str], str | None] | None = None,
+                 validator: Callable[..., list[str]] | None = None):
+        self.preset = preset  # the bound tree (named for the window's form, the first and biggest user)
+        self.root = type(preset)
+        self.validator = validator or validate
         self.on_change = on_change
         self.browse = browse or (lambda kind, path, current: None)
         self.bindings: list[Binding] = []
         self.parse_errors: dict[str, str] = {}
         self._silent = 0
 
+    def hint_of(self, dotted: str) -> Any:
+        return hint_of(dotted, self.root)
+
+    def meta_of(self, dotted: str) -> dict:
+        return meta_of(dotted, self.root)
+
     # ---- making widgets ------------------------------------------------------------------------------
 
     def make_widget(self, parent, path: str, compact: bool = False, width: int | None = None):
         """The right widget for the field at `path`: switch, option menu, path picker, number or text entry."""
-        hint, meta = hint_of(path), meta_of(path)
+        hint, meta = self.hint_of(path), self.meta_of(path)
         kind = meta.get("kind")
         if meta.get("choices"):
             longest = max(len(c) for c in meta["choices"])
@@ -155,7 +202,7 @@ class Form:
 
     def field(self, group, path: str) -> Binding:
         """A labelled field in the next row of a Group (label and tooltip from the metadata)."""
-        meta = meta_of(path)
+        meta = self.meta_of(path)
         widget = self.make_widget(group, path)
         stretch = isinstance(widget, (PathField, TextField, MultilineField)) and not isinstance(widget, NumberField)
         labelled = LabelledField(group, group.take_row(), meta.get("label") or path, meta.get("help") or "",
@@ -174,7 +221,7 @@ class Form:
         return text + (f"\n\n⚠ {binding.reason}" if binding.reason else "")
 
     def _bind(self, path: str, widget, labelled) -> Binding:
-        binding = Binding(path, hint_of(path), meta_of(path), widget, labelled)
+        binding = Binding(path, self.hint_of(path), self.meta_of(path), widget, labelled)
         self.bindings.append(binding)
         self._show(binding)
         binding.trace = widget.var.trace_add("write", lambda *_: self._edited(binding))
@@ -222,8 +269,8 @@ class Form:
 
     # ---- preset <-> widgets ------------------------------------------------------------------------------
 
-    def load(self, preset: Preset) -> None:
-        """Show a new preset in every widget."""
+    def load(self, preset: Any) -> None:
+        """Show a new tree (of the same class) in every widget."""
         self.preset = preset
         self.parse_errors.clear()
         self.refresh()
@@ -242,7 +289,7 @@ class Form:
             return
         self._silent += 1
         try:
-            binding.widget.show(value)
+            binding.widget.show(as_text(value, binding.hint))
         finally:
             self._silent -= 1
         self.parse_errors.pop(binding.path, None)
@@ -261,7 +308,7 @@ class Form:
                 self._show(other)
         self.on_change(path)
 
-    def collect(self, into: Preset) -> list[str]:
+    def collect(self, into: Any) -> list[str]:
         """Write what every bound widget shows into `into`; returns the texts that do not parse."""
         errors = []
         for b in self.bindings:
@@ -277,7 +324,7 @@ class Form:
 
     def problems(self, check_paths: bool = True) -> list[str]:
         """Unparsed text first, then everything validate() finds (missing paths too when check_paths)."""
-        return list(self.parse_errors.values()) + validate(self.preset, check_paths=check_paths)
+        return list(self.parse_errors.values()) + self.validator(self.preset, check_paths=check_paths)
 
     def mark(self, problems: list[str]) -> None:
         """Show each problem on the widget of its path (red border, reason line, tooltip)."""

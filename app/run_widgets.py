@@ -6,11 +6,10 @@ import time
 import tkinter as tk
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import customtkinter as ctk
 
-from app.widgets import MUTED, Tooltip, bury
+from app.widgets import MUTED, Tooltip, bury, show_image_window
 
 CHART_BG, GRID, AXIS_TEXT = "#1e1f22", "#34363b", "#a8a8a8"
 RAW, SMOOTH, LR = "#4d6a8c", "#58a6ff", "#e3a64a"
@@ -303,26 +302,7 @@ class SampleGallery(ctk.CTkFrame):
     def open_full(self, prompt_index: int):
         """Open the shown sample of a prompt at full size in its own window; returns that window."""
         sample = self.shown.get(prompt_index)
-        if sample is None or not Path(sample.path).exists():
+        if sample is None:
             return None
-        from PIL import Image
-        with Image.open(sample.path) as im:
-            im = im.convert("RGB")
-        limit = (self.winfo_screenwidth() - 80, self.winfo_screenheight() - 120)
-        scale = min(1.0, limit[0] / im.width, limit[1] / im.height)
-        size = (max(1, int(im.width * scale)), max(1, int(im.height * scale)))
-        top = ctk.CTkToplevel(self)
-        top.title(f"{sample.prompt[:60]} — step {sample.step}, epoch {sample.epoch + 1}")
-        image = ctk.CTkImage(light_image=im, dark_image=im, size=size)
-        label = ctk.CTkLabel(top, text="", image=image)
-        label.pack(padx=6, pady=6)
-        ctk.CTkLabel(top, text=f"{sample.prompt}\n{sample.path}", wraplength=max(size[0], 300),
-                     text_color=MUTED).pack(padx=6, pady=(0, 6))
-
-        def close() -> None:
-            top.destroy()
-            bury((top, image, label))
-        top.protocol("WM_DELETE_WINDOW", close)
-        top.bind("<Escape>", lambda _e: close())
-        top.close = close
-        return top
+        return show_image_window(self, sample.path, f"{sample.prompt[:60]} — step {sample.step}, epoch "
+                                 f"{sample.epoch + 1}", f"{sample.prompt}\n{sample.path}")

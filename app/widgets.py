@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tkinter as tk
+from pathlib import Path
 from typing import Any, Callable
 
 import customtkinter as ctk
@@ -213,6 +214,13 @@ class LabelledField:
     def tooltip_text(self) -> str:
         return self.help_text + (f"\n\n⚠ {self.reason}" if self.reason else "")
 
+    def set_visible(self, visible: bool) -> None:
+        """Show or hide the whole row (a field that does not apply to the current choice)."""
+        for part in (self.label, self.widget):
+            part.grid() if visible else part.grid_remove()
+        if self._error_label is not None:
+            self._error_label.grid() if visible and self.reason else self._error_label.grid_remove()
+
     def set_error(self, reason: str | None) -> None:
         if reason == self.reason:
             return
@@ -298,3 +306,43 @@ class Tabview(ctk.CTkTabview):
         self._current_name = name
         self._segmented_button.set(name)
         self._set_grid_current_tab()
+
+
+def load_thumbnail(path: str | Path, size: int) -> ctk.CTkImage | None:
+    """An image file scaled to fit `size` px, as a CTkImage; None when it cannot be read."""
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+    except (OSError, ValueError):
+        return None
+    return ctk.CTkImage(light_image=im, dark_image=im, size=im.size)
+
+
+def show_image_window(parent, path: str | Path, title: str, caption: str = ""):
+    """An image at full size (scaled down to fit the screen) in its own window, Escape closes it; returns the
+    window (its `close()` closes it), or None when the file is gone."""
+    if not Path(path).exists():
+        return None
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    limit = (parent.winfo_screenwidth() - 80, parent.winfo_screenheight() - 120)
+    scale = min(1.0, limit[0] / im.width, limit[1] / im.height)
+    size = (max(1, int(im.width * scale)), max(1, int(im.height * scale)))
+    top = ctk.CTkToplevel(parent)
+    top.title(title)
+    image = ctk.CTkImage(light_image=im, dark_image=im, size=size)
+    label = ctk.CTkLabel(top, text="", image=image)
+    label.pack(padx=6, pady=6)
+    ctk.CTkLabel(top, text=caption, wraplength=max(size[0], 300), text_color=MUTED).pack(padx=6, pady=(0, 6))
+
+    def close() -> None:
+        top.destroy()
+        bury((top, image, label))
+    top.protocol("WM_DELETE_WINDOW", close)
+    top.bind("<Escape>", lambda _e: close())
+    top.close = close
+    return top

@@ -8,6 +8,7 @@ from typing import Callable
 import customtkinter as ctk
 
 from app.bottom_bar import BottomBar
+from app.dialogs import Dialogs
 from app.form import Form, describe_problem
 from app.recent import DEFAULT_PRESET, PRESETS_DIR, RecentFiles, builtin_presets, is_builtin
 from app.runner import Runner
@@ -15,58 +16,21 @@ from app.tabs.backup import BackupTab
 from app.tabs.concepts import ConceptsTab
 from app.tabs.general import GeneralTab
 from app.tabs.model import ModelTab
+from app.tabs.results import ResultsTab
 from app.tabs.run import RunTab
 from app.tabs.sampling import SamplingTab
+from app.tabs.tools import ToolsTab
 from app.tabs.training import TrainingTab
+from app.tool_runner import ToolRunner
 from app.widgets import MUTED, WARNING, Tabview, Tooltip
 from trainer.config import ConfigError, Preset, load_preset, preset_to_dict, save_preset
 
-TAB_CLASSES = (GeneralTab, ModelTab, ConceptsTab, TrainingTab, SamplingTab, BackupTab, RunTab)
-PRESET_TYPES = [("SeaChange presets", "*.json"), ("All files", "*")]
-
-
-class Dialogs:
-    """Every question the window asks the user. Tests pass their own object with the same methods."""
-
-    def __init__(self, parent: tk.Misc):
-        self.parent = parent
-
-    def confirm(self, title: str, message: str) -> bool:
-        from tkinter import messagebox
-        return bool(messagebox.askyesno(title, message, parent=self.parent))
-
-    def ask_open_preset(self) -> str | None:
-        from tkinter import filedialog
-        return filedialog.askopenfilename(parent=self.parent, title="Load preset", filetypes=PRESET_TYPES) or None
-
-    def ask_save_preset(self) -> str | None:
-        from tkinter import filedialog
-        return filedialog.asksaveasfilename(parent=self.parent, title="Save preset as", defaultextension=".json",
-                                            filetypes=PRESET_TYPES) or None
-
-    def browse(self, kind: str, name: str, current: str) -> str | None:
-        """A path picker's Browse…: a folder, a file, or (kind "path") a model file or diffusers folder."""
-        from tkinter import filedialog
-        start = Path(current).expanduser() if current else Path.cwd()
-        folder = str(start if start.is_dir() else start.parent if start.parent.is_dir() else Path.cwd())
-        if kind == "dir":
-            return filedialog.askdirectory(parent=self.parent, initialdir=folder, mustexist=False) or None
-        if name.startswith("output"):
-            return filedialog.asksaveasfilename(parent=self.parent, initialdir=folder, title="Write the model to",
-                                                filetypes=[("Single file", "*.safetensors"), ("All", "*")]) or None
-        types = [("Models", "*.safetensors *.ckpt model_index.json"), ("All files", "*")] if kind == "path" \
-            else [("All files", "*")]
-        chosen = filedialog.askopenfilename(parent=self.parent, initialdir=folder, filetypes=types,
-                                            title="Choose a .safetensors or .ckpt file, or the model_index.json "
-                                                  "of a diffusers folder" if kind == "path" else "Choose a file")
-        if chosen and Path(chosen).name == "model_index.json":
-            return str(Path(chosen).parent)
-        return chosen or None
+TAB_CLASSES = (GeneralTab, ModelTab, ConceptsTab, TrainingTab, SamplingTab, BackupTab, RunTab, ToolsTab, ResultsTab)
 
 
 def default_session_factory(preset):
-    from trainer.session import TrainingSession  # cheap: the session imports the engine in its thread
-    return TrainingSession(preset)
+    from trainer.session import TrainingSession  # cheap: the engine loads in the session's child process
+    return TrainingSession(preset, process=True)  # torch never holds this process's interpreter (or crashes it)
 
 
 class Window(ctk.CTk):
@@ -97,6 +61,7 @@ class Window(ctk.CTk):
         self.form = Form(Preset(), self._field_changed, self.dialogs.browse)
         self._saved = preset_to_dict(self.form.preset)
         self.runner = Runner(self, session_factory or default_session_factory)
+        self.tool_runners: list[ToolRunner] = []  # the tool tabs register theirs
 
         self.grid_columnconfigure(0, weight=1)
         self.grid_rowconfigure(1, weight=1)
@@ -293,7 +258,9 @@ class Window(ctk.CTk):
         self.problems = self.form.problems(check_paths=True)
         self.form.mark(self.problems)
         self.tabs["concepts"].mark(self.problems)
-        self.bottom.set_problems([describe_problem(p, self.preset) for p in self.problems])
+        busy = self.device_busy()
+        self.bottom.set_problems([f"{busy}; wait for it or stop it"] * bool(busy)
+                                 + [describe_problem(p, self.preset) for p in self.problems])
         name = ("unsaved preset" if self.preset_path is None else
                 self.preset_path.stem + ("  (built-in)" if is_builtin(self.preset_path, self.presets_dir) else ""))
         dirty = self.dirty
@@ -313,7 +280,7 @@ class Window(ctk.CTk):
     def start(self) -> bool:
         """Start training a copy of the preset as shown; False (with the reason shown) when it cannot."""
         self.finish_building()
-        if self.runner.running or self.validate_now():
+        if self.runner.running or self.validate_now() or self.device_busy():
             return False
         self.run_tab.clear()
         self.bottom.reset_progress()
@@ -327,6 +294,7 @@ class Window(ctk.CTk):
         self.bottom.set_running(True)
         self.bottom.show_status("Starting…")
         self.tabview.set("run")
+        self.jobs_changed()
         return True
 
     def stop(self) -> None:
@@ -336,14 +304,39 @@ class Window(ctk.CTk):
             self.bottom.show_status("Stopping at the next step…")
 
     def run_finished(self, event) -> None:
-        self.schedule_validation()
-        if self._close_pending:
+        self.jobs_changed()
+        if self._close_pending and not self.any_running():
             self.after(0, self.close_now)
+
+    def device_busy(self, asking: ToolRunner | None = None) -> str | None:
+        """What holds the device (a training, or a tool that loads a model), in words; None when it is free.
+        One such job at a time: two would compete for the GPU's memory. `asking` is left out of the check."""
+        if self.runner.running:
+            return "A training is running"
+        for tool in self.tool_runners:
+            if tool is not asking and tool.using_device:
+                return f"{tool.name} is running"
+        return None
+
+    def any_running(self) -> bool:
+        return self.runner.running or any(tool.running for tool in self.tool_runners)
+
+    def jobs_changed(self) -> None:
+        """A training or a tool started or finished: every Start button re-checks whether it may run."""
+        self.schedule_validation()
+        for tab in self.tabs.values():
+            tab.jobs_changed()
+
+    def sessions(self) -> list:
+        """The live sessions (training and tools), for a clean shutdown after the window closed."""
+        return [s for s in [self.runner.session] + [t.session for t in self.tool_runners] if s is not None]
 
     def _tick(self) -> None:
         if self.closed:
             return
         more = self.runner.drain()
+        for tool in self.tool_runners:
+            more = tool.drain() or more
         if not self.closed:
             self._tick_id = self.after(5 if more else Runner.DRAIN_MS, self._tick)
 
@@ -351,15 +344,20 @@ class Window(ctk.CTk):
 
     def on_close(self) -> None:
         """The window's close button: during a run ask, stop cleanly, then close; else ask about unsaved work."""
-        if self.runner.running:
+        if self.any_running():
             if self._close_pending:  # closed again while stopping: stop waiting
                 return self.close_now()
+            what = ["a training"] * self.runner.running + [t.name.lower() for t in self.tool_runners if t.running]
             unsaved = " Unsaved changes to the preset will be lost." if self.dirty else ""
-            if not self.dialogs.confirm("Stop training?", "A training is running. Stop it and close SeaChange?"
+            title = "Stop training?" if what == ["a training"] else "Stop and close?"
+            if not self.dialogs.confirm(title, f"{' and '.join(what).capitalize()} "
+                                        f"{'are' if len(what) > 1 else 'is'} running. Stop and close SeaChange?"
                                         + unsaved):
                 return
             self._close_pending = True
             self.stop()
+            for tool in self.tool_runners:
+                tool.stop()
             self.bottom.show_status("Stopping, then closing…")
             return
         if self.dirty and not self.dialogs.confirm("Unsaved changes", "The preset has unsaved changes. Close "
@@ -371,6 +369,8 @@ class Window(ctk.CTk):
         if self.closed:
             return
         self.closed = True
+        for tab in self.tabs.values():
+            tab.closing()
         for after_id in (self._tick_id, self._build_id, self._validate_id):
             if after_id is not None:
                 try:

@@ -1,4 +1,4 @@
-"""Command line: python -m trainer train|generate-data|compare|cache|stats|make-demo|convert ... (headless, same session as the window). No UI here."""
+"""Command line: python -m trainer train|generate-data|compare|bench|cache|stats|make-demo|convert ... (headless, same session as the window). No UI here."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,12 @@ from trainer.config import ConfigError, apply_overrides, load_preset
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
 
 
+def main_process() -> bool:
+    """False in the other processes of an `accelerate launch` run: only the main one prints (the training
+    itself passes them nothing but errors)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_session(session, quiet: bool = False) -> int:
     """Run a session (training or a tool) in the foreground with a tqdm bar; Ctrl-C once stops cleanly, twice
     aborts. Returns the exit code."""
@@ -21,7 +27,8 @@ def run_session(session, quiet: bool = False) -> int:
     def on_interrupt(signum, frame):
         interrupts.append(signum)
         if len(interrupts) == 1:
-            print("\nStopping after this step (Ctrl-C again to abort at once)...", file=sys.stderr)
+            if main_process():
+                print("\nStopping after this step (Ctrl-C again to abort at once)...", file=sys.stderr)
             session.stop()
         else:
             print("\nAborted.", file=sys.stderr)
@@ -57,7 +64,8 @@ def run_session(session, quiet: bool = False) -> int:
             elif isinstance(event, ev.RunFinished):
                 if bar is not None:
                     bar.close()
-                print(f"{event.outcome}: {event.message}", file=sys.stderr)
+                if main_process() or event.outcome == "failed":
+                    print(f"{event.outcome}: {event.message}", file=sys.stderr)
                 if event.outcome == "completed":
                     return EXIT_OK
                 if event.outcome == "stopped":
@@ -172,6 +180,11 @@ def cmd_convert(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    from trainer.bench import main as bench_main
+    return bench_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description="SeaChange: fine-tune SD 1.5.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tool)
+    p = sub.add_parser("bench", help="speed and memory of SeaChange's training step against the reference loop")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--model", choices=("sd15", "tiny"), default=None, help="default: sd15 on a GPU, tiny on a CPU")
+    p.add_argument("--batch-sizes", default=None, help="comma list; default 1,4,16 on a GPU, 1,4 on a CPU")
+    p.add_argument("--presets", default=None, help="built-in preset names, comma list")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (a quarter are warm-up)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("make-demo", help="build the tiny demo model and its images")
     p.add_argument("dir")
     p.set_defaults(func=cmd_make_demo)

@@ -77,8 +77,9 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Preset, position: Position,
-                 pause_between_files: float = 0.0) -> Path:
-    """Write one backup folder atomically; on any error the partial folder is removed and the error raised."""
+                 pause_between_files: float = 0.0, num_processes: int = 1) -> Path:
+    """Write one backup folder atomically; on any error the partial folder is removed and the error raised.
+    The manifest records the process count: the position inside an epoch is counted in steps of all of them."""
     from safetensors.torch import save_file
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
@@ -100,7 +101,8 @@ def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Pres
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
         manifest = {"step": position.step, "epoch": position.epoch, "epoch_step": position.epoch_step,
-                    "files": files, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "num_processes": num_processes, "files": files,
+                    "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
         if final.exists():
             shutil.rmtree(final)
@@ -173,10 +175,18 @@ def compare_presets(saved: Preset, current: Preset) -> list[str]:
     return changed
 
 
-def read_backup(folder: Path, current: Preset) -> tuple[dict, dict, Position, list[str]]:
-    """Load (module tensors by name, state, position, harmless changes) after checking the preset."""
+def read_backup(folder: Path, current: Preset, num_processes: int = 1) -> tuple[dict, dict, Position, list[str]]:
+    """Load (module tensors by name, state, position, harmless changes) after checking the preset and the
+    process count (an epoch's steps, and so the position inside it, depend on how many processes share it)."""
     from safetensors.torch import load_file
     manifest = json.loads((folder / MANIFEST).read_text())
+    written_by = manifest.get("num_processes", 1)
+    if written_by != num_processes:
+        how = (f"accelerate launch --multi_gpu --num_processes {written_by} -m trainer train ..." if written_by > 1
+               else "python -m trainer train ...")
+        raise InputError(f"backup.resume: {folder} was written by a run on {written_by} process(es) and this run "
+                         f"has {num_processes}; each optimizer step holds a batch from every process, so the "
+                         f"position inside the epoch would not match. Resume with the same count: {how}")
     saved = preset_from_dict(json.loads((folder / "preset.json").read_text()))
     harmless = compare_presets(saved, current)
     tensors = {f[: -len(".safetensors")]: load_file(str(folder / f)) for f in manifest["files"]

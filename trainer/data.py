@@ -2,7 +2,8 @@
 
 Every choice (order, bucket batches, resolution, caption line and augmentation, image augmentation or cached
 variant) is a pure function of (general.seed, epoch, position or image), so iter_epoch(e, k) yields exactly the
-steps k.. of an uninterrupted epoch e. torch is imported lazily: trainer.stats uses this module without it.
+steps k.. of an uninterrupted epoch e. Under `accelerate launch` each process gets its own share of every
+optimizer step (process_steps). torch is imported lazily: trainer.stats uses this module without it.
 """
 from __future__ import annotations
 
@@ -106,6 +107,7 @@ class Batch:
     latent_mean: object | None = None      # torch tensor B, 4, h, w when latents are cached
     latent_std: object | None = None
     text_embeddings: object | None = None  # torch tensor B, 77, D when text embeddings are cached
+    padding: bool = False  # a repeat with loss weight 0 that keeps processes in step (EpochPlan.process_steps)
 
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader (pin_memory=True on CUDA): page-locked tensors copy to the GPU faster."""
@@ -121,16 +123,20 @@ class Spec:
     size: tuple[int, int]
     positions: tuple[int, ...]
     items: tuple[int, ...]
+    padding: bool = False  # loads with loss weight 0: it only keeps a process in step with the others
 
 
 class EpochPlan:
     """The seeded order of each epoch, cut into optimizer steps of one-bucket micro-batches (no image dropped).
 
-    The loop uses: prepare(...), epoch_steps(epoch), total_steps(epochs), iter_epoch(epoch, start_step).
+    The loop uses: prepare(...), epoch_steps(epoch), total_steps(epochs), step_samples(epoch, step),
+    iter_epoch(epoch, start_step). With several processes (process_index of num_processes) an optimizer step
+    holds the micro-batches of all of them, and iter_epoch yields this process's share (process_steps).
     """
 
-    def __init__(self, preset: Preset, items: list[ImageItem]):
+    def __init__(self, preset: Preset, items: list[ImageItem], process_index: int = 0, num_processes: int = 1):
         self.preset, self.items = preset, list(items)
+        self.process_index, self.num_processes = process_index, num_processes
         self.skipped = list(getattr(items, "skipped", []))
         t, self.seed = preset.training, preset.general.seed
         self.batch_size, self.accumulation = t.batch_size, t.gradient_accumulation_steps
@@ -201,7 +207,8 @@ class EpochPlan:
     def layout(self, epoch: int) -> list[list[Spec]]:
         """The epoch's optimizer steps. The uses are shuffled once; walking that order, each use joins its
         bucket's open batch, and a batch is emitted when full; leftover (smaller) batches come last. With one
-        bucket this is the shuffled order cut in batch_size pieces, whatever the batch size."""
+        bucket this is the shuffled order cut in batch_size pieces, whatever the batch size. A step holds
+        gradient_accumulation_steps micro-batches per process (batch_size is per process, as in accelerate)."""
         if epoch in self._layouts:
             return self._layouts[epoch]
         uses = self.epoch_uses(epoch)
@@ -219,14 +226,40 @@ class EpochPlan:
         for size, members in batches:
             specs.append(Spec(epoch, size, tuple(range(pos, pos + len(members))), tuple(members)))
             pos += len(members)
-        steps = [specs[i:i + self.accumulation] for i in range(0, len(specs), self.accumulation)]
+        per_step = self.accumulation * self.num_processes
+        steps = [specs[i:i + per_step] for i in range(0, len(specs), per_step)]
         if len(self._layouts) > 8:
             self._layouts.pop(next(iter(self._layouts)))
         self._layouts[epoch] = steps
         return steps
 
+    def process_steps(self, epoch: int) -> list[list[Spec]]:
+        """This process's share of each optimizer step: the step's micro-batches number process_index,
+        process_index + num_processes, ... (dealt round-robin, so a short last step is spread evenly).
+
+        Every process must run the same number of micro-batches in a step: each backward of a
+        DistributedDataParallel module joins a gradient exchange, and the exchanges must pair up. When a step's
+        micro-batches do not divide evenly (the epoch's last step), a process short of one gets padding: the
+        first sample of the step's last micro-batch again, with loss weight 0. Padding adds nothing to the
+        gradient and costs one sample's compute; the alternative, dropping the leftovers, would leave images
+        out of the epoch, and splitting micro-batches across processes would break the one-bucket batches."""
+        n, steps = self.num_processes, self.layout(epoch)
+        if n == 1:
+            return steps
+        shares = []
+        for step in steps:
+            mine = list(step[self.process_index::n])
+            last = step[-1]
+            pad = replace(last, positions=last.positions[:1], items=last.items[:1], padding=True)
+            shares.append(mine + [pad] * (math.ceil(len(step) / n) - len(mine)))
+        return shares
+
     def epoch_steps(self, epoch: int) -> int:
         return len(self.layout(epoch))
+
+    def step_samples(self, epoch: int, step: int) -> int:
+        """The samples of one optimizer step over all processes (padding not counted)."""
+        return sum(len(spec.positions) for spec in self.layout(epoch)[step])
 
     def total_steps(self, epochs: int) -> int:
         return sum(self.epoch_steps(e) for e in range(epochs))
@@ -237,7 +270,7 @@ class EpochPlan:
         """Yield, for each optimizer step from start_step on, its list of micro-batches (Batch). Micro-batches
         load in DataLoader workers (general.dataloader_workers) ahead of the training."""
         from trainer.cache import map_loader
-        steps = self.layout(epoch)[start_step:]
+        steps = self.process_steps(epoch)[start_step:]
         flat = [spec for step in steps for spec in step]
         loaded = iter(map_loader(self.load, flat, self.workers, self.pin_memory))
         for step in steps:
@@ -278,11 +311,11 @@ class EpochPlan:
             concept = self._concept(idx)
             rng = random.Random(f"{self.seed}-caption-{spec.epoch}-{pos}")
             captions.append(pick_caption(self.items[idx].captions, concept, rng))
-            weights.append(concept.loss_weight)
+            weights.append(0.0 if spec.padding else concept.loss_weight)
             rng = random.Random(f"{self.seed}-image-{spec.epoch}-{pos}")
             augs.append(self._cached_augment(idx, spec.size, rng) if self.latents is not None
                         else draw_augment(concept, rng))
-        batch = Batch(captions, list(spec.positions), weights)
+        batch = Batch(captions, list(spec.positions), weights, padding=spec.padding)
         if self.latents is not None:
             import torch
             entries = [self.latents.load(self.latent_key(i, spec.size, a)) for i, a in zip(spec.items, augs)]

@@ -7,7 +7,9 @@ noise so that a batch of 2 and two accumulated batches of 1 compute the same upd
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
+import os
 import queue
 import time
 from pathlib import Path
@@ -59,13 +61,61 @@ def quiet_libraries() -> None:
 
 def make_accelerator(preset: Preset):
     """The one place that builds an Accelerator. accelerate keeps process-wide state, so a second run in the
-    same process (the window runs many) with other precision settings must reset it first."""
+    same process (the window runs many) with other precision settings must reset it first.
+
+    Under `accelerate launch` the processes wait for the main one while it fills caches, samples or writes a
+    backup; the process group's timeout (30 min for gloo, 10 for NCCL by default) is raised so that such a
+    wait is not taken for a hang."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import InitProcessGroupKwargs
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     PartialState._reset_state()
-    return Accelerator(cpu=preset.general.device == "cpu", mixed_precision=preset.training.mixed_precision)
+    patience = InitProcessGroupKwargs(timeout=datetime.timedelta(hours=3))
+    return Accelerator(cpu=preset.general.device == "cpu", mixed_precision=preset.training.mixed_precision,
+                       kwargs_handlers=[patience])
+
+
+def main_process_only(emit: Callable, accelerator) -> Callable:
+    """Under `accelerate launch` only the main process reports (progress, samples, logs); the others pass on
+    errors alone, so a failure on any process is still seen."""
+    if accelerator.is_main_process:
+        return emit
+    return lambda event: emit(event) if isinstance(event, ev.Log) and event.level == "error" else None
+
+
+@contextlib.contextmanager
+def main_process_first(accelerator):
+    """The main process runs the block first (it may write: the demo, the file index, the caches) while the
+    others wait, then they run it (and find its files). Unlike accelerate's own, this one also lets the others
+    go when the block fails on the main process, so they fail the same way instead of waiting for ever."""
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+    try:
+        yield
+    finally:
+        if accelerator.is_main_process:
+            accelerator.wait_for_everyone()
+
+
+def mean_over_processes(accelerator, value: float) -> float:
+    """The mean of a per-process number over all processes (the number itself with one process). A NaN on
+    any process makes the mean NaN everywhere, so every process takes the same skip-or-step decision."""
+    if accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(torch.tensor([value], dtype=torch.float64, device=accelerator.device), "mean").item()
+
+
+def agree_on_commands(accelerator, names: set[str]) -> set[str]:
+    """The commands that reached any process, on every process. They must take effect at the same step
+    everywhere: a process that stopped alone would leave the others waiting in the next gradient exchange.
+    (The window runs one process; a signal or Ctrl-C under `accelerate launch` may reach one process or all.)"""
+    if accelerator.num_processes == 1:
+        return names
+    flags = torch.tensor([float(name in names) for name in ev.COMMANDS], device=accelerator.device)
+    flags = accelerator.reduce(flags, "sum")
+    return {name for name, flag in zip(ev.COMMANDS, flags.tolist()) if flag > 0}
 
 
 def sample_generator(seed: int, epoch: int, position: int) -> torch.Generator:
@@ -93,16 +143,21 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
           resume: str | None = None) -> ev.RunFinished:
     """Train as the preset says; returns the RunFinished event (the session sends it)."""
     t = preset.training
-    # 1. Check every input before loading anything heavy; gather the images of the enabled concepts.
+    # 1. The accelerator (device, mixed precision, processes) first: under `accelerate launch` only the main
+    #    process reports and writes. Then every input is checked before anything heavy loads (the main process
+    #    first: it may build the demo), and the images of the enabled concepts are gathered.
+    accelerator = make_accelerator(preset)
+    emit = main_process_only(emit, accelerator)
     emit(ev.Status("Checking inputs"))
     quiet_libraries()
-    items = check_inputs(preset, emit)
+    with main_process_first(accelerator):
+        items = check_inputs(preset, emit)
     workspace = Path(preset.general.workspace_dir).expanduser()
-    workspace.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workspace / "preset.json", preset_to_json(preset))
+    if accelerator.is_main_process:
+        workspace.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(workspace / "preset.json", preset_to_json(preset))
 
-    # 2. Accelerator (device, mixed precision) and seeds.
-    accelerator = make_accelerator(preset)
+    # 2. Seeds.
     device = accelerator.device
     torch.manual_seed(preset.general.seed)
     np.random.seed(preset.general.seed % 2**32)
@@ -114,10 +169,15 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                                                          t.zero_terminal_snr)
     frozen_dtype = cache_dtype(t.mixed_precision, device)  # the same rule as `python -m trainer cache`
     c.vae.requires_grad_(False).eval().to(device, frozen_dtype)
-    c.unet.requires_grad_(t.train_unet).train(t.train_unet).to(device)
+    # Trained weights in float32, or bfloat16 (half the memory; updates rounded stochastically, see optim.py).
+    weight_dtype = torch.bfloat16 if t.weight_dtype == "bfloat16" else torch.float32
+    c.unet.requires_grad_(t.train_unet).train(t.train_unet).to(device, weight_dtype)
     train_te = t.train_text_encoder
     c.text_encoder.requires_grad_(train_te).train(train_te)
-    c.text_encoder.to(device, torch.float32 if train_te else frozen_dtype)
+    c.text_encoder.to(device, weight_dtype if train_te else frozen_dtype)
+    unet_dtype = next(c.unet.parameters()).dtype
+    if device.type == "cuda":
+        c.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
     if t.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
         if train_te:
@@ -131,16 +191,40 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
         groups.append({"params": list(c.text_encoder.parameters()),
                        "lr": t.text_encoder_learning_rate or t.learning_rate})
     trainable = [p for g in groups for p in g["params"]]
-    optimizer = optim.make_optimizer(t.optimizer, groups, t.learning_rate, weight_decay=t.weight_decay)
-    plan = EpochPlan(preset, items)
-    plan.prepare(c, device, frozen_dtype, encode_text=not train_te, emit=emit)
+    master = t.weight_dtype == "bfloat16" and t.stochastic_rounding
+    stepper = optim.Stepper(t.optimizer, groups, t.learning_rate, t.weight_decay, master=master)
+    if t.fused_backward:
+        if accelerator.num_processes > 1:
+            raise InputError("training.fused_backward: works with one process only (gradients are averaged "
+                             "across processes after the backward pass, too late for a step inside it)")
+        stepper.attach()
+    optimizer = stepper.optimizer
+    plan = EpochPlan(preset, items, accelerator.process_index, accelerator.num_processes)
+    with main_process_first(accelerator):  # the main process fills the caches; the others then only read them
+        plan.prepare(c, device, frozen_dtype, encode_text=not train_te, emit=emit)
     total_steps = t.max_steps or plan.total_steps(t.epochs)
     total_epochs = t.epochs if not t.max_steps else math.ceil(total_steps / plan.epoch_steps(0))
     lr_scheduler = optim.make_lr_scheduler(t.lr_scheduler, optimizer, t.lr_warmup_steps, total_steps)
-    c.unet, c.text_encoder, optimizer = accelerator.prepare(c.unet, c.text_encoder, optimizer)
+    # A frozen module is prepared for evaluation: no DDP wrapper (which refuses a module without trainable
+    # parameters; accelerate's multi-CPU path would wrap it anyway).
+    frozen = {m: not any(p.requires_grad for p in m.parameters()) for m in (c.unet, c.text_encoder)}
+    c.unet = accelerator.prepare_model(c.unet, evaluation_mode=frozen[c.unet])
+    c.text_encoder = accelerator.prepare_model(c.text_encoder, evaluation_mode=frozen[c.text_encoder])
+    optimizer = accelerator.prepare_optimizer(optimizer)
+    if device.type == "cuda":  # what only encodes leaves the GPU once its outputs are cached (back for samples);
+        # after prepare, whose device placement would move them back
+        if not plan.needs_vae_encoder:
+            c.vae.to("cpu")
+        if not train_te and not plan.needs_text_encoder:
+            c.text_encoder.to("cpu")
+    if t.compile:
+        # Compiled kernels are cached beside the latents, so the next run of this preset compiles faster.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(preset.general.cache_dir).expanduser() / "compile"))
+        emit(ev.Status("Compiling the UNet (torch.compile; the first steps are slow)"))
+        c.unet = torch.compile(c.unet)
 
     run = Run(preset, emit, accelerator, c)
-    if t.ema != "off":
+    if t.ema != "off" and accelerator.is_main_process:  # only rank 0 samples and saves, so only it averages
         run.ema = EMA(trainable, t.ema_decay, device if t.ema == "gpu" else "cpu")
 
     # 5. Resume: weights, optimizer, LR schedule, grad scaler, EMA, RNGs and the position inside the epoch.
@@ -149,11 +233,11 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     resume = resume or preset.backup.resume or None
     if resume:
         folder = find_backup(preset, resume)
-        tensors, state, start, harmless = read_backup(folder, preset)
+        tensors, state, start, harmless = read_backup(folder, preset, accelerator.num_processes)
         if harmless:
             emit(ev.Log("info", f"Changed since the backup (harmless): {', '.join(harmless)}"))
         if "unet" in tensors:
-            accelerator.unwrap_model(c.unet).load_state_dict(tensors["unet"])
+            accelerator.unwrap_model(c.unet, keep_torch_compile=False).load_state_dict(tensors["unet"])
         if "text_encoder" in tensors:
             accelerator.unwrap_model(c.text_encoder).load_state_dict(tensors["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
@@ -190,10 +274,13 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
             epoch_steps = plan.epoch_steps(epoch)
             first = start.epoch_step if epoch == start.epoch else 0
             for epoch_step, micro_batches in enumerate(plan.iter_epoch(epoch, first), start=first):
-                group_size = sum(len(mb.positions) for mb in micro_batches)
+                # The step's samples over all processes, per process: each scales its loss by its samples over
+                # this, so the mean of the processes' gradients (DDP averages them) is the mean over all samples.
+                group_size = plan.step_samples(epoch, epoch_step) / accelerator.num_processes
                 step_loss = 0.0
                 for k, batch in enumerate(micro_batches):
                     positions = batch.positions
+                    run.note_batch(epoch, batch)
                     gens = [sample_generator(preset.general.seed, epoch, p) for p in positions]
                     # 7. Images -> VAE latent distributions (cached or encoded now) -> one draw per sample, scaled.
                     mean, std = batch.latent_mean, batch.latent_std
@@ -223,28 +310,36 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                     last = k == len(micro_batches) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(c.unet):
                         with accelerator.autocast():
-                            pred = c.unet(noisy, timesteps, hidden if train_te else hidden.float()).sample
+                            pred = c.unet(noisy.to(unet_dtype), timesteps, hidden.to(unet_dtype)).sample
                         target = losses.training_target(c.noise_scheduler, latents, noise, timesteps)
                         weights = torch.tensor(batch.loss_weights, device=device)
                         loss = losses.diffusion_loss(pred.float(), target.float(), timesteps, c.noise_scheduler,
                                                      t.min_snr_gamma, per_sample_weight=weights)
                         # 12. Backward, scaled so the accumulated gradient is the mean over the step's samples.
-                        accelerator.backward(loss * (len(positions) / group_size))
-                    step_loss += loss.detach().float().item() * len(positions) / group_size
+                        #     With the fused back pass the weights are stepped during it: a non-finite loss
+                        #     is caught before, so that it never reaches them.
+                        part = loss.detach().float().item() * len(positions) / group_size
+                        if math.isfinite(part) or not t.fused_backward:
+                            accelerator.backward(loss * (len(positions) / group_size))
+                    step_loss += part
+                step_loss = mean_over_processes(accelerator, step_loss)  # the same loss and decision everywhere
                 step += 1
                 window_steps += 1
                 if math.isfinite(step_loss):
                     # 13. Clip the gradient norm, step the optimizer and the LR schedule, update the EMA.
-                    if t.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
-                    optimizer.step()
+                    if t.fused_backward:
+                        stepper.finish()  # the large weights were stepped during backward; now the small ones
+                    else:
+                        if t.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+                        stepper.step() if master else optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     if run.ema:
                         run.ema.step()
                 else:
                     # A NaN/inf loss never reaches the weights: its gradients are dropped before any update.
-                    optimizer.zero_grad(set_to_none=True)
+                    stepper.zero_grad()
                     extra["nan_skipped"] += 1
                     if extra["nan_skipped"] > t.skip_nan_steps:
                         raise NonFiniteLoss(
@@ -258,6 +353,8 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                 # 14. Report: loss, smoothed loss, LR, speed, ETA (and VRAM on a GPU).
                 smooth = step_loss if smooth is None else 0.9 * smooth + 0.1 * step_loss
                 now = time.monotonic()
+                if t.compile and step == start.step + 1:
+                    emit(ev.Log("info", f"First step, torch.compile included: {now - started:.1f} s"))
                 it_s = window_steps / max(now - window_start, 1e-9)
                 if now - window_start > 10:
                     window_start, window_steps = now, 0
@@ -268,7 +365,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                 run.log_scalars(step, step_loss, smooth, lr)
 
                 # 15. Step boundary: commands from the window or CLI, periodic samples, backups and saves.
-                wanted = drain_commands(commands)
+                wanted = agree_on_commands(accelerator, drain_commands(commands))
                 at_epoch_end = epoch_step + 1 == epoch_steps
                 here = Position(step, epoch + 1, 0) if at_epoch_end else Position(step, epoch, epoch_step + 1)
                 if sample_every.due_after_step(step) or ev.SAMPLE_NOW in wanted:
@@ -306,6 +403,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
         if b.backup_before_save:
             run.backup(here, optimizer, lr_scheduler, {**extra, "smooth": smooth})
         output = run.save(Path(preset.model.output_path).expanduser(), "final", step)
+        accelerator.wait_for_everyone()  # several processes end together, once the main one has saved
         elapsed = time.monotonic() - started
         message = f"{outcome} after {step} steps in {elapsed:.0f} s; model written to {output}"
         emit(ev.Log("info", message))

@@ -1,6 +1,11 @@
-"""What a run writes: samples, model saves, backups and TensorBoard scalars. No UI here."""
+"""What a run writes: samples, model saves, backups and TensorBoard scalars. No UI here.
+
+Under `accelerate launch` only the main process writes; the others return at once.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -29,10 +34,16 @@ class Run:
         if preset.general.tensorboard and accelerator.is_main_process:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.workspace / "tensorboard"))
+        # Test hook: with SEACHANGE_TEST_RANK_DUMP=DIR each process writes DIR/rank<N>.json when the run ends: the
+        # epoch positions it trained on, what it wrote, and a hash of its UNet weights (tests/test_multiprocess.py).
+        self.dump_dir = os.environ.get("SEACHANGE_TEST_RANK_DUMP")
+        self.dump = {"positions": {}, "padding": 0, "written": []} if self.dump_dir else None
 
     def unwrapped(self) -> SDComponents:
         c = self.c
-        return SDComponents(self.acc.unwrap_model(c.unet), c.vae, self.acc.unwrap_model(c.text_encoder),
+        # Without the torch.compile wrapper: its state_dict keys carry a prefix no other program reads.
+        return SDComponents(self.acc.unwrap_model(c.unet, keep_torch_compile=False), c.vae,
+                            self.acc.unwrap_model(c.text_encoder),
                             c.tokenizer, c.noise_scheduler)
 
     def sample(self, step: int, epoch: int) -> None:
@@ -43,6 +54,9 @@ class Run:
         m = self.unwrapped()
         training = m.unet.training, m.text_encoder.training
         m.unet.eval(); m.text_encoder.eval()
+        parked = [module for module in (m.vae, m.text_encoder) if module.device != self.acc.device]
+        for module in parked:  # the VAE and a frozen text encoder wait in CPU memory between samples
+            module.to(self.acc.device)
         if self.ema:
             self.ema.swap_in()
         try:
@@ -54,12 +68,15 @@ class Run:
                     image = generate(pipe, prompt, self.acc.device)
                 path = sample_path(self.samples_dir, step, epoch, index, prompt.seed)
                 image.save(path)
+                self._note_written("sample", path)
                 if self.writer:
                     self.writer.add_image(f"samples/{index}", np.asarray(image), step, dataformats="HWC")
                 self.emit(ev.SampleReady(str(path), index, prompt.prompt, step, epoch))
         finally:
             if self.ema:
                 self.ema.swap_out()
+            for module in parked:
+                module.to("cpu")
             m.unet.train(training[0]); m.text_encoder.train(training[1])
         self.emit(ev.Status("Training"))
 
@@ -84,6 +101,7 @@ class Run:
         finally:
             if self.ema:
                 self.ema.swap_out()
+        self._note_written(kind, written)
         self.emit(ev.CheckpointWritten(kind, str(written), step))
         return written
 
@@ -110,7 +128,9 @@ class Run:
         }
         name = f"{b.prefix}step{position.step:07d}-epoch{position.epoch:04d}"
         pause = float(os.environ.get("SEACHANGE_TEST_BACKUP_PAUSE", "0"))  # fault-injection hook for tests
-        folder = write_backup(backup_root(self.preset), name, modules, state, self.preset, position, pause)
+        folder = write_backup(backup_root(self.preset), name, modules, state, self.preset, position, pause,
+                              num_processes=self.acc.num_processes)
+        self._note_written("backup", folder)
         for old in prune_backups(backup_root(self.preset), b.rolling_backups):
             self.emit(ev.Log("info", f"Deleted old backup {old}"))
         self.emit(ev.CheckpointWritten("backup", str(folder), position.step))
@@ -123,6 +143,29 @@ class Run:
             self.writer.add_scalar("loss/smoothed", smooth, step)
             self.writer.add_scalar("lr", lr, step)
 
+    def note_batch(self, epoch: int, batch) -> None:
+        """Remember the epoch positions this process trains on (only for the test hook)."""
+        if self.dump is None:
+            return
+        if batch.padding:
+            self.dump["padding"] += 1
+        else:
+            self.dump["positions"].setdefault(str(epoch), []).extend(batch.positions)
+
+    def _note_written(self, kind: str, path) -> None:
+        if self.dump is not None:
+            self.dump["written"].append([kind, str(path)])
+
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+        if self.dump is not None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.unwrapped().unet.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            record = {**self.dump, "process_index": self.acc.process_index,
+                      "num_processes": self.acc.num_processes, "unet_sha256": digest.hexdigest()}
+            folder = Path(self.dump_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"rank{self.acc.process_index}.json").write_text(json.dumps(record))

@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 import customtkinter as ctk
 
-from app.form import Form, hint_of, is_scalar, item_type, meta_of, read
+from app.form import Form, is_scalar, item_type, read, scalar_list_item
 from app.widgets import MUTED, Group, Tooltip, bury
 
 GroupSpec = list[tuple[str, list[str]]]
@@ -58,42 +58,50 @@ class Tab:
     def field_changed(self, path: str) -> None:
         pass
 
+    def jobs_changed(self) -> None:
+        """A training or a tool started or finished (tabs with a Start button re-check it)."""
+
+    def closing(self) -> None:
+        """The window is being destroyed: cancel pending after() calls."""
+
     def grouped(self, parent, section: str, groups: GroupSpec, columns: int = 2,
-                skip: tuple[str, ...] = (), more_title: str = "More") -> Iterator[None]:
+                skip: tuple[str, ...] = (), more_title: str = "More", form: Form | None = None) -> Iterator[None]:
         """Lay out every field of a section in titled groups; yields after each group.
 
         Fields that no group names land in a "More" group, nested dataclasses get a group of their own and
         lists of dataclasses a ListEditor, so fields added to the preset later appear without touching the tab.
+        `form` (default: the preset's) and section "" lay out a whole tool spec the same way.
         """
-        form = self.form
-        cls = hint_of(section)
+        form = form or self.form
+        cls = form.hint_of(section) if section else form.root
+        at = f"{section}." if section else ""
         hints = typing.get_type_hints(cls)
         names = [f.name for f in fields(cls) if f.name not in skip]
         listed = {n for _, group_names in groups for n in group_names}
         plan = [(title, [n for n in group_names if n in names]) for title, group_names in groups]
-        leftover = [n for n in names if n not in listed and is_scalar(hints[n])]
+        leftover = [n for n in names if n not in listed and (is_scalar(hints[n]) or scalar_list_item(hints[n]))]
         if leftover:
             plan.append((more_title, leftover))
         for name in names:
             if name not in listed and is_dataclass(hints[name]):
                 sub_hints = typing.get_type_hints(hints[name])
-                plan.append((meta_of(f"{section}.{name}").get("label") or name.capitalize(),
+                plan.append((form.meta_of(f"{at}{name}").get("label") or name.capitalize(),
                              [f"{name}.{sub.name}" for sub in fields(hints[name]) if is_scalar(sub_hints[sub.name])]))
         cols = Columns(parent, columns)
         for title, group_names in plan:
             if group_names:
                 group = cols.group(title, len(group_names))
                 for name in group_names:
-                    form.field(group, f"{section}.{name}")
+                    form.field(group, f"{at}{name}")
                 group.pad_bottom()
                 yield
         row = 1
         for name in names:
             if name not in listed and item_type(hints[name]) is not None:
-                meta = meta_of(f"{section}.{name}")
+                meta = form.meta_of(f"{at}{name}")
                 frame = Group(parent, meta.get("label") or name)
                 frame.grid(row=row, column=0, columnspan=columns, sticky="ew", padx=6, pady=6)
-                editor = ListEditor(frame, form, f"{section}.{name}")
+                editor = ListEditor(frame, form, f"{at}{name}")
                 editor.grid(row=1, column=0, columnspan=2, sticky="ew", padx=8, pady=(0, 8))
                 self.editors.append(editor)
                 row += 1
@@ -103,19 +111,19 @@ class Tab:
 class ListEditor(ctk.CTkFrame):
     """Rows of compact widgets for a list of dataclass items, with Add and a remove button per row."""
 
-    WIDTHS = {"prompt": 250, "negative_prompt": 190}
+    WIDTHS = {"prompt": 250, "negative_prompt": 190, "path": 420}
 
     def __init__(self, master, form: Form, list_path: str, on_change: Callable[[], None] | None = None,
                  add_text: str = "+ Add", **kw):
         super().__init__(master, fg_color="transparent", **kw)
         self.form, self.list_path, self.on_change = form, list_path, on_change
-        self.item_cls = item_type(hint_of(list_path))
+        self.item_cls = item_type(form.hint_of(list_path))
         self.names = [f.name for f in fields(self.item_cls)]
         self.rows: list[list] = []
         self.table = ctk.CTkFrame(self, fg_color="transparent")
         self.table.pack(fill="x")
         for col, name in enumerate(self.names):
-            meta = meta_of(f"{list_path}.0.{name}")
+            meta = form.meta_of(f"{list_path}.0.{name}")
             label = ctk.CTkLabel(self.table, text=meta.get("label") or name, text_color=MUTED, anchor="w")
             label.grid(row=0, column=col, sticky="w", padx=3)
             Tooltip(label, meta.get("help") or "")

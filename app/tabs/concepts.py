@@ -62,6 +62,8 @@ class ConceptsTab(Tab):
         self._thumb_after: str | None = None
         self._stats_after: str | None = None
         self.thumb_images: list = []
+        self.built = False
+        self.caption_editor = None
 
     # ---- building ---------------------------------------------------------------------------------
 
@@ -86,6 +88,10 @@ class ConceptsTab(Tab):
         for i, button in enumerate((self.add_button, self.duplicate_button, self.remove_button)):
             button.grid(row=0, column=i, padx=3)
         Tooltip(self.duplicate_button, "Copy the selected concept (handy for a second folder with the same settings).")
+        self.captions_button = ctk.CTkButton(buttons, text="Edit captions…", command=self.open_caption_editor)
+        self.captions_button.grid(row=1, column=0, columnspan=3, sticky="ew", padx=3, pady=(6, 0))
+        Tooltip(self.captions_button, "Browse the selected concept's images and edit their .txt captions; find "
+                                      "and replace a word in all of them.")
         yield
         right = ctk.CTkScrollableFrame(self.frame, fg_color="transparent")
         right.grid(row=0, column=1, sticky="nsew", padx=(4, 6), pady=6)
@@ -113,6 +119,7 @@ class ConceptsTab(Tab):
         for col in range(4):
             self.images.grid_columnconfigure(col, weight=1, uniform="thumbs")
         self.stats_row, self.editor_row, self.images_row = 1, 2, 3  # statistics first: seen without scrolling
+        self.built = True
         self.reload()
         yield
 
@@ -158,6 +165,7 @@ class ConceptsTab(Tab):
             self.stats_panel.grid(row=self.stats_row, column=0, sticky="ew", padx=6, pady=6)
         self.duplicate_button.configure(state="normal" if index is not None else "disabled")
         self.remove_button.configure(state="normal" if index is not None else "disabled")
+        self.captions_button.configure(state="normal" if index is not None else "disabled")
         self.refresh_images()
         self.refresh_stats()
         self.window.schedule_validation()
@@ -179,6 +187,30 @@ class ConceptsTab(Tab):
             return
         del self.concepts[self.selected]
         self._list_changed(min(self.selected, len(self.concepts) - 1) if self.concepts else None)
+
+    def add_concept(self, concept: ConceptConfig) -> None:
+        """Append a concept to the preset and select it (the tools tab adds generated folders this way)."""
+        self.concepts.append(concept)
+        if self.built:
+            self._list_changed(len(self.concepts) - 1)
+        else:  # the list is drawn from the preset when the tab is built
+            self.form.on_change("concepts")
+
+    def open_caption_editor(self):
+        """The caption editor for the selected concept's images (one editor at a time); returns it."""
+        from app.tabs.caption_editor import CaptionEditor
+        if self.selected is None:
+            return None
+        if self.caption_editor is not None and self.caption_editor.winfo_exists():
+            self.caption_editor.close()
+        self.caption_editor = CaptionEditor(self.window, self.concepts[self.selected], on_changed=self.rescan)
+        return self.caption_editor
+
+    def closing(self) -> None:
+        """The window closes: an open caption editor saves an edited caption first."""
+        if self.caption_editor is not None and self.caption_editor.winfo_exists():
+            self.caption_editor.on_changed = None
+            self.caption_editor.close()
 
     def _list_changed(self, select: int | None) -> None:
         self.rebuild_list()

@@ -61,6 +61,14 @@ class StubDialogs:
         self.asked.append(("save",))
         return self.save_path
 
+    def ask_open_spec(self, what):
+        self.asked.append(("open spec", what))
+        return self.open_path
+
+    def ask_save_spec(self, what):
+        self.asked.append(("save spec", what))
+        return self.save_path
+
     def browse(self, kind, name, current):
         self.asked.append(("browse", kind, name, current))
         return self.browse_result
@@ -131,6 +139,11 @@ def window(shared_window):
     w = shared_window
     assert not w.runner.running, "a previous test left a run going"
     w.dialogs.__init__()
+    for tab in (w.tabs["tools"], w.tabs["results"]):
+        assert not tab.runner.running, "a previous test left a tool running"
+        tab.runner.session_factory = tab.make_session
+        tab.set_spec(tab.spec_cls())
+        tab.clear()
     preset = load_preset(DEFAULT_PRESET) if DEFAULT_PRESET.exists() else Preset()
     w.set_preset(preset, DEFAULT_PRESET if DEFAULT_PRESET.exists() else None)
     w.run_tab.clear()
@@ -146,6 +159,12 @@ def window(shared_window):
 def sessions():
     """The FakeSessions made so far in this test, oldest first."""
     return FakeSession.made
+
+
+@pytest.fixture
+def fake_session():
+    """The FakeSession class (a session factory for tool tabs too: it takes any spec)."""
+    return FakeSession
 
 
 @pytest.fixture(name="pump")
@@ -206,6 +225,7 @@ def rich_preset(tmp_path: Path):
     preset = Preset()
     perturb(preset, "x")
     preset.training.resolution = "512,640"
+    preset.training.fused_backward = False  # on, it needs gradient accumulation 1 and no clipping
     preset.concepts = [ConceptConfig(), ConceptConfig()]
     perturb(preset.concepts[0], "c0")
     perturb(preset.concepts[1], "c1")
@@ -217,3 +237,19 @@ def rich_preset(tmp_path: Path):
     problems = validate(preset)
     assert not problems, problems
     return preset
+
+
+def wait_for(window, condition, what: str, timeout_s: float = 60.0) -> None:
+    """Turn the Tk loop (after() callbacks, queue drains) until `condition()` holds."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        window.update()
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture():
+    return wait_for

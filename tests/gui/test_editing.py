@@ -16,13 +16,14 @@ def type_into(widget, text: str) -> None:
 
 def test_editing_an_entry_switch_and_menu_changes_the_preset(window):
     form = window.form
+    text_encoder = window.preset.training.train_text_encoder
     type_into(form.widget_for("training.learning_rate"), "2e-6")
     form.widget_for("training.train_text_encoder").toggle()
     form.widget_for("training.lr_scheduler").set("cosine")
     type_into(form.widget_for("general.workspace_dir"), "somewhere/else")
     window.update()
     assert window.preset.training.learning_rate == 2e-6
-    assert window.preset.training.train_text_encoder is True
+    assert window.preset.training.train_text_encoder is (not text_encoder)
     assert window.preset.training.lr_scheduler == "cosine"
     assert window.preset.general.workspace_dir == "somewhere/else"
     assert window.dirty and "unsaved" in window.dirty_label.cget("text")

@@ -1,0 +1,247 @@
+"""The caption editor: a concept's images one by one with their .txt caption to edit and save, and find/replace
+of a word across all of the concept's captions."""
+from __future__ import annotations
+
+import tkinter as tk
+from pathlib import Path
+from typing import Callable
+
+import customtkinter as ctk
+
+from app.widgets import ERROR, GROUP_COLOUR, MUTED, SUCCESS, WARNING, Group, SwitchField, Tooltip, bury, \
+    load_thumbnail
+from trainer.captions import TXT_SOURCES, find_replace_captions, write_caption
+from trainer.config import ConceptConfig
+
+PREVIEW = 420
+LIST_BG, LIST_FG, LIST_SELECT = "#2b2b2b", "#dcdcdc", "#1f6aa5"
+
+
+def read_caption(image: Path) -> str | None:
+    """The whole text of image.txt (every line), or None when there is none."""
+    try:
+        return image.with_suffix(".txt").read_text(encoding="utf-8-sig", errors="replace").strip()
+    except OSError:
+        return None
+
+
+class CaptionEditor(ctk.CTkToplevel):
+    """One concept's images: a list of files, the selected image with its caption (Save, or switch image: an
+    edited caption is saved first), and Find / Replace in all captions. `on_changed()` runs after the editor
+    wrote files and closes (the concepts tab rescans)."""
+
+    def __init__(self, window, concept: ConceptConfig, on_changed: Callable[[], None] | None = None):
+        super().__init__(window)
+        self.window, self.on_changed = window, on_changed
+        self.name, self.folder = concept.name, Path(concept.path).expanduser()
+        self.images = self._list_images(concept)
+        self.index: int | None = None
+        self.shown_text = ""
+        self.wrote = False
+        self._image = None
+        self.title(f"Captions — {concept.name or self.folder.name}")
+        self.geometry(f"{min(1040, self.winfo_screenwidth() - 60)}x{min(700, self.winfo_screenheight() - 80)}")
+        self.grid_columnconfigure(1, weight=1)
+        self.grid_rowconfigure(1, weight=1)
+        head = f"{len(self.images)} images in {self.folder}"
+        if concept.caption_source not in TXT_SOURCES:
+            head += (f".  This concept takes its captions from “{concept.caption_source}”: the .txt files edited "
+                     "here are used when its caption source is txt.")
+        ctk.CTkLabel(self, text=head, anchor="w", justify="left", wraplength=980,
+                     text_color=WARNING if concept.caption_source not in TXT_SOURCES else MUTED).grid(
+            row=0, column=0, columnspan=2, sticky="w", padx=12, pady=(10, 4))
+        self._build_list()
+        self._build_editor()
+        self._build_replace()
+        self.protocol("WM_DELETE_WINDOW", self.close)
+        self.bind("<Control-s>", lambda _e: self.save())
+        if self.images:
+            self.select(0)
+        self.after(150, self.lift)
+
+    @staticmethod
+    def _list_images(concept: ConceptConfig) -> list[Path]:
+        from trainer.images import list_image_files  # the engine's own listing (no torch)
+        folder = Path(concept.path).expanduser()
+        try:
+            return list_image_files(folder, concept.include_subdirectories) if folder.is_dir() else []
+        except OSError:
+            return []
+
+    # ---- layout -------------------------------------------------------------------------------------
+
+    def _build_list(self) -> None:
+        box = ctk.CTkFrame(self, width=260)
+        box.grid(row=1, column=0, sticky="ns", padx=(10, 4), pady=4)
+        box.grid_rowconfigure(0, weight=1)
+        self.listbox = tk.Listbox(box, width=30, activestyle="none", exportselection=False, bg=LIST_BG,
+                                  fg=LIST_FG, selectbackground=LIST_SELECT, highlightthickness=0, borderwidth=0,
+                                  font=("TkDefaultFont", 11))
+        scrollbar = ctk.CTkScrollbar(box, command=self.listbox.yview)
+        self.listbox.configure(yscrollcommand=scrollbar.set)
+        self.listbox.grid(row=0, column=0, sticky="ns", padx=(6, 0), pady=6)
+        scrollbar.grid(row=0, column=1, sticky="ns", pady=6)
+        for image in self.images:
+            self.listbox.insert("end", str(image.relative_to(self.folder)))
+        self.listbox.bind("<<ListboxSelect>>", self._list_clicked)
+
+    def _build_editor(self) -> None:
+        right = ctk.CTkFrame(self, fg_color="transparent")
+        right.grid(row=1, column=1, sticky="nsew", padx=(4, 10), pady=4)
+        right.grid_columnconfigure(0, weight=1)
+        right.grid_rowconfigure(0, weight=1)
+        self.preview = ctk.CTkLabel(right, text="No images in this folder." if not self.images else "",
+                                    fg_color=GROUP_COLOUR, corner_radius=6, height=PREVIEW)
+        self.preview.grid(row=0, column=0, sticky="nsew")
+        self.file_label = ctk.CTkLabel(right, text="", anchor="w", text_color=MUTED)
+        self.file_label.grid(row=1, column=0, sticky="ew", pady=(6, 2))
+        self.caption = ctk.CTkTextbox(right, height=90, wrap="word", border_width=2)
+        self.caption.grid(row=2, column=0, sticky="ew")
+        self.caption.bind("<KeyRelease>", lambda _e: self._show_state())
+        buttons = ctk.CTkFrame(right, fg_color="transparent")
+        buttons.grid(row=3, column=0, sticky="ew", pady=(6, 0))
+        buttons.grid_columnconfigure(3, weight=1)
+        self.prev_button = ctk.CTkButton(buttons, text="◀ Previous", width=100, command=self.previous)
+        self.next_button = ctk.CTkButton(buttons, text="Next ▶", width=100, command=self.next)
+        self.save_button = ctk.CTkButton(buttons, text="Save", width=90, command=self.save)
+        self.prev_button.grid(row=0, column=0, padx=(0, 6))
+        self.next_button.grid(row=0, column=1, padx=(0, 6))
+        self.save_button.grid(row=0, column=2, padx=(0, 10))
+        Tooltip(self.save_button, "Write the caption to the image's .txt file (Ctrl+S). Switching to another "
+                                  "image saves an edited caption too.")
+        self.state_label = ctk.CTkLabel(buttons, text="", anchor="w")
+        self.state_label.grid(row=0, column=3, sticky="w")
+
+    def _build_replace(self) -> None:
+        group = Group(self, "Find and replace in all captions")
+        group.grid(row=2, column=0, columnspan=2, sticky="ew", padx=10, pady=(6, 10))
+        row = ctk.CTkFrame(group, fg_color="transparent")
+        row.grid(row=1, column=0, columnspan=2, sticky="ew", padx=12, pady=(0, 10))
+        ctk.CTkLabel(row, text="Find").grid(row=0, column=0, padx=(0, 6))
+        self.find_entry = ctk.CTkEntry(row, width=200, placeholder_text="a word or phrase")
+        self.find_entry.grid(row=0, column=1, padx=(0, 12))
+        ctk.CTkLabel(row, text="Replace with").grid(row=0, column=2, padx=(0, 6))
+        self.replace_entry = ctk.CTkEntry(row, width=200, placeholder_text="empty removes it")
+        self.replace_entry.grid(row=0, column=3, padx=(0, 12))
+        self.whole_word = SwitchField(row)
+        self.whole_word.show(True)
+        self.whole_word.grid(row=0, column=4)
+        whole = ctk.CTkLabel(row, text="Whole words")
+        whole.grid(row=0, column=5, padx=(0, 12))
+        Tooltip(whole, "On: 'cat' does not match inside 'category'. Case is ignored either way.")
+        self.replace_button = ctk.CTkButton(row, text="Replace in all", width=120, command=self.replace_all)
+        self.replace_button.grid(row=0, column=6, padx=(0, 12))
+        self.replace_result = ctk.CTkLabel(row, text="", anchor="w")
+        self.replace_result.grid(row=0, column=7, sticky="w")
+
+    # ---- browsing and saving ------------------------------------------------------------------------
+
+    def text(self) -> str:
+        return self.caption.get("1.0", "end-1c")
+
+    def set_text(self, text: str) -> None:
+        """Put text in the caption box as if typed (tests use this)."""
+        self.caption.delete("1.0", "end")
+        self.caption.insert("1.0", text)
+        self._show_state()
+
+    @property
+    def edited(self) -> bool:
+        return self.index is not None and self.text().strip() != self.shown_text
+
+    def select(self, index: int) -> None:
+        """Show image `index` and its caption (an edited caption of the current image is saved first)."""
+        if not self.images:
+            return
+        index = max(0, min(index, len(self.images) - 1))
+        if self.edited:
+            self.save()
+        self.index = index
+        image = self.images[index]
+        old, self._image = self._image, load_thumbnail(image, PREVIEW)
+        self.preview.configure(image=self._image, text="" if self._image else "(this image cannot be read)")
+        bury(old)
+        self.listbox.selection_clear(0, "end")
+        self.listbox.selection_set(index)
+        self.listbox.see(index)
+        self.file_label.configure(text=f"{index + 1} / {len(self.images)}   {image.name}")
+        caption = read_caption(image)
+        self.shown_text = caption or ""
+        self.caption.delete("1.0", "end")
+        self.caption.insert("1.0", self.shown_text)
+        self.prev_button.configure(state="normal" if index > 0 else "disabled")
+        self.next_button.configure(state="normal" if index < len(self.images) - 1 else "disabled")
+        self._show_state("no caption file yet" if caption is None else "", WARNING)
+
+    def _list_clicked(self, _event=None) -> None:
+        chosen = self.listbox.curselection()
+        if chosen and chosen[0] != self.index:
+            self.select(chosen[0])
+
+    def next(self) -> None:
+        if self.index is not None:
+            self.select(self.index + 1)
+
+    def previous(self) -> None:
+        if self.index is not None:
+            self.select(self.index - 1)
+
+    def save(self) -> bool:
+        """Write the caption box to the current image's .txt (atomic); False when it could not."""
+        if self.index is None:
+            return False
+        image = self.images[self.index]
+        try:
+            txt = write_caption(image, self.text())
+        except OSError as e:
+            self._show_state(f"Could not save: {e.strerror or e}", ERROR)
+            return False
+        self.shown_text = self.text().strip()
+        self.wrote = True
+        self._show_state(f"Saved {txt.name}", SUCCESS)
+        return True
+
+    def _show_state(self, text: str = "", colour: str = MUTED) -> None:
+        if self.edited:
+            text, colour = "● edited, not saved", WARNING
+        self.state_label.configure(text=text, text_color=colour)
+
+    # ---- find and replace ---------------------------------------------------------------------------
+
+    def replace_all(self) -> int:
+        """Replace the Find text in every caption of the concept (after a confirmation); returns the number of
+        files changed and shows it."""
+        find, replace = self.find_entry.get(), self.replace_entry.get()
+        if not find.strip():
+            self.replace_result.configure(text="Type what to find first.", text_color=WARNING)
+            return 0
+        if self.edited:
+            self.save()
+        whole = self.whole_word.get_raw()
+        changing = find_replace_captions(self.images, find, replace, whole_word=whole, dry_run=True)
+        if not changing:
+            self.replace_result.configure(text=f"No caption contains “{find.strip()}”.", text_color=MUTED)
+            return 0
+        into = f"“{replace.strip()}”" if replace.strip() else "nothing (remove it)"
+        if not self.window.dialogs.confirm("Replace in captions", f"Replace “{find.strip()}” with {into} in "
+                                           f"{len(changing)} caption files of {self.folder}?"):
+            return 0
+        changed = find_replace_captions(self.images, find, replace, whole_word=whole)
+        self.wrote = self.wrote or bool(changed)
+        self.replace_result.configure(text=f"Changed {len(changed)} of {len(self.images)} caption files.",
+                                      text_color=SUCCESS)
+        if self.index is not None:  # show the current caption as it is now on disk
+            self.shown_text = ""
+            current, self.index = self.index, None
+            self.select(current)
+        return len(changed)
+
+    def close(self) -> None:
+        """Close the editor; an edited caption is saved first."""
+        if self.edited:
+            self.save()
+        wrote = self.wrote
+        self.destroy()
+        bury((self, self._image))
+        if wrote and self.on_changed is not None:
+            self.on_changed()

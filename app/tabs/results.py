@@ -1,0 +1,171 @@
+"""The results tab: compare a run's samples across steps or epochs, or models side by side, as a labelled grid."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import customtkinter as ctk
+
+from app.grid_view import GridView
+from app.tabs.tool_base import ToolTab
+from app.widgets import MUTED, Group, Tooltip
+from trainer import events as ev
+from trainer.specs import CompareModel, CompareSpec
+
+SAMPLES_FIELDS = ("samples_dir", "columns", "max_columns")
+MODEL_FIELDS = ("base_config", "device", "dtype")
+
+
+class ResultsTab(ToolTab):
+    title = "results"
+    spec_cls = CompareSpec
+    what = "compare"
+    tool_name = "A comparison"
+    start_text = "Run"
+    start_tip = "Build the grid as set here and export it as one PNG (a copy: edits made now apply to the next run)."
+    prefills = {"samples_dir": lambda preset: preset.general.workspace_dir,
+                "output_png": lambda preset: str(Path(preset.general.workspace_dir) / "compare.png")}
+
+    # ---- building ---------------------------------------------------------------------------------
+
+    def steps(self):
+        f = self.frame
+        f.grid_columnconfigure(0, weight=1)
+        f.grid_rowconfigure(1, weight=1)
+        self.build_toolbar()
+        area = self.build_split(form_height=200)
+        area.grid_columnconfigure((0, 1), weight=1, uniform="results")
+        self.grid_view = GridView(self.paned)
+        self.add_lower(self.grid_view, minsize=160)
+        Tooltip(self.grid_view.title, "Drag the bar above to give the grid more room. Click a cell to see it full "
+                                      "size.")
+        self._build_settings(area)
+        yield
+        self._build_models(area)
+        self._build_prompts(area)
+        self.prefill()
+        self.show_source()
+        self.validate_now()
+        yield
+
+    def _build_settings(self, area) -> None:
+        compare = Group(area, "Compare")
+        compare.grid(row=0, column=0, sticky="nsew", padx=6, pady=6)
+        self.field_rows = {name: self.spec_form.field(compare, name)
+                           for name in ("source",) + SAMPLES_FIELDS + MODEL_FIELDS}
+        compare.pad_bottom()
+        export = Group(area, "Export")
+        export.grid(row=0, column=1, sticky="nsew", padx=6, pady=6)
+        for name in ("cell_size", "output_png"):
+            self.field_rows[name] = self.spec_form.field(export, name)
+        export.pad_bottom()
+
+    def _build_models(self, area) -> None:
+        self.models_group = group = Group(area, "Models (one column each)")
+        group.grid(row=1, column=0, columnspan=2, sticky="ew", padx=6, pady=6)
+        quick = ctk.CTkFrame(group, fg_color="transparent")
+        quick.grid(row=group.take_row(), column=0, columnspan=2, sticky="w", padx=10, pady=(0, 4))
+        self.add_base_button = ctk.CTkButton(quick, text="+ The preset's base model", width=190,
+                                             command=lambda: self.add_model("base"))
+        self.add_trained_button = ctk.CTkButton(quick, text="+ The preset's trained model", width=210,
+                                                command=lambda: self.add_model("trained"))
+        self.add_base_button.grid(row=0, column=0, padx=(0, 8))
+        self.add_trained_button.grid(row=0, column=1)
+        Tooltip(self.add_base_button, "Add the model this preset trains from (model tab: base model).")
+        Tooltip(self.add_trained_button, "Add the model this preset writes when training completes (model tab: "
+                                         "output).")
+        self.models_editor = self.add_editor(group, "models", "+ Add model")
+        self.models_editor.grid(row=group.take_row(), column=0, columnspan=2, sticky="ew", padx=8, pady=(0, 10))
+
+    def _build_prompts(self, area) -> None:
+        self.prompts_group = group = Group(area, "Prompts and seeds (a row per prompt and seed)")
+        group.grid(row=2, column=0, columnspan=2, sticky="ew", padx=6, pady=6)
+        group.grid_columnconfigure(1, weight=0)
+        self.field_rows["seeds"] = self.spec_form.field(group, "seeds")
+        row = group.take_row()
+        self.copy_prompts_button = ctk.CTkButton(group, text="Copy the preset's sample prompts", width=240,
+                                                 command=self.copy_prompts)
+        self.copy_prompts_button.grid(row=row, column=0, columnspan=2, sticky="w", padx=10, pady=(6, 4))
+        Tooltip(self.copy_prompts_button, "Replace the prompts below with the sampling tab's prompts.")
+        self.prompts_editor = self.add_editor(group, "prompts", "+ Add prompt")
+        self.prompts_editor.grid(row=group.take_row(), column=0, columnspan=2, sticky="ew", padx=8, pady=(0, 10))
+        self.seeds_hint = ctk.CTkLabel(group, text="Seeds: comma-separated, e.g. 1, 2, 3; empty uses each "
+                                                   "prompt's own seed.", text_color=MUTED, anchor="w")
+        self.seeds_hint.grid(row=0, column=1, sticky="e", padx=12, pady=(8, 2))
+
+    # ---- what applies to the chosen source ----------------------------------------------------------
+
+    def show_source(self) -> None:
+        """Samples: the run folder and its columns; models: the model list, prompts and seeds."""
+        if not hasattr(self, "prompts_group"):
+            return
+        models = self.spec.source == "models"
+        for name in SAMPLES_FIELDS:
+            self.field_rows[name].labelled.set_visible(not models)
+        for name in MODEL_FIELDS:
+            self.field_rows[name].labelled.set_visible(models)
+        for group in (self.models_group, self.prompts_group):
+            group.grid() if models else group.grid_remove()
+        self.fit_panes(form=420 if models else 200)  # the lists of models and prompts need room
+
+    def _spec_changed(self, path: str) -> None:
+        if path == "source":
+            self.show_source()
+        super()._spec_changed(path)
+
+    def spec_loaded(self) -> None:
+        self.show_source()
+
+    # ---- filling the lists from the preset ----------------------------------------------------------
+
+    def add_model(self, which: str) -> None:
+        """Add the preset's base model ("base") or its trained output ("trained") to the model list."""
+        model = self.window.preset.model
+        path = model.base_model if which == "base" else model.output_path
+        self.spec.models.append(CompareModel(path=path, label=which))
+        self.models_editor.rebuild()
+        self.spec_form.on_change("models")
+
+    def copy_prompts(self) -> None:
+        self.spec.prompts = copy.deepcopy(self.window.preset.sampling.prompts)
+        self.prompts_editor.rebuild()
+        self.spec_form.on_change("prompts")
+
+    # ---- running ------------------------------------------------------------------------------------
+
+    def make_session(self, spec):
+        from trainer.session import compare_session
+        return compare_session(spec, process=spec.source == "models")  # models: torch loads in a child process
+
+    def uses_device(self, spec: CompareSpec) -> bool:
+        return spec.source == "models"  # sample files are only read: that may run beside a training
+
+    def path_problems(self, spec: CompareSpec) -> list[str]:
+        if spec.source == "samples":
+            folder = Path(spec.samples_dir).expanduser()
+            return [] if folder.is_dir() else [f"samples_dir: {spec.samples_dir or '(empty)'} is not a folder"]
+        problems = []
+        for i, model in enumerate(spec.models):
+            if not model.path.strip():
+                problems.append(f"models.{i}.path: choose a model")
+            elif not Path(model.path).expanduser().exists():
+                problems.append(f"models.{i}.path: {model.path} does not exist")
+        if spec.base_config and not Path(spec.base_config).expanduser().is_dir():
+            problems.append(f"base_config: {spec.base_config} is not a folder")
+        return problems
+
+    def on_start(self) -> None:
+        self.grid_view.clear()
+
+    def on_event(self, event) -> None:
+        if isinstance(event, ev.GridStarted):
+            self.grid_view.layout(event.row_labels, event.column_labels)
+            self.show_count(0, len(event.row_labels) * len(event.column_labels))
+        elif isinstance(event, ev.GridCell):
+            self.grid_view.set_cell(event.row, event.column, event.path)
+            self.show_count(event.done, event.total)
+
+    def on_finish(self, event: ev.RunFinished) -> None:
+        if event.outcome == "completed" and event.output_path:
+            self.grid_view.title.configure(text=f"{self.grid_view.title.cget('text')}   ·   exported to "
+                                                f"{event.output_path}")

@@ -1,0 +1,139 @@
+"""The results tab: a grid from a run's sample files, a grid of two real tiny models, and the spec form's helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from trainer.config import SamplePrompt
+from trainer.specs import CompareModel, CompareSpec
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory):
+    from trainer.demo import build_tiny_components, save_diffusers_folder
+    return save_diffusers_folder(build_tiny_components(seed=1), tmp_path_factory.mktemp("tiny1") / "model")
+
+
+def fake_samples(workspace: Path) -> Path:
+    """Sample files of two prompts at steps 10, 20, 30 (epochs 0, 0, 1) in workspace/samples."""
+    folder = workspace / "samples"
+    folder.mkdir(parents=True)
+    for step, epoch in ((10, 0), (20, 0), (30, 1)):
+        for prompt, colour in ((0, "red"), (1, "blue")):
+            Image.new("RGB", (48, 48), colour).save(folder / f"step{step:07d}-epoch{epoch:04d}-prompt{prompt:02d}"
+                                                             f"-seed{prompt + 1}.png")
+    return workspace
+
+
+def run(window, tab, wait_for):
+    assert tab.start(), tab.reasons
+    wait_for(window, lambda: not tab.runner.running, "the comparison")
+    return tab.last_finished
+
+
+def test_samples_of_a_run_fill_the_grid_and_export_it(window, tmp_path, wait_for):
+    results = window.tabs["results"]
+    window.tabview.set("results")
+    out = tmp_path / "grid.png"
+    results.set_spec(CompareSpec(source="samples", samples_dir=str(fake_samples(tmp_path / "ws")),
+                                 output_png=str(out), cell_size=64))
+    finished = run(window, results, wait_for)
+    assert finished.outcome == "completed", finished.message
+    grid = results.grid_view
+    assert grid.row_labels == ["prompt 0", "prompt 1"]
+    assert grid.column_labels == ["step 10 (epoch 0)", "step 20 (epoch 0)", "step 30 (epoch 1)"]
+    assert set(grid.photos) == {(r, c) for r in range(2) for c in range(3)}
+    assert grid.paths[(1, 2)].endswith("step0000030-epoch0001-prompt01-seed2.png")
+    assert out.exists() and Image.open(out).size[0] > 3 * 64
+    assert results.count_label.cget("text") == "6 / 6"
+    assert str(out) in results.message_label.cget("text") and "exported to" in grid.title.cget("text")
+    top = grid.open_cell(0, 1)
+    assert top is not None and "step 20" in top.title()
+    top.close()
+
+    results.spec_form.widget_for("columns").set("epochs")
+    window.update()
+    finished = run(window, results, wait_for)
+    assert finished.outcome == "completed"
+    assert grid.column_labels == ["epoch 0 (step 20)", "epoch 1 (step 30)"]
+
+
+def test_a_samples_comparison_may_run_during_a_training(window, sessions, tmp_path, wait_for, pump):
+    results = window.tabs["results"]
+    results.set_spec(CompareSpec(samples_dir=str(fake_samples(tmp_path / "ws")), output_png=str(tmp_path / "g.png")))
+    assert window.start()
+    try:
+        assert run(window, results, wait_for).outcome == "completed"
+    finally:
+        sessions[-1].finish("stopped")
+        pump(window)
+
+
+def test_two_models_fill_every_cell(window, tiny_model_dir, second_model, tmp_path, wait_for):
+    results = window.tabs["results"]
+    window.tabview.set("results")
+    prompt = SamplePrompt(prompt="a red square", steps=2, width=32, height=32, sampler="ddim", cfg_scale=1.0)
+    spec = CompareSpec(source="models", models=[CompareModel(str(tiny_model_dir), "first"),
+                                                CompareModel(str(second_model), "")],
+                       prompts=[prompt], seeds=[1, 2], output_png=str(tmp_path / "models.png"), cell_size=32,
+                       device="cpu")
+    results.set_spec(spec)
+    window.update()
+    assert results.models_group.winfo_ismapped()
+    assert results.spec_form.widget_for("seeds").get_raw() == "1, 2"
+    finished = run(window, results, wait_for)
+    assert finished.outcome == "completed", finished.message
+    grid = results.grid_view
+    assert grid.column_labels == ["first", "model"]
+    assert grid.row_labels == ["a red square (seed 1)", "a red square (seed 2)"]
+    assert set(grid.photos) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert (tmp_path / "models.png").exists()
+
+
+def test_models_form_helpers_and_source_switch(window, tmp_path):
+    results = window.tabs["results"]
+    window.tabview.set("results")
+    window.update()
+    samples_row = results.field_rows["samples_dir"].labelled
+    assert samples_row.label.winfo_ismapped() and not results.models_group.winfo_ismapped()
+    results.spec_form.widget_for("source").set("models")
+    window.update()
+    assert results.spec.source == "models"
+    assert not samples_row.label.winfo_ismapped() and results.models_group.winfo_ismapped()
+    assert results.field_rows["device"].labelled.label.winfo_ismapped()
+
+    results.add_model("base")
+    results.add_model("trained")
+    assert [(m.path, m.label) for m in results.spec.models] == [
+        (window.preset.model.base_model, "base"), (window.preset.model.output_path, "trained")]
+    assert results.spec_form.widget_for("models.1.path").get_raw() == window.preset.model.output_path
+    results.copy_prompts()
+    assert results.spec.prompts == window.preset.sampling.prompts
+    assert results.spec.prompts is not window.preset.sampling.prompts
+    assert len(results.prompts_editor.rows) == len(window.preset.sampling.prompts)
+
+    seeds = results.spec_form.widget_for("seeds")
+    seeds.delete(0, "end")
+    seeds.insert(0, "3, 4,5")
+    window.update()
+    assert results.spec.seeds == [3, 4, 5]
+    seeds.insert("end", ", x")
+    window.update()
+    results.validate_now()
+    assert results.spec.seeds == [3, 4, 5]
+    assert any("Seeds: expected whole numbers" in r for r in results.reasons)
+    assert results.start_button.cget("state") == "disabled"
+
+
+def test_run_folder_and_export_follow_the_workspace(window, tmp_path):
+    results = window.tabs["results"]
+    workspace = window.preset.general.workspace_dir
+    assert results.spec.samples_dir == workspace
+    assert results.spec.output_png == str(Path(workspace) / "compare.png")
+    entry = window.form.widget_for("general.workspace_dir").entry
+    entry.delete(0, "end")
+    entry.insert(0, str(tmp_path / "ws2"))
+    window.update()
+    assert results.spec.samples_dir == str(tmp_path / "ws2")
