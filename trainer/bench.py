@@ -113,7 +113,8 @@ def bare_loop(c, device: str, batch: int, size: int, steps: int, warmup: int, wi
     unet = copy.deepcopy(c.unet).to(device).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-6)
     g = torch.Generator().manual_seed(0)
-    latents = torch.randn(batch, 4, size // 8, size // 8, generator=g).to(device)
+    cells = size // 2 ** (len(c.vae.config.block_out_channels) - 1)  # latent side: size / 8 for SD 1.5's VAE
+    latents = torch.randn(batch, 4, cells, cells, generator=g).to(device)
     hidden = torch.randn(batch, 77, c.text_encoder.config.hidden_size, generator=g).to(device)
     stamps = []
     for _ in range(steps):
