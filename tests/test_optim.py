@@ -43,7 +43,7 @@ def test_adamw8bit_keeps_8bit_state_on_cpu():
 def test_optimizer_classes_and_settings():
     params = [torch.nn.Parameter(torch.zeros(3))]
     assert type(make_optimizer("adamw", [{"params": params}], lr=1e-4)).__name__ == "AdamW"
-    assert make_optimizer("adamw", [{"params": params}], lr=1e-4).defaults["fused"] is False  # CPU: not fused
+    assert make_optimizer("adamw", [{"params": params}], lr=1e-4).defaults["fused"] is True  # CPU kernel too
     assert make_optimizer("sgd", [{"params": params}], lr=1e-4).defaults["momentum"] == 0.9
     adafactor = make_optimizer("adafactor", [{"params": params}], lr=1e-4)
     assert adafactor.defaults["relative_step"] is False and adafactor.defaults["scale_parameter"] is False

@@ -148,3 +148,43 @@ def test_compiled_unet_trains_and_saves_plain_keys(tiny_model_dir, color_concept
     backups = sorted((tmp_path / "ws" / "backup").iterdir())
     assert backups and not any("_orig_mod" in k for b in backups for f in b.glob("*.safetensors")
                                for k in load_file(f))
+
+
+def test_deferred_loss_reads_skip_bad_steps_on_the_device(tiny_model_dir, color_concept, tmp_path, monkeypatch):
+    """On a GPU the step losses are read back in batches (no wait for the device each step); a NaN step is then
+    skipped inside the fused optimizer and reported when read. Forced on here, on the CPU."""
+    from safetensors.torch import load_file
+
+    import trainer.loop as loop
+    from trainer import losses
+    monkeypatch.setattr(loop, "DEFER_LOSS_READS", True)
+    monkeypatch.setattr(loop, "LOSS_READ_SECONDS", 1e9)  # read only at boundaries: here the epoch ends (4 steps)
+    real, calls = losses.diffusion_loss, [0]
+
+    def nan_at_third(*args, **kwargs):
+        calls[0] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls[0] == 3 else value
+    monkeypatch.setattr(losses, "diffusion_loss", nan_at_third)
+    preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={"max_steps": 6, "skip_nan_steps": 1})
+    events, losses_done_at_report = [], []
+
+    def emit(event):
+        events.append(event)
+        if isinstance(event, ev.Progress):
+            losses_done_at_report.append(calls[0])
+    finished = loop.train(preset, emit, queue.Queue())
+    assert finished.outcome == "completed", finished.message
+    progress = [e for e in events if isinstance(e, ev.Progress)]
+    assert [e.step for e in progress] == [1, 2, 3, 4, 5, 6]  # every step reported, in order
+    assert losses_done_at_report == [4, 4, 4, 4, 6, 6]  # read at the epoch's end and the run's, not each step
+    skipped = [e.text for e in events if isinstance(e, ev.Log) and "Skipped step" in e.text]
+    assert len(skipped) == 1 and "step 3" in skipped[0]
+    assert all(torch.isfinite(w).all() for w in load_file(finished.output_path).values())
+
+    calls[0] = 0  # the same bad step without a skip allowance fails, naming it, and saves nothing
+    preset = make_preset(tmp_path / "fail", tiny_model_dir, color_concept, training={"max_steps": 6})
+    from trainer.loop import NonFiniteLoss
+    with pytest.raises(NonFiniteLoss, match="at step 3"):
+        loop.train(preset, lambda e: None, queue.Queue())
+    assert not (tmp_path / "fail" / "out.safetensors").exists()

@@ -99,12 +99,16 @@ def main_process_first(accelerator):
             accelerator.wait_for_everyone()
 
 
-def mean_over_processes(accelerator, value: float) -> float:
-    """The mean of a per-process number over all processes (the number itself with one process). A NaN on
-    any process makes the mean NaN everywhere, so every process takes the same skip-or-step decision."""
+DEFER_LOSS_READS: bool | None = None  # None: on a GPU only (tests force it on the CPU)
+LOSS_READ_SECONDS = 0.25  # deferred losses are read at least this far apart (and at every boundary)
+
+
+def mean_over_processes(accelerator, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a per-process 0-d tensor over all processes (the tensor itself with one process), on the
+    device. A NaN on any process makes the mean NaN everywhere, so every process takes the same decision."""
     if accelerator.num_processes == 1:
         return value
-    return accelerator.reduce(torch.tensor([value], dtype=torch.float64, device=accelerator.device), "mean").item()
+    return accelerator.reduce(value.reshape(1).float(), "mean").reshape(())
 
 
 def agree_on_commands(accelerator, names: set[str]) -> set[str]:
@@ -261,6 +265,17 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
         run.sample(0, 0)
 
     step, epoch, outcome, smooth, here = start.step, start.epoch, "completed", extra["smooth"], start
+    # Step losses stay on the device and are read back in batches: a read waits for the device to finish all it
+    # was given, and on a GPU it would idle while the next step is prepared. That needs an optimizer that skips
+    # a step on the device when the loss is not finite (torch's fused AdamW and SGD take the grad scaler's
+    # found_inf flag); other optimizers, fp16 and the fused back pass read every step.
+    # On a CPU a read costs nothing, and reading every step keeps commands exact to the step they follow.
+    inner = stepper.optimizer
+    deferred = (getattr(inner, "_step_supports_amp_scaling", False) and not master and not t.fused_backward
+                and accelerator.scaler is None and (DEFER_LOSS_READS if DEFER_LOSS_READS is not None
+                                                    else device.type == "cuda"))
+    pending: list[tuple] = []  # (step, epoch, epoch step, epoch steps, lr, loss) of steps not reported yet
+    last_read = time.monotonic()
     started, window_start, window_steps = time.monotonic(), time.monotonic(), 0
     emit(ev.Status("Training"))
     try:
@@ -277,7 +292,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                 # The step's samples over all processes, per process: each scales its loss by its samples over
                 # this, so the mean of the processes' gradients (DDP averages them) is the mean over all samples.
                 group_size = plan.step_samples(epoch, epoch_step) / accelerator.num_processes
-                step_loss = 0.0
+                step_loss = torch.zeros((), device=device)
                 for k, batch in enumerate(micro_batches):
                     positions = batch.positions
                     run.note_batch(epoch, batch)
@@ -318,61 +333,68 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                         # 12. Backward, scaled so the accumulated gradient is the mean over the step's samples.
                         #     With the fused back pass the weights are stepped during it: a non-finite loss
                         #     is caught before, so that it never reaches them.
-                        part = loss.detach().float().item() * len(positions) / group_size
-                        if math.isfinite(part) or not t.fused_backward:
+                        part = loss.detach().float() * (len(positions) / group_size)
+                        if not t.fused_backward or torch.isfinite(part):
                             accelerator.backward(loss * (len(positions) / group_size))
-                    step_loss += part
+                    step_loss = step_loss + part
                 step_loss = mean_over_processes(accelerator, step_loss)  # the same loss and decision everywhere
                 step += 1
                 window_steps += 1
-                if math.isfinite(step_loss):
-                    # 13. Clip the gradient norm, step the optimizer and the LR schedule, update the EMA.
+                # 13. Clip the gradient norm, step the optimizer and the LR schedule, update the EMA. A NaN/inf
+                #     loss never reaches the weights. Deferred: the optimizer skips the step on the device.
+                #     Otherwise the loss is read now and the step's gradients are dropped before any update.
+                finite = True
+                if deferred:
+                    inner.grad_scale, inner.found_inf = None, (~torch.isfinite(step_loss)).float()
+                else:
+                    step_loss = step_loss.item()
+                    finite = math.isfinite(step_loss)
+                if finite:
                     if t.fused_backward:
                         stepper.finish()  # the large weights were stepped during backward; now the small ones
                     else:
                         if t.max_grad_norm > 0:
                             accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
                         stepper.step() if master else optimizer.step()
-                    lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     if run.ema:
                         run.ema.step()
                 else:
-                    # A NaN/inf loss never reaches the weights: its gradients are dropped before any update.
                     stepper.zero_grad()
-                    extra["nan_skipped"] += 1
-                    if extra["nan_skipped"] > t.skip_nan_steps:
-                        raise NonFiniteLoss(
-                            f"The loss became {step_loss} at step {step}; the weights were not updated and the last "
-                            "backup is intact. Likely causes: a learning rate too high, or fp16 overflow (try "
-                            "bf16 or no mixed precision). training.skip_nan_steps lets a run skip a few bad batches.")
-                    emit(ev.Log("warning", f"Skipped step {step}: the loss was {step_loss} "
-                                           f"({extra['nan_skipped']} of {t.skip_nan_steps} allowed)"))
-                    step_loss = smooth if smooth is not None else 0.0
+                lr_scheduler.step()  # skipped steps count too: the schedule follows the step counter
+                pending.append((step, epoch, epoch_step + 1, epoch_steps, optim.current_lr(optimizer), step_loss))
 
-                # 14. Report: loss, smoothed loss, LR, speed, ETA (and VRAM on a GPU).
-                smooth = step_loss if smooth is None else 0.9 * smooth + 0.1 * step_loss
+                # 14. Report: loss, smoothed loss, LR, speed, ETA (and VRAM on a GPU), for every step read back.
+                #     Deferred losses are read at most four times a second, and before anything that records them.
+                at_epoch_end = epoch_step + 1 == epoch_steps
+                do_sample = sample_every.due_after_step(step)
+                do_backup = backup_every.due_after_step(step) and step < total_steps
+                do_save = save_every.due_after_step(step)
                 now = time.monotonic()
-                if t.compile and step == start.step + 1:
-                    emit(ev.Log("info", f"First step, torch.compile included: {now - started:.1f} s"))
                 it_s = window_steps / max(now - window_start, 1e-9)
+                if (not deferred or now - last_read > LOSS_READ_SECONDS or do_sample or do_backup or do_save
+                        or at_epoch_end or step >= total_steps):
+                    smooth = report_steps(pending, deferred, smooth, extra, t.skip_nan_steps, (total_steps,
+                                          total_epochs), it_s, emit, run)
+                    last_read = now
+                    if t.compile and step == start.step + 1:
+                        emit(ev.Log("info", f"First step, torch.compile included: {now - started:.1f} s"))
                 if now - window_start > 10:
                     window_start, window_steps = now, 0
-                lr = optim.current_lr(optimizer)
-                vram = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-                emit(ev.Progress(step, total_steps, epoch, total_epochs, epoch_step + 1, epoch_steps,
-                                 step_loss, smooth, lr, it_s, (total_steps - step) / max(it_s, 1e-9), vram))
-                run.log_scalars(step, step_loss, smooth, lr)
+                wanted = agree_on_commands(accelerator, drain_commands(commands))
+                if wanted and pending:  # a command acts on the step the window last showed: report it first
+                    smooth = report_steps(pending, deferred, smooth, extra, t.skip_nan_steps, (total_steps,
+                                          total_epochs), it_s, emit, run)
+                do_sample = do_sample or ev.SAMPLE_NOW in wanted
+                do_backup = do_backup or (ev.BACKUP_NOW in wanted and step < total_steps)
 
                 # 15. Step boundary: commands from the window or CLI, periodic samples, backups and saves.
-                wanted = agree_on_commands(accelerator, drain_commands(commands))
-                at_epoch_end = epoch_step + 1 == epoch_steps
                 here = Position(step, epoch + 1, 0) if at_epoch_end else Position(step, epoch, epoch_step + 1)
-                if sample_every.due_after_step(step) or ev.SAMPLE_NOW in wanted:
+                if do_sample:
                     run.sample(step, epoch)
-                if (backup_every.due_after_step(step) or ev.BACKUP_NOW in wanted) and step < total_steps:
+                if do_backup:
                     run.backup(here, optimizer, lr_scheduler, {**extra, "smooth": smooth})
-                if save_every.due_after_step(step):
+                if do_save:
                     periodic_saves += 1
                     if periodic_saves > b.save_skip_first:
                         run.save(run.save_now_path(step, epoch), "save", step)
@@ -411,6 +433,35 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     finally:
         run.close()
         accelerator.free_memory()
+
+
+def report_steps(pending: list, deferred: bool, smooth, extra: dict, skip_nan_steps: int, totals: tuple,
+                 it_s: float, emit: Callable, run) -> float | None:
+    """Read back the pending step losses (one wait for the device when deferred), emit a Progress and the
+    TensorBoard scalars for each, count non-finite ones (their steps were skipped) and fail past the allowance.
+    Empties `pending`; returns the new smoothed loss."""
+    values = [p[-1] for p in pending]
+    if deferred and values:
+        values = torch.stack(values).tolist()
+    total_steps, total_epochs = totals
+    vram = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    for (step, epoch, epoch_step, epoch_steps, lr, _), value in zip(pending, values):
+        if not math.isfinite(value):
+            extra["nan_skipped"] += 1
+            if extra["nan_skipped"] > skip_nan_steps:
+                raise NonFiniteLoss(
+                    f"The loss became {value} at step {step}; the weights were not updated and the last backup is "
+                    "intact. Likely causes: a learning rate too high, or fp16 overflow (try bf16 or no mixed "
+                    "precision). training.skip_nan_steps lets a run skip a few bad batches.")
+            emit(ev.Log("warning", f"Skipped step {step}: the loss was {value} "
+                                   f"({extra['nan_skipped']} of {skip_nan_steps} allowed)"))
+            value = smooth if smooth is not None else 0.0
+        smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+        emit(ev.Progress(step, total_steps, epoch, total_epochs, epoch_step, epoch_steps, value, smooth, lr, it_s,
+                         (total_steps - step) / max(it_s, 1e-9), vram))
+        run.log_scalars(step, value, smooth, lr)
+    pending.clear()
+    return smooth
 
 
 class NonFiniteLoss(FloatingPointError):

@@ -40,7 +40,7 @@ def make_optimizer(
     """Build the optimizer called `name` over `param_groups` ([{"params": [...], "lr": optional}, ...]).
 
     `lr` is the default; a group's own "lr" (e.g. the text encoder's) wins. Choices:
-      adamw      torch AdamW (Loshchilov & Hutter 2019), fused kernel when every param is on CUDA.
+      adamw      torch AdamW (Loshchilov & Hutter 2019), its fused kernel (CUDA and CPU).
       adamw8bit  bitsandbytes AdamW8bit (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization"):
                  8-bit moments for tensors of 4096+ elements; works on CUDA and (bitsandbytes >= 0.49) CPU.
       adafactor  transformers Adafactor (Shazeer & Stern 2018) with a fixed external lr (no relative step).
@@ -57,7 +57,7 @@ def make_optimizer(
     devices = _device_types(groups)
 
     if key == "adamw":
-        fused = devices == {"cuda"}
+        fused = devices <= {"cuda", "cpu"}  # one kernel for all tensors; it can also skip a step on the device
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
     if key == "adamw8bit":
         bnb = _import_bitsandbytes("adamw8bit")
