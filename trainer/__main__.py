@@ -88,20 +88,11 @@ def cmd_train(args) -> int:
 
 def cmd_tool(args) -> int:
     """generate-data and compare: load the spec (with --set overrides), run it as a session."""
-    from trainer.config import set_value
     from trainer.session import compare_session, generate_data_session
     from trainer.specs import CompareSpec, GenerateDataSpec, load_spec, validate_spec
     expected = GenerateDataSpec if args.command == "generate-data" else CompareSpec
     try:
-        spec = load_spec(args.spec, expected)
-        for item in args.set or []:
-            if "=" not in item:
-                raise ConfigError(f"--set {item}: expected key=value")
-            key, text = item.split("=", 1)
-            set_value(spec, key.strip(), text)
-        problems = validate_spec(spec)
-        if problems:
-            raise ConfigError(problems[0])
+        spec = apply_overrides(load_spec(args.spec, expected), args.set or [], validate_spec)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

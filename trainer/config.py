@@ -534,15 +534,16 @@ def set_value(preset: Any, dotted: str, value: Any) -> None:
         setattr(parent, key, value)
 
 
-def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
-    """Apply CLI `key=value` overrides to a copy and validate it the same way as a file."""
+def apply_overrides(preset: Any, overrides: list[str], check: typing.Callable = None) -> Any:
+    """Apply CLI `key=value` overrides to a copy of a preset (or a tool spec, with its `check`) and validate it
+    the same way as a file."""
     preset = copy.deepcopy(preset)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected key=value, e.g. training.learning_rate=2e-6")
         key, text = item.split("=", 1)
         set_value(preset, key.strip(), text)
-    problems = validate(preset)
+    problems = (check or validate)(preset)
     if problems:
         raise ConfigError(problems[0])
     return preset
