@@ -54,7 +54,8 @@ class Run:
         m = self.unwrapped()
         training = m.unet.training, m.text_encoder.training
         m.unet.eval(); m.text_encoder.eval()
-        parked = [module for module in (m.vae, m.text_encoder) if module.device != self.acc.device]
+        parked = [module for module in (m.vae, m.text_encoder)
+                  if module.device.type == "cpu" and self.acc.device.type != "cpu"]
         for module in parked:  # the VAE and a frozen text encoder wait in CPU memory between samples
             module.to(self.acc.device)
         if self.ema:
