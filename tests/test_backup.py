@@ -119,6 +119,12 @@ def test_backup_before_save_on_completion_and_stop(tiny_model_dir, color_concept
         [("backup", 8), ("backup", 12), ("final", 12)]
     assert len(complete_backups(tmp_path / "ws" / "backup")) == 2  # rolling: the newest two
 
+    # Stopped on a step whose periodic backup was just written: the end does not write it again.
+    preset = preset_for(tmp_path / "again", tiny_model_dir, color_concept, backup_unit="steps", backup_every=3)
+    finished, events = run(preset, stop_at=6)
+    kinds = [(e.kind, e.step) for e in events if isinstance(e, ev.CheckpointWritten)]
+    assert finished.step == 6 and kinds == [("backup", 3), ("backup", 6), ("final", 6)]
+
 
 def test_resume_after_stop_is_exact(tiny_model_dir, color_concept, tmp_path, uninterrupted):
     preset = preset_for(tmp_path, tiny_model_dir, color_concept)

@@ -38,6 +38,7 @@ class Run:
         # epoch positions it trained on, what it wrote, and a hash of its UNet weights (tests/test_multiprocess.py).
         self.dump_dir = os.environ.get("SEACHANGE_TEST_RANK_DUMP")
         self.dump = {"positions": {}, "padding": 0, "written": []} if self.dump_dir else None
+        self.backed_up: Position | None = None  # the position of the last backup written
 
     def unwrapped(self) -> SDComponents:
         c = self.c
@@ -113,7 +114,7 @@ class Run:
 
     def backup(self, position: Position, optimizer, lr_scheduler, extra: dict) -> Path | None:
         """Write the full training state (see backup.py) and prune old backups; rank 0 only."""
-        if not self.acc.is_main_process:
+        if not self.acc.is_main_process or position == self.backed_up:  # that state is written already
             return None
         self.emit(ev.Status(f"Writing backup at step {position.step}"))
         c, b = self.unwrapped(), self.preset.backup
@@ -134,6 +135,7 @@ class Run:
         self._note_written("backup", folder)
         for old in prune_backups(backup_root(self.preset), b.rolling_backups):
             self.emit(ev.Log("info", f"Deleted old backup {old}"))
+        self.backed_up = position
         self.emit(ev.CheckpointWritten("backup", str(folder), position.step))
         self.emit(ev.Status("Training"))
         return folder
