@@ -16,12 +16,14 @@ class Runner:
     DRAIN_MS = 50
     BUDGET_S = 0.010  # work per drain, so the Tk loop never stalls behind a burst of events
     MAX_EVENTS = 400
+    what = "training"  # in the message when a worker ends without its RunFinished
 
     def __init__(self, window, session_factory: Callable):
         self.window, self.session_factory = window, session_factory
         self.session = None
         self.stopping = False
         self.last_finished: ev.RunFinished | None = None
+        self._last_progress: ev.Progress | None = None
 
     @property
     def running(self) -> bool:
@@ -52,7 +54,6 @@ class Runner:
         if session is None:
             return False
         deadline = time.perf_counter() + self.BUDGET_S
-        last_progress = None
         handled = 0
         while handled < self.MAX_EVENTS and time.perf_counter() < deadline and self.session is session:
             try:
@@ -60,23 +61,26 @@ class Runner:
             except queue.Empty:
                 break
             handled += 1
-            if isinstance(event, ev.Progress):
-                self.window.run_tab.chart.add(event.step, event.loss, event.smooth_loss, event.lr,
-                                              event.total_steps)
-                last_progress = event
-            else:
-                self.handle(event)
-        if last_progress is not None and self.session is session:
-            self.window.bottom.show_progress(last_progress)
+            self.handle(event)
+        self.drained(session)
         if self.session is session and not session.running and session.events.empty():
             # the worker ended without its RunFinished (it always sends one; this guards the window anyway)
-            self.handle(ev.RunFinished("failed", "the training thread ended without reporting a result"))
+            self.handle(ev.RunFinished("failed", f"the {self.what} ended without reporting a result"))
         return self.session is session and not session.events.empty()
+
+    def drained(self, session) -> None:
+        """After a drain: the bottom bar shows the newest step only (the chart got every one)."""
+        if self._last_progress is not None and self.session is session:
+            self.window.bottom.show_progress(self._last_progress)
+        self._last_progress = None
 
     def handle(self, event) -> None:
         w = self.window
         log = w.run_tab.log
-        if isinstance(event, ev.RunStarted):
+        if isinstance(event, ev.Progress):
+            w.run_tab.chart.add(event.step, event.loss, event.smooth_loss, event.lr, event.total_steps)
+            self._last_progress = event
+        elif isinstance(event, ev.RunStarted):
             w.bottom.show_totals(event.total_steps, event.total_epochs)
             w.run_tab.chart.total_steps = event.total_steps
             log.append("info", f"Run started on {event.device}: {event.total_steps} steps, "

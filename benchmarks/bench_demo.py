@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from trainer.demo import BACKGROUNDS, COLORS  # noqa: E402  (after the path is set)
+from trainer.compare import SAMPLE_NAME  # noqa: E402  (after the path is set)
+from trainer.demo import BACKGROUNDS, COLORS  # noqa: E402
 
 
 def nearest(rgb, palette: dict) -> str:
@@ -56,10 +56,9 @@ def main() -> None:
     preset = json.loads((work / "ws" / "preset.json").read_text())
     prompts = [p["prompt"] for p in preset["sampling"]["prompts"]]
     samples = sorted((work / "ws" / "samples").glob("*.png"))
-    pattern = re.compile(r"step(\d+)-epoch\d+-prompt(\d+)-")
     by_step: dict[int, dict[int, Path]] = {}
     for path in samples:
-        step, index = map(int, pattern.match(path.name).groups())
+        step, _, index, _ = map(int, SAMPLE_NAME.match(path.name).groups())
         by_step.setdefault(step, {})[index] = path
     steps = sorted(by_step)
     total_steps = preset["training"]["epochs"] * 12  # 48 demo images, batch 4

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.config import load_preset
+from trainer.config import ConceptConfig, load_preset
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
@@ -164,10 +164,7 @@ def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, dev
         "backup.backup_unit": "never", "backup.save_unit": "never", "backup.backup_before_save": False,
     }.items():
         set_value(preset, key, value)
-    preset.concepts = [type(preset.concepts[0])(name="bench", path=str(data))] if preset.concepts else []
-    if not preset.concepts:
-        from trainer.config import ConceptConfig
-        preset.concepts = [ConceptConfig(name="bench", path=str(data))]
+    preset.concepts = [ConceptConfig(name="bench", path=str(data))]
     for key, value in BARE_STEP.items() if bare_step else ():
         setattr(preset.training, key, value)
     if device == "cpu" and preset.training.mixed_precision == "fp16":

@@ -157,12 +157,13 @@ def augmented_batch(pixels, batch_size: int, crop: int, generator):
     return x[:, :, top:top + crop, left:left + crop]
 
 
-def calibrate_latent_scale(vae) -> float:
-    """Set the VAE's scaling_factor so latents of demo images have unit variance, as SD 1.5's 0.18215 does for
-    its VAE (Rombach et al. 2022, section 3.3); without it the diffusion model sees latents far below the noise."""
+def calibrate_latent_scale(vae, pixels=None) -> float:
+    """Set the VAE's scaling_factor so latents of `pixels` (default: the demo images) have unit variance, as SD
+    1.5's 0.18215 does for its VAE (Rombach et al. 2022, section 3.3); without it the diffusion model sees
+    latents far below the noise."""
     import torch
     with torch.no_grad():
-        latents = vae.encode(demo_pixels()).latent_dist.mean
+        latents = vae.encode(demo_pixels() if pixels is None else pixels).latent_dist.mean
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
     return scale
@@ -246,8 +247,9 @@ def make_demo(folder: str | Path, seed: int = 0, vae_seconds: float | None = Non
         if vae_seconds is None:
             vae_seconds = float(os.environ.get("SEACHANGE_DEMO_VAE_SECONDS", DEMO_VAE_SECONDS))
         components = build_tiny_components(seed, vae_norm_groups=8)
-        fit_demo_vae(components.vae, load_pixels(images_dir), seconds=vae_seconds, seed=seed)
-        calibrate_latent_scale(components.vae)
+        pixels = load_pixels(images_dir)
+        fit_demo_vae(components.vae, pixels, seconds=vae_seconds, seed=seed)
+        calibrate_latent_scale(components.vae, pixels)
         tmp = folder / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_diffusers_folder(components, tmp)

@@ -120,14 +120,14 @@ def generate_data(spec: GenerateDataSpec, emit, commands: queue.Queue | None = N
     folder.mkdir(parents=True, exist_ok=True)
     images = read_manifest(folder)["images"]
     check_folder(folder, plan, spec, images)
-    todo = [item for item in plan if not (images.get(item.name, {}).get("done")
-                                          and (folder / f"{item.name}.png").exists()
-                                          and (folder / f"{item.name}.txt").exists())]
-    done = 0
+    todo, done = [], 0
     for item in plan:
-        if item not in todo:
+        png = folder / f"{item.name}.png"
+        if images.get(item.name, {}).get("done") and png.exists() and png.with_suffix(".txt").exists():
             done += 1
-            emit(ev.ImageGenerated(str(folder / f"{item.name}.png"), item.caption, done, len(plan), skipped=True))
+            emit(ev.ImageGenerated(str(png), item.caption, done, len(plan), skipped=True))
+        else:
+            todo.append(item)
     if not todo:
         return ev.RunFinished("completed", f"all {len(plan)} images were already in {folder}", str(folder))
     emit(ev.Status(f"Loading {spec.base_model}"))
