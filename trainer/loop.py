@@ -179,7 +179,6 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     train_te = t.train_text_encoder
     c.text_encoder.requires_grad_(train_te).train(train_te)
     c.text_encoder.to(device, weight_dtype if train_te else frozen_dtype)
-    unet_dtype = next(c.unet.parameters()).dtype
     if device.type == "cuda":
         c.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
     if t.gradient_checkpointing:
@@ -325,7 +324,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                     last = k == len(micro_batches) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(c.unet):
                         with accelerator.autocast():
-                            pred = c.unet(noisy.to(unet_dtype), timesteps, hidden.to(unet_dtype)).sample
+                            pred = c.unet(noisy.to(weight_dtype), timesteps, hidden.to(weight_dtype)).sample
                         target = losses.training_target(c.noise_scheduler, latents, noise, timesteps)
                         weights = torch.tensor(batch.loss_weights, device=device)
                         loss = losses.diffusion_loss(pred.float(), target.float(), timesteps, c.noise_scheduler,
