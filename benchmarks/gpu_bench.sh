@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one call: SeaChange's training step against the reference loop on full-size SD 1.5 shapes
-# (random weights, 512 px, batch 1/4/16, both fine-tune presets), JSON and a table under $OUT (or ./bench-out).
+# (random weights, 512 px), JSON, log and table under $OUT (or ./bench-out), in two parts that each keep what
+# they measured if their time runs out (a device call may last 600 s):
+#   a  the reference loop and the uncompiled presets at batch 1/4/16 (sd15_finetune) and 1/4 (lowvram), ~4 min
+#   b  the reference and the compiled preset at batch 16 (the throughput target), ~4 min, two of them compiling
+# `gpu_bench.sh a` or `gpu_bench.sh b` runs one part; no argument runs both.
 # The GPU image has torch, transformers, accelerate, safetensors and tensorboard but not diffusers or
 # bitsandbytes: put their wheels in .whl/ first (see benchmarks/README.md) and carry .whl.
 set -uo pipefail
@@ -12,4 +16,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-timeout 540 python3 -m trainer bench --device cuda --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
+part() {  # name, seconds, bench arguments
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" python3 -m trainer bench --device cuda --json "$OUT/bench-$name.json" "$@" 2>&1 \
+    | tee "$OUT/bench-$name.log"
+}
+case "${1:-all}" in
+  a|all) part a 290 --presets sd15_finetune,sd15_finetune_lowvram ;;&
+  b|all) part b 270 --presets sd15_finetune_fast --batch-sizes 16 ;;
+esac

@@ -26,27 +26,74 @@ def test_stochastic_rounding_is_unbiased_and_exact_where_it_can_be():
     assert torch.equal(stochastic_round_(torch.empty(4, dtype=torch.bfloat16), exact).float(), exact)
 
 
+def small_model(seed: int = 0) -> torch.nn.Module:
+    """Weights from 4 to 90,000 elements, one convolution stored channels-last (as the loop stores the UNet's)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 300),
+                                torch.nn.LayerNorm(300), torch.nn.Linear(300, 300), torch.nn.Linear(300, 4))
+    model[0].to(memory_format=torch.channels_last)
+    return model
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit", "adafactor"])
-def test_per_parameter_steps_equal_one_optimizer_step(optimizer):
-    """The fused back pass (each weight stepped in its gradient hook, small ones batched) moves every weight
-    exactly as one optimizer step over all of them."""
-    torch.manual_seed(0)
-    make = lambda: torch.nn.Sequential(torch.nn.Linear(300, 300), torch.nn.LayerNorm(300), torch.nn.Linear(300, 4))
-    plain, fused = make(), make()
-    fused.load_state_dict(plain.state_dict())
-    x = torch.randn(8, 300)
+def test_fused_back_pass_steps_equal_one_optimizer_step_and_bound_waiting_gradients(optimizer):
+    """The fused back pass (weights stepped in buckets as their gradients complete during backward, gradients
+    freed) moves every weight exactly as one optimizer step over all of them, and no more than a bucket (plus
+    the weight that fills it) of gradients ever waits."""
+    plain, fused = small_model(), small_model()
+    x = torch.randn(8, 3, 6, 6)
     ref = Stepper(optimizer, [{"params": list(plain.parameters())}], 1e-3, 0.01, master=False)
     hooked = Stepper(optimizer, [{"params": list(fused.parameters())}], 1e-3, 0.01, master=False)
+    hooked.BUCKET = 100_000
     hooked.attach()
+    waiting = []
+    for p in fused.parameters():
+        p.register_post_accumulate_grad_hook(
+            lambda _: waiting.append(sum(q.numel() for q in fused.parameters() if q.grad is not None)))
     for _ in range(3):
         plain(x).pow(2).mean().backward()
         ref.step()
         fused(x).pow(2).mean().backward()
-        assert fused[0].weight.grad is None  # stepped and freed during backward (90,000 elements)
-        assert fused[1].weight.grad is not None  # small: waits for finish()
+        assert fused[4].weight.grad is None  # 90,000 elements: stepped and freed during backward
         hooked.finish()
+        assert all(p.grad is None for p in fused.parameters())
+    assert max(waiting) <= hooked.BUCKET + 90_300, max(waiting)
     for a, b in zip(plain.parameters(), fused.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit", "adafactor"])
+@pytest.mark.parametrize("fused_back_pass", [False, True])
+def test_bf16_master_step_is_the_float32_step_rounded_either_way(optimizer, fused_back_pass):
+    """bf16 weights with float32 proxies, stepped in buckets: each new weight is the float32 optimizer's result
+    rounded down or up to bf16 (never a neighbour's value, never a stale one), channels-last weights included."""
+    model = small_model().to(torch.bfloat16)
+    model[0].to(memory_format=torch.channels_last)
+    reference = small_model()
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    model_before = {k: v.detach().float().clone() for k, v in model.named_parameters()}
+    x = torch.randn(8, 3, 6, 6)
+    master = Stepper(optimizer, [{"params": list(model.parameters())}], 1e-2, 0.01, master=True)
+    master.BUCKET = 100_000
+    ref = Stepper(optimizer, [{"params": list(reference.parameters())}], 1e-2, 0.01, master=False)
+    for p, q in zip(model.parameters(), reference.parameters()):  # runs before the stepper's own hook
+        p.register_post_accumulate_grad_hook(lambda p, q=q: setattr(q, "grad", p.grad.float()))
+    if fused_back_pass:
+        master.attach()
+    with torch.autocast("cpu", torch.bfloat16):
+        model(x.bfloat16()).float().pow(2).mean().backward()
+    master.finish() if fused_back_pass else master.step()
+    ref.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert p.grad is None
+        bits = q.detach().contiguous().view(torch.int32)
+        toward_zero = (bits & -65536).view(torch.float32)  # the bf16 neighbours of the float32 result
+        away = ((bits & -65536) + 65536).view(torch.float32)
+        got = p.detach().float()
+        exact = toward_zero == q.detach()
+        ok = (got == toward_zero) | ((got == away) & ~exact)
+        assert bool(ok.all()), (name, (~ok).sum().item())
+        assert not torch.equal(got, model_before[name]), name  # every weight moved (lr 1e-2 is above a bf16 step)
 
 
 def test_fused_back_pass_refuses_what_it_cannot_do():

@@ -8,18 +8,20 @@ CPU (where the number that matters is the trainer's overhead per step against a 
 """
 from __future__ import annotations
 
+import collections
 import json
 import queue
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from trainer.config import ConceptConfig, load_preset
+from trainer.config import ConceptConfig, atomic_write_text, load_preset
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
@@ -78,6 +80,7 @@ def reference_loop(c, device: str, batch: int, size: int, steps: int, warmup: in
     else:
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-6)
     scheduler = c.noise_scheduler
+    torch.backends.cudnn.benchmark = False  # the example leaves it off (SeaChange's loop turns it on)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16)
     g = torch.Generator(device="cpu").manual_seed(0)
     reset_peak(device)
@@ -178,27 +181,56 @@ def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, dev
         if isinstance(event, ev.RunStarted):
             reset_peak(device)  # the model is loaded and the caches are filled: measure the training alone
             started["t"] = time.perf_counter()
+            watch_syncs(device, True)
         elif isinstance(event, ev.Progress):
             stamps.append(time.perf_counter())
+            if event.step == steps:
+                watch_syncs(device, False)  # the final save reads the weights back: not a step's sync
     t0 = time.perf_counter()
-    finished = train(preset, emit, queue.Queue())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            finished = train(preset, emit, queue.Queue())
+        finally:
+            watch_syncs(device, False)
     if finished.outcome != "completed":
         raise RuntimeError(f"{preset_name} batch {batch}: {finished.message}")
     result = {"img_s": batch * timed_windows(stamps, warmup, window), "peak_gib": peak_gib(device),
               "setup_s": round(started["t"] - t0, 1), "first_step_s": round(stamps[0] - started["t"], 2)}
+    if device == "cuda":
+        sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                                    if "synchronizing CUDA operation" in str(w.message))
+        result["syncs_per_step"] = round(sum(sites.values()) / steps, 2)
+        result["sync_sites"] = dict(sites.most_common(6))
     reset_peak(device)
     return result
 
 
+def watch_syncs(device: str, on: bool) -> None:
+    """On a GPU, have torch warn at every operation that makes the host wait for the device (the warnings name
+    the line): the steps should make none but the loss reads."""
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("warn" if on else "default")
+
+
+# What runs at which batch sizes by default. The compiled preset runs at batch 16 only, the size of the
+# throughput target: compiling takes about two minutes per shape on a GPU.
+GPU_PLAN = {"sd15_finetune": [1, 4, 16], "sd15_finetune_lowvram": [1, 4], "sd15_finetune_fast": [16]}
+CPU_PLAN = {"sd15_finetune": [1, 4], "sd15_finetune_lowvram": [1, 4]}
+
+
 def run_bench(device: str = "auto", model: str | None = None, batch_sizes: list[int] | None = None,
               presets: list[str] | None = None, steps: int | None = None, work: Path | None = None,
-              log=print) -> dict:
-    """Every measurement as a dict (see format_table); `model` defaults to sd15 on a GPU, tiny on a CPU."""
+              log=print, json_path: Path | None = None) -> dict:
+    """Every measurement as a dict (see format_table); `model` defaults to sd15 on a GPU, tiny on a CPU.
+    Each preset runs at `batch_sizes`, or at its sizes in the plan; the reference runs at every size used.
+    With `json_path` the results so far are written after every run (a run cut short keeps what it measured)."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     model = model or ("sd15" if device == "cuda" else "tiny")
     size = 512 if model == "sd15" else 64
-    batch_sizes = batch_sizes or ([1, 4, 16] if device == "cuda" else [1, 4])
-    presets = presets or ["sd15_finetune", "sd15_finetune_lowvram"]
+    plan = GPU_PLAN if device == "cuda" else CPU_PLAN
+    presets = presets or list(plan)
+    sizes = {name: batch_sizes or plan.get(name, [1, 4]) for name in presets}
     steps = steps or (40 if device == "cuda" else 24)
     warmup, window = max(2, steps // 4), max(2, steps // 8)
     work = Path(work or tempfile.mkdtemp(prefix="seachange-bench-"))
@@ -206,11 +238,12 @@ def run_bench(device: str = "auto", model: str | None = None, batch_sizes: list[
     c = build_model(model)
     from trainer.demo import save_diffusers_folder
     model_dir = save_diffusers_folder(c, work / "model")
-    data = make_dataset(work / "data", max(batch_sizes) * 4, size)
+    all_sizes = sorted({b for bs in sizes.values() for b in bs})
+    data = make_dataset(work / "data", max(all_sizes) * 4, size)
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": model, "size": size,
            "torch": torch.__version__, "steps": steps, "warmup": warmup, "window": window,
            "date": time.strftime("%Y-%m-%d"), "rows": []}
-    for batch in batch_sizes:
+    for batch in all_sizes:
         runs = [("reference", lambda: reference_loop(c, device, batch, size, steps, warmup, window))]
         if device == "cuda" and batch == 1:
             runs.append(("reference lowvram", lambda: reference_loop(c, device, batch, size, steps, warmup, window,
@@ -221,8 +254,9 @@ def run_bench(device: str = "auto", model: str | None = None, batch_sizes: list[
                                                                    device, batch, size, steps, warmup, window,
                                                                    bare_step=True)))
         for name in presets:
-            runs.append((name, lambda name=name: seachange_run(name, model_dir, data, work / name, device, batch,
-                                                                size, steps, warmup, window)))
+            if batch in sizes[name]:
+                runs.append((name, lambda name=name: seachange_run(name, model_dir, data, work / name, device,
+                                                                    batch, size, steps, warmup, window)))
         for name, fn in runs:
             log(f"batch {batch}: {name}")
             try:
@@ -231,34 +265,40 @@ def run_bench(device: str = "auto", model: str | None = None, batch_sizes: list[
                 row = {"name": name, "batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
                 reset_peak(device)
             out["rows"].append(row)
-    for row in out["rows"]:
-        base = next((r for r in out["rows"] if r["batch"] == row["batch"] and r["name"] == "reference"), None)
+            add_ratios(out["rows"])
+            if json_path:
+                atomic_write_text(Path(json_path), json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each run's speed against the reference at its batch size; the trainer's step time against the bare loop."""
+    for row in rows:
+        base = next((r for r in rows if r["batch"] == row["batch"] and r["name"] == "reference"), None)
         if base and "img_s" in row and "img_s" in base:
             row["vs_reference"] = round(row["img_s"] / base["img_s"], 2)
-        bare = next((r for r in out["rows"] if r["batch"] == row["batch"] and r["name"] == "bare loop"), None)
+        bare = next((r for r in rows if r["batch"] == row["batch"] and r["name"] == "bare loop"), None)
         if bare and "img_s" in row and row["name"] == TRAINER_BARE_STEP:
             row["step_time_vs_bare"] = round(bare["img_s"] / row["img_s"], 3)
-    return out
 
 
 def format_table(result: dict) -> str:
     lines = [f"{result['device']}, {result['model']} at {result['size']} px, torch {result['torch']}",
-             f"{'run':<26}{'batch':>6}{'img/s':>9}{'peak GiB':>10}{'vs ref':>8}{'vs bare':>9}"]
+             f"{'run':<26}{'batch':>6}{'img/s':>9}{'peak GiB':>10}{'vs ref':>8}{'vs bare':>9}{'syncs/step':>12}"]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"{r['name']:<26}{r['batch']:>6}  {r['error']}")
             continue
         peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "-"
         lines.append(f"{r['name']:<26}{r['batch']:>6}{r['img_s']:>9.2f}{peak:>10}"
-                     f"{r.get('vs_reference', '-'):>8}{r.get('step_time_vs_bare', '-'):>9}")
+                     f"{r.get('vs_reference', '-'):>8}{r.get('step_time_vs_bare', '-'):>9}"
+                     f"{r.get('syncs_per_step', '-'):>12}")
     return "\n".join(lines)
 
 
 def main(args) -> int:
     result = run_bench(args.device, args.model, [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes
-                       else None, args.presets.split(",") if args.presets else None, args.steps)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+                       else None, args.presets.split(",") if args.presets else None, args.steps,
+                       json_path=args.json)
     print(format_table(result))
     return 0

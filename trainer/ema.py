@@ -12,6 +12,7 @@ class EMA:
         self.decay = decay
         self.updates = 0
         self.shadow = [p.detach().to(device=device, dtype=torch.float32, copy=True) for p in self.params]
+        self.same_place = all(p.dtype == s.dtype and p.device == s.device for p, s in zip(self.params, self.shadow))
         self._backup: list[torch.Tensor] | None = None
 
     def current_decay(self) -> float:
@@ -20,8 +21,11 @@ class EMA:
     @torch.no_grad()
     def step(self) -> None:
         weight = 1.0 - self.current_decay()
-        for shadow, param in zip(self.shadow, self.params):
-            shadow.lerp_(param.detach().to(shadow.device, torch.float32), weight)
+        if self.same_place:  # one multi-tensor kernel on a GPU instead of one per weight
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weight)
+        else:
+            for shadow, param in zip(self.shadow, self.params):
+                shadow.lerp_(param.detach().to(shadow.device, torch.float32), weight)
         self.updates += 1
 
     @torch.no_grad()

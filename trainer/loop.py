@@ -127,10 +127,20 @@ def sample_generator(seed: int, epoch: int, position: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + position)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the training device without waiting for it. On a GPU a plain copy first waits for all
+    the work queued before it, so every step's inputs would wait for the previous step to end and the GPU would
+    idle while the next one is prepared. From page-locked memory the copy is queued like a kernel (the host
+    allocator keeps the buffer until the copy has run)."""
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+
+
 def encode_text(tokenizer, text_encoder, captions: list[str], device) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
-    return text_encoder(ids)[0]
+                    return_tensors="pt").input_ids
+    return text_encoder(to_device(ids, torch.device(device)))[0]
 
 
 def drain_commands(commands: queue.Queue | None) -> set[str]:
@@ -181,6 +191,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     c.text_encoder.to(device, weight_dtype if train_te else frozen_dtype)
     if device.type == "cuda":
         c.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
+        torch.backends.cudnn.benchmark = True  # few shapes (one per bucket): time cuDNN's algorithms once each
     if t.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
         if train_te:
@@ -299,23 +310,26 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                     # 7. Images -> VAE latent distributions (cached or encoded now) -> one draw per sample, scaled.
                     mean, std = batch.latent_mean, batch.latent_std
                     if mean is None:
-                        pixels = torch.from_numpy(batch.pixels).permute(0, 3, 1, 2).to(device, frozen_dtype)
+                        pixels = to_device(torch.from_numpy(batch.pixels).permute(0, 3, 1, 2), device)
+                        pixels = pixels.to(frozen_dtype)
                         with torch.no_grad():
                             dist = c.vae.encode(pixels).latent_dist
                         mean, std = dist.mean, dist.std
                     eps = torch.cat([torch.randn(mean[:1].shape, generator=g) for g in gens])
-                    latents = (mean.to(device).float() + std.to(device).float() * eps.to(device))
+                    latents = (to_device(mean, device).float() + to_device(std, device).float()
+                               * to_device(eps, device))
                     latents = latents * c.vae.config.scaling_factor
                     # 8. Noise (with optional offset noise) and uniformly drawn timesteps, per sample.
                     noise = torch.cat([losses.make_noise(torch.empty(latents[:1].shape), generator=g,
-                                                         noise_offset=t.noise_offset) for g in gens]).to(device)
-                    timesteps = torch.cat([losses.sample_timesteps(1, c.noise_scheduler.config.num_train_timesteps,
-                                                                   "cpu", generator=g) for g in gens]).to(device)
+                                                         noise_offset=t.noise_offset) for g in gens])
+                    noise = to_device(noise, device)
+                    timesteps = to_device(torch.cat([losses.sample_timesteps(
+                        1, c.noise_scheduler.config.num_train_timesteps, "cpu", generator=g) for g in gens]), device)
                     # 9. Forward diffusion: noisy latents at those timesteps.
                     noisy = c.noise_scheduler.add_noise(latents, noise, timesteps)
                     # 10. Condition on the captions (with gradients only when the text encoder trains).
                     if batch.text_embeddings is not None and not train_te:
-                        hidden = batch.text_embeddings.to(device)
+                        hidden = to_device(batch.text_embeddings, device)
                     else:
                         with torch.set_grad_enabled(train_te), accelerator.autocast():
                             hidden = encode_text(c.tokenizer, c.text_encoder, batch.captions, device)
@@ -326,7 +340,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                         with accelerator.autocast():
                             pred = c.unet(noisy.to(weight_dtype), timesteps, hidden.to(weight_dtype)).sample
                         target = losses.training_target(c.noise_scheduler, latents, noise, timesteps)
-                        weights = torch.tensor(batch.loss_weights, device=device)
+                        weights = to_device(torch.tensor(batch.loss_weights), device)
                         loss = losses.diffusion_loss(pred.float(), target.float(), timesteps, c.noise_scheduler,
                                                      t.min_snr_gamma, per_sample_weight=weights)
                         # 12. Backward, scaled so the accumulated gradient is the mean over the step's samples.

@@ -149,10 +149,11 @@ def stochastic_round_(target: torch.Tensor, source: torch.Tensor) -> torch.Tenso
     makes the result unbiased (E[target] = source), on the tensors' device. Round-to-nearest would drop every
     update smaller than half a bf16 step (about 0.4% of the weight), which is most fine-tuning updates
     (Zamirai et al. 2020, "Revisiting BFloat16 Training"). bf16 is the upper 16 bits of a float32: add random
-    low bits, then truncate them."""
+    low bits, then truncate them. One int32 temporary the size of `source`."""
     bits = source.detach().to(torch.float32).contiguous().view(torch.int32)
-    noise = torch.randint_like(bits, 0, 1 << 16)
-    target.copy_(((bits + noise) & -65536).view(torch.float32))
+    noisy = torch.randint_like(bits, 0, 1 << 16)
+    noisy.add_(bits).bitwise_and_(-65536)
+    target.copy_(noisy.view(torch.float32))
     return target
 
 
@@ -161,22 +162,27 @@ class Stepper:
 
     - Plain: `step()` after backward, all parameters at once (the optimizer's own, fused where it can be).
     - master (bf16 weights + stochastic rounding): the optimizer works on float32 proxies that exist only while
-      a parameter is stepped; its state lives with the proxies (float32, or 8-bit for adamw8bit); the new
-      weight is rounded stochastically into the bf16 parameter.
-    - fused back pass (`attach()`): each large parameter is stepped in its post-accumulate-grad hook and its
-      gradient freed at once, so the full set of gradients never exists. Small parameters (norms, biases) wait
-      and are stepped together at `finish()`: one optimizer call for hundreds of tiny tensors.
-    Per-parameter calls swap the optimizer's param_groups for a one-parameter group, so every optimizer
-    (torch, bitsandbytes, transformers) works unchanged and its state stays keyed by the same tensors.
+      a bucket of parameters is stepped; its state lives with the proxies (float32, or 8-bit for adamw8bit);
+      the new weights are rounded stochastically into the bf16 parameters.
+    - fused back pass (`attach()`): parameters are stepped during backward as their gradients complete, and
+      their gradients freed, so the full set of gradients never exists.
+    Either way parameters are stepped in buckets of about BUCKET elements: one optimizer call per bucket (one
+    multi-tensor kernel for torch's AdamW), and for master weights one float32 copy of the bucket's weights and
+    gradients and one stochastic rounding over it, so that the per-parameter cost of launching small kernels
+    does not eat the step time. A bucket also bounds the memory that waits: about BUCKET gradients during the
+    fused back pass, and 10 bytes per element of float32 temporaries while a bucket of master weights steps.
+    Per-bucket calls swap the optimizer's param_groups for the bucket's parameters, so every optimizer (torch,
+    bitsandbytes, transformers) works unchanged and its state stays keyed by the same tensors.
     """
 
-    SMALL = 1 << 16  # parameters below this many elements are batched
+    BUCKET = 1 << 24  # elements; about the largest single weight of SD 1.5's UNet (14.7M)
 
     def __init__(self, name: str, param_groups: list[dict], lr: float, weight_decay: float, master: bool):
         self.master = master
         self.params = [p for g in param_groups for p in g["params"]]
+        self.empty = {p.device: torch.empty(0, device=p.device) for p in self.params}
         if master:
-            self.proxies = {p: torch.nn.Parameter(torch.empty(0, device=p.device)) for p in self.params}
+            self.proxies = {p: torch.nn.Parameter(self.empty[p.device]) for p in self.params}
             groups = [dict(g, params=[self.proxies[p] for p in g["params"]]) for g in param_groups]
         else:
             self.proxies = {}
@@ -186,11 +192,13 @@ class Stepper:
         for index, group in enumerate(param_groups):
             for p in group["params"]:
                 self.group_of[p] = index
-        self.pending: list[torch.Tensor] = []
+        self.bucket: list[torch.Tensor] = []
+        self.bucket_size = 0
         self.hooks: list = []
 
     # -- stepping -----------------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def _run(self, params: list[torch.Tensor]) -> None:
         """One optimizer call over `params` (their grads set); grads are freed afterwards."""
         if not params:
@@ -200,22 +208,37 @@ class Stepper:
         by_group: dict[int, list] = {}
         for p in params:
             by_group.setdefault(self.group_of[p], []).append(p)
-        if self.master:
+        if self.master:  # one float32 copy of the bucket's weights and one of its gradients; proxies view them
+            by_device: dict[torch.device, list] = {}
             for p in params:
-                proxy = self.proxies[p]
-                proxy.data = p.detach().float()
-                proxy.grad = p.grad.float()
+                by_device.setdefault(p.device, []).append(p)
+            flats = []
+            for ps in by_device.values():
+                weights = torch.cat([p.detach().reshape(-1) for p in ps]).float()
+                grads = torch.cat([p.grad.reshape(-1) for p in ps]).float()
+                sizes = [p.numel() for p in ps]
+                for p, w, g in zip(ps, weights.split(sizes), grads.split(sizes)):
+                    proxy = self.proxies[p]  # shaped: Adafactor factors its state by the weight's shape
+                    proxy.data, proxy.grad = w.view(p.shape), g.view(p.shape)
+                flats.append((ps, weights))
+                del grads
         opt.param_groups = [dict(saved[i], params=[self.proxies[p] if self.master else p for p in ps])
                             for i, ps in by_group.items()]
         try:
             opt.step()
         finally:
             opt.param_groups = saved
-        for p in params:
-            if self.master:
+        if self.master:
+            for p in params:
                 proxy = self.proxies[p]
-                stochastic_round_(p.data, proxy.data)
-                proxy.data, proxy.grad = torch.empty(0, device=p.device), None
+                proxy.data, proxy.grad = self.empty[p.device], None
+            while flats:
+                ps, weights = flats.pop()
+                rounded = stochastic_round_(torch.empty_like(weights, dtype=torch.bfloat16), weights)
+                del weights
+                sizes = [p.numel() for p in ps]
+                torch._foreach_copy_([p.data for p in ps], [r.view(p.shape) for r, p in zip(rounded.split(sizes), ps)])
+        for p in params:
             p.grad = None
 
     def step(self) -> None:
@@ -224,38 +247,36 @@ class Stepper:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             return
-        with_grad = [p for p in self.params if p.grad is not None]
-        chunk, size = [], 0
-        for p in with_grad:  # chunks bound the float32 temporaries to about 64M elements at a time
-            chunk.append(p)
-            size += p.numel()
-            if size >= 1 << 26:
-                self._run(chunk)
-                chunk, size = [], 0
-        self._run(chunk)
+        for p in self.params:
+            if p.grad is not None:
+                self._add(p)
+        self.finish()
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
-        self.pending.clear()
+        self.bucket, self.bucket_size = [], 0
+
+    def _add(self, p: torch.Tensor) -> None:
+        """Put `p` (its gradient complete) in the bucket; step the bucket when it is full."""
+        if self.bucket and self.bucket_size + p.numel() > self.BUCKET:
+            self.finish()
+        self.bucket.append(p)
+        self.bucket_size += p.numel()
+        if self.bucket_size >= self.BUCKET:
+            self.finish()
 
     # -- the fused back pass ------------------------------------------------------------------------------
 
     def attach(self) -> None:
-        """Step each parameter as soon as its gradient is complete during backward."""
+        """Step parameters as their gradients complete during backward."""
         for p in self.params:
-            self.hooks.append(p.register_post_accumulate_grad_hook(self._hook))
-
-    def _hook(self, p: torch.Tensor) -> None:
-        if p.numel() < self.SMALL:
-            self.pending.append(p)
-        else:
-            self._run([p])
+            self.hooks.append(p.register_post_accumulate_grad_hook(self._add))
 
     def finish(self) -> None:
-        """After backward with the fused back pass: step the batched small parameters."""
-        pending, self.pending = self.pending, []
-        self._run(pending)
+        """Step the bucket (after backward with the fused back pass: what is left of it)."""
+        bucket, self.bucket, self.bucket_size = self.bucket, [], 0
+        self._run(bucket)
 
     def detach(self) -> None:
         for hook in self.hooks:

@@ -1,0 +1,32 @@
+"""The EMA follows its formula on both paths: float32 weights beside their shadows (one multi-tensor update)
+and bf16 weights (converted per weight)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.ema import EMA
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ema_follows_the_decay_warmup_formula(dtype):
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3).to(dtype), torch.randn(7).to(dtype)]
+    ema = EMA(params, decay=0.9, device="cpu")
+    assert ema.same_place == (dtype == torch.float32)
+    expected = [p.float().clone() for p in params]
+    for n in range(4):
+        for p in params:
+            p.add_(torch.randn_like(p))
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = [e + (1 - decay) * (p.float() - e) for e, p in zip(expected, params)]
+        ema.step()
+    for shadow, e in zip(ema.shadow, expected):
+        torch.testing.assert_close(shadow, e)
+    raw = [p.clone() for p in params]
+    ema.swap_in()
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p, e.to(dtype))
+    ema.swap_out()
+    for p, r in zip(params, raw):
+        assert torch.equal(p, r)
