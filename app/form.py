@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 from app.widgets import (ChoiceField, LabelledField, MultilineField, NumberField, PathField, SwitchField,
                          TextField, Tooltip, bury)
-from trainer.config import ConfigError, Preset, field_meta, parse_text, set_value, validate
+from trainer.config import Preset, validate
+from trainer.fields import ConfigError, field_meta, parse_text, set_value
 
 PATH_KINDS = ("path", "dir", "file")
 

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from trainer.config import atomic_write_text
+from trainer.fields import atomic_write_text
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 DEFAULT_PRESET = PRESETS_DIR / "demo.json"

@@ -23,7 +23,8 @@ from app.tabs.tools import ToolsTab
 from app.tabs.training import TrainingTab
 from app.tool_runner import ToolRunner
 from app.widgets import MUTED, WARNING, Tabview, Tooltip
-from trainer.config import ConfigError, Preset, load_preset, preset_to_dict, save_preset
+from trainer.config import Preset, load_preset, preset_to_dict, save_preset
+from trainer.fields import ConfigError
 
 TAB_CLASSES = (GeneralTab, ModelTab, ConceptsTab, TrainingTab, SamplingTab, BackupTab, RunTab, ToolsTab, ResultsTab)
 

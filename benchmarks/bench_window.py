@@ -48,7 +48,8 @@ def train_stalls(steps: int, workdir: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from app.recent import DEFAULT_PRESET
     from app.window import Window
-    from trainer.config import load_preset, set_value
+    from trainer.config import load_preset
+    from trainer.fields import set_value
 
     preset = load_preset(DEFAULT_PRESET)
     for key, value in {

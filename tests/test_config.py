@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from trainer import config as cfg
-from trainer.config import ConceptConfig, ConfigError, Preset, SamplePrompt
+from trainer import fields
+from trainer.config import ConceptConfig, Preset, SamplePrompt
+from trainer.fields import ConfigError
 
 PRESETS = sorted((Path(__file__).parents[1] / "presets").glob("*.json"))
 
@@ -114,8 +116,9 @@ def test_every_field_has_label_and_help():
 
 def test_set_overrides_are_typed_and_validated():
     preset = full_preset()
-    out = cfg.apply_overrides(preset, ["training.learning_rate=2e-6", "training.gradient_checkpointing=true",
-                                       "concepts.0.repeats=3", "sampling.prompts.0.prompt=a dog = good"])
+    out = fields.apply_overrides(preset, ["training.learning_rate=2e-6", "training.gradient_checkpointing=true",
+                                          "concepts.0.repeats=3", "sampling.prompts.0.prompt=a dog = good"],
+                                 cfg.validate)
     assert out.training.learning_rate == 2e-6 and out.training.gradient_checkpointing is True
     assert out.concepts[0].repeats == 3.0 and out.sampling.prompts[0].prompt == "a dog = good"
     assert preset.training.learning_rate == 3e-6  # the original is untouched
@@ -125,7 +128,7 @@ def test_set_overrides_are_typed_and_validated():
                      ("concepts.5.path=x", "concepts.5: no item 5"),
                      ("training.batch_size", "--set training.batch_size: expected key=value")]:
         with pytest.raises(ConfigError) as e:
-            cfg.apply_overrides(preset, [bad])
+            fields.apply_overrides(preset, [bad], cfg.validate)
         assert str(e.value).startswith(msg), str(e.value)
 
 
@@ -140,5 +143,5 @@ def test_path_checks(tmp_path):
 
 
 def test_field_meta_reads_through_lists():
-    assert cfg.field_meta("sampling.prompts.0.sampler")["choices"] == cfg.SAMPLERS
-    assert cfg.field_meta("training.learning_rate")["label"] == "Learning rate"
+    assert fields.field_meta("sampling.prompts.0.sampler", cfg.Preset)["choices"] == cfg.SAMPLERS
+    assert fields.field_meta("training.learning_rate", cfg.Preset)["label"] == "Learning rate"

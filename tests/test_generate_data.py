@@ -14,7 +14,7 @@ from PIL import Image
 
 from tiny_presets import make_preset
 from trainer import events as ev
-from trainer.config import ConfigError
+from trainer.fields import ConfigError
 from trainer.errors import InputError
 from trainer.generate_data import generate_data, plan_images
 from trainer.specs import GenerateDataSpec, load_spec, save_spec, spec_from_dict

@@ -10,7 +10,8 @@ from PIL import Image
 from tiny_presets import make_preset
 
 from trainer import events as ev
-from trainer.config import ConfigError, preset_from_dict
+from trainer.config import preset_from_dict
+from trainer.fields import ConfigError
 from trainer.optim import Stepper, stochastic_round_
 
 

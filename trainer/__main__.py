@@ -7,7 +7,8 @@ import signal
 import sys
 
 from trainer import events as ev
-from trainer.config import ConfigError, apply_overrides, load_preset
+from trainer.config import load_preset, validate
+from trainer.fields import ConfigError, apply_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
 
@@ -78,7 +79,7 @@ def run_session(session, quiet: bool = False) -> int:
 
 def cmd_train(args) -> int:
     try:
-        preset = apply_overrides(load_preset(args.preset), args.set or [])
+        preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -107,7 +108,7 @@ def cmd_cache(args) -> int:
     from trainer.cache import fill_caches
     from trainer.errors import describe_failure, is_input_error
     try:
-        preset = apply_overrides(load_preset(args.preset), args.set or [])
+        preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -143,7 +144,7 @@ def cmd_stats(args) -> int:
 
     from trainer.stats import concept_stats, format_stats
     try:
-        preset = apply_overrides(load_preset(args.preset), args.set or [])
+        preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.config import Preset, atomic_write_text, preset_from_dict, preset_to_dict, preset_to_json
+from trainer.config import Preset, preset_from_dict, preset_to_dict, preset_to_json
+from trainer.fields import atomic_write_text
 from trainer.errors import InputError
 
 MANIFEST = "manifest.json"

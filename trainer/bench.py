@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.config import ConceptConfig, atomic_write_text, load_preset
+from trainer.config import ConceptConfig, load_preset
+from trainer.fields import atomic_write_text
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
@@ -155,7 +156,8 @@ def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, dev
     """The real training loop on a built-in preset (model, data, batch and length replaced), timed per step.
     bare_step: train exactly the step bare_loop takes, to measure what the trainer costs around it."""
     from trainer import events as ev
-    from trainer.config import set_value, validate
+    from trainer.config import validate
+    from trainer.fields import set_value
     from trainer.loop import train
     preset = load_preset(PRESETS_DIR / f"{preset_name}.json")
     for key, value in {

@@ -77,7 +77,7 @@ def fixed_captions(lines: tuple[str, ...], concept) -> set[str]:
 
 def write_caption(image: Path, text: str) -> Path:
     """Write image.txt beside the image atomically (a crash leaves the old caption or the new one)."""
-    from trainer.config import atomic_write_text
+    from trainer.fields import atomic_write_text
     txt = Path(image).with_suffix(".txt")
     atomic_write_text(txt, text.strip() + "\n")
     return txt

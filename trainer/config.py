@@ -1,13 +1,13 @@
 """The preset: one dataclass tree (schema, form metadata, JSON, migrations, validation). No UI here."""
 from __future__ import annotations
 
-import copy
 import json
-import os
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_problems, opt, read_json_file,
+                            read_versioned)
 
 VERSION = 1
 
@@ -15,22 +15,6 @@ SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "prodigy", "sgd")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 INTERVAL_UNITS = ("steps", "epochs", "minutes", "never")
-
-
-class ConfigError(ValueError):
-    """A preset problem; the message starts with the dotted path of the field at fault."""
-
-
-def opt(default: Any, label: str, help: str, *, min: float | None = None, max: float | None = None,
-        choices: tuple[str, ...] | None = None, kind: str | None = None, factory: Any = None):
-    """A preset field. Metadata drives the form (label, tooltip, widget kind), the ranges and the choices.
-
-    kind: "path" (file or folder picker), "dir", "file", "text" (multi-line) or None (from the type).
-    """
-    meta = {"label": label, "help": help, "min": min, "max": max, "choices": choices, "kind": kind}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -229,73 +213,6 @@ MIGRATIONS: dict[int, typing.Callable[[dict], dict]] = {}
 
 # ---- reading -----------------------------------------------------------------------------------------
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _check_type(value: Any, hint: Any, path: str) -> Any:
-    """Return value (ints widened to float where a float is expected) or raise naming the path."""
-    origin = typing.get_origin(hint)
-    if is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected an object, got {type(value).__name__}")
-        return _from_dict(hint, value, path)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
-        return [_check_type(v, item, f"{path}.{i}") for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected a whole number, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected text, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported field type {hint}")
-
-
-def _from_dict(cls, data: dict, path: str = ""):
-    """Build `cls` from a dict laid over its defaults; unknown keys and wrong types name their dotted path."""
-    hints = _hints(cls)
-    names = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"{path}{'.' if path else ''}{key}: unknown key")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _check_type(value, hints[name], f"{path}{'.' if path else ''}{name}")
-    return cls(**kwargs)
-
-
-def read_versioned(data: dict, what: str, version_now: int, migrations: dict) -> dict:
-    """Check a file's "version", run its migrations in order and return the migrated dict without the key.
-    `what` names the document in messages ("preset", "spec")."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what}: expected a JSON object")
-    data = copy.deepcopy(data)
-    version = data.pop("version", None)
-    if version is None:
-        raise ConfigError(f"version: missing (a {what} file starts with {{\"version\": N, ...}})")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(f"version: expected a positive whole number, got {version!r}")
-    if version > version_now:
-        raise ConfigError(f"version: this {what} is version {version}, newer than this SeaChange "
-                          f"understands ({version_now}); update SeaChange")
-    for v in range(version, version_now):
-        data = migrations[v](data)
-    return data
-
-
 def preset_from_dict(data: dict) -> Preset:
     """Migrate, lay over the defaults and validate a preset dict (as read from JSON)."""
     preset = _from_dict(Preset, read_versioned(data, "preset", VERSION, MIGRATIONS))
@@ -303,19 +220,6 @@ def preset_from_dict(data: dict) -> Preset:
     if problems:
         raise ConfigError(problems[0])
     return preset
-
-
-def read_json_file(path: str | Path, what: str) -> Any:
-    """Parsed JSON of a file; unreadable files and bad JSON raise ConfigError naming the file and the place."""
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{what}: cannot read {path}: {e.strerror or e}") from e
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{what}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
 
 
 def load_preset(path: str | Path) -> Preset:
@@ -332,49 +236,11 @@ def preset_to_json(preset: Preset) -> str:
     return json.dumps(preset_to_dict(preset), indent=2) + "\n"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over the target."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_preset(preset: Preset, path: str | Path) -> None:
     atomic_write_text(path, preset_to_json(preset))
 
 
 # ---- validation --------------------------------------------------------------------------------------
-
-def field_problems(obj, path: str) -> list[str]:
-    problems = []
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        p = f"{path}.{f.name}" if path else f.name
-        meta = f.metadata
-        if is_dataclass(value):
-            problems += field_problems(value, p)
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if is_dataclass(item):
-                    problems += field_problems(item, f"{p}.{i}")
-        else:
-            if meta.get("choices") and value not in meta["choices"]:
-                problems.append(f"{p}: {value!r} is not one of {', '.join(meta['choices'])}")
-            if meta.get("min") is not None and value < meta["min"]:
-                problems.append(f"{p}: {value} is below the minimum {meta['min']}")
-            if meta.get("max") is not None and value > meta["max"]:
-                problems.append(f"{p}: {value} is above the maximum {meta['max']}")
-    return problems
-
 
 def parse_resolutions(text: str) -> list[int]:
     """'512' or '512,640' -> [512, 640]; raises ValueError with the reason."""
@@ -454,101 +320,3 @@ def _path_problems(preset: Preset) -> list[str]:
     return problems
 
 
-# ---- dotted paths (CLI --set, the window's form) -----------------------------------------------------
-
-def _walk(preset: Any, dotted: str):
-    """Return (parent object, attribute name or list index, type hint) for a dotted path in a preset (or any
-    dataclass tree, such as a tool spec)."""
-    parts = dotted.split(".")
-    obj, hint = preset, type(preset)
-    for i, part in enumerate(parts):
-        here = ".".join(parts[: i + 1])
-        if isinstance(obj, list):
-            if not part.isdigit() or int(part) >= len(obj):
-                raise ConfigError(f"{here}: no item {part} (the list has {len(obj)})")
-            parent, key, hint = obj, int(part), typing.get_args(hint)[0]
-        elif is_dataclass(obj):
-            hints = _hints(type(obj))
-            if part not in hints:
-                raise ConfigError(f"{here}: unknown key")
-            parent, key, hint = obj, part, hints[part]
-        else:
-            raise ConfigError(f"{here}: unknown key")
-        obj = parent[key] if isinstance(parent, list) else getattr(parent, key)
-    return parent, key, hint
-
-
-def get_value(preset: Any, dotted: str) -> Any:
-    parent, key, _ = _walk(preset, dotted)
-    return parent[key] if isinstance(parent, list) else getattr(parent, key)
-
-
-def field_meta(dotted: str, root: Any = Preset) -> dict:
-    """The metadata (label, help, min, max, choices, kind) of a field by dotted path; list indices allowed."""
-    cls, meta = root, {}
-    for part in dotted.split("."):
-        if part.isdigit():
-            continue
-        f = {f.name: f for f in fields(cls)}[part]
-        meta, hint = f.metadata, _hints(cls)[part]
-        cls = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
-    return dict(meta)
-
-
-def parse_text(text: str, hint: Any, path: str) -> Any:
-    """Parse a value typed as text (CLI, entry widget) into the field's type."""
-    if hint is str:
-        return text
-    if hint is bool:
-        low = text.strip().lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{path}: expected true or false, got {text!r}")
-    if hint is int:
-        try:
-            return int(text.strip())
-        except ValueError:
-            raise ConfigError(f"{path}: expected a whole number, got {text!r}") from None
-    if hint is float:
-        try:
-            return float(text.strip())
-        except ValueError:
-            raise ConfigError(f"{path}: expected a number, got {text!r}") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise ConfigError(f"{path}: expected JSON for this field, got {text!r}") from None
-    return _check_type(value, hint, path)
-
-
-def set_value(preset: Any, dotted: str, value: Any) -> None:
-    """Set one field (value already typed, or text to parse); type-checked, not range-validated."""
-    parent, key, hint = _walk(preset, dotted)
-    value = parse_text(value, hint, dotted) if isinstance(value, str) and hint is not str else \
-        _check_type(value, hint, dotted)
-    if isinstance(parent, list):
-        parent[key] = value
-    else:
-        setattr(parent, key, value)
-
-
-def apply_overrides(preset: Any, overrides: list[str], check: typing.Callable = None) -> Any:
-    """Apply CLI `key=value` overrides to a copy of a preset (or a tool spec, with its `check`) and validate it
-    the same way as a file."""
-    preset = copy.deepcopy(preset)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item}: expected key=value, e.g. training.learning_rate=2e-6")
-        key, text = item.split("=", 1)
-        set_value(preset, key.strip(), text)
-    problems = (check or validate)(preset)
-    if problems:
-        raise ConfigError(problems[0])
-    return preset
-
-
-def default_of(cls, name: str) -> Any:
-    f = {f.name: f for f in fields(cls)}[name]
-    return f.default_factory() if f.default is MISSING else f.default

@@ -17,6 +17,6 @@ def describe_failure(error: BaseException) -> str:
 
 def is_input_error(error: BaseException) -> bool:
     """Preset and input problems (exit 2) as opposed to failures of the training itself (exit 1)."""
-    from trainer.config import ConfigError
+    from trainer.fields import ConfigError
     from trainer.models import ModelLoadError
     return isinstance(error, (InputError, ConfigError, ModelLoadError))

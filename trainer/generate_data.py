@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainer import events as ev
 from trainer.captions import strip_phrases, write_caption
-from trainer.config import atomic_write_text
+from trainer.fields import atomic_write_text
 from trainer.errors import InputError
 from trainer.specs import GenerateDataSpec, spec_to_dict
 from trainer.wildcards import Wildcards, WildcardError, expand_all, expand_random

@@ -101,7 +101,7 @@ class FileIndex:
     def save(self) -> None:
         if self.path is None or not self.changed:
             return
-        from trainer.config import atomic_write_text
+        from trainer.fields import atomic_write_text
         atomic_write_text(self.path, json.dumps({"version": INDEX_VERSION, "files": self.entries}))
         self.changed = False
 

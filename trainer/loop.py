@@ -21,7 +21,8 @@ import torch
 from trainer import events as ev
 from trainer import losses, optim
 from trainer.backup import Position, check_folders_and_disk, find_backup, read_backup, set_rng_state
-from trainer.config import Preset, atomic_write_text, preset_to_json, validate
+from trainer.config import Preset, preset_to_json, validate
+from trainer.fields import atomic_write_text
 from trainer.cache import frozen_dtype as cache_dtype
 from trainer.data import EpochPlan, collect_items
 from trainer.ema import EMA

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import (SAMPLERS, ConfigError, SamplePrompt, _from_dict, atomic_write_text, field_problems,
-                            opt, read_json_file, read_versioned)
+from trainer.config import SAMPLERS, SamplePrompt
+from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_problems, opt, read_json_file,
+                            read_versioned)
 
 SPEC_VERSION = 1
 # Migrations: SPEC_MIGRATIONS[n] turns a version-n spec dict into version n+1 (both kinds). Keep a fixture per entry.

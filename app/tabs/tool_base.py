@@ -14,7 +14,7 @@ from app.tabs.common import ListEditor, Tab
 from app.tool_runner import ToolRunner
 from app.widgets import MUTED, WARNING, Tooltip
 from trainer import events as ev
-from trainer.config import ConfigError, default_of
+from trainer.fields import ConfigError, default_of
 from trainer.specs import load_spec, save_spec, validate_spec
 
 PANE_BG = "#2b2b2b"  # the tab's background in dark mode (gray17): the bar between the form and what it made

@@ -5,7 +5,8 @@ import json
 import time
 
 from app.widgets import ERROR
-from trainer.config import ConfigError, load_preset, preset_to_dict, preset_to_json, save_preset
+from trainer.config import load_preset, preset_to_dict, preset_to_json, save_preset
+from trainer.fields import ConfigError
 
 
 def type_into(widget, text: str) -> None:

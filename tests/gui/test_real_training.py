@@ -7,7 +7,8 @@ import time
 import pytest
 
 from app.recent import DEFAULT_PRESET
-from trainer.config import load_preset, set_value
+from trainer.config import load_preset
+from trainer.fields import set_value
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trainer.loop") is None, reason="trainer/loop.py is not there yet")
