@@ -138,10 +138,10 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
 
-def encode_text(tokenizer, text_encoder, captions: list[str], device) -> torch.Tensor:
+def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
-    return text_encoder(to_device(ids, torch.device(device)))[0]
+    return text_encoder(to_device(ids, device))[0]
 
 
 def drain_commands(commands: queue.Queue | None) -> set[str]:
