@@ -78,11 +78,7 @@ def run_session(session, quiet: bool = False) -> int:
 
 
 def cmd_train(args) -> int:
-    try:
-        preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     from trainer.session import TrainingSession
     return run_session(TrainingSession(preset, resume=args.resume), quiet=args.quiet)
 
@@ -92,11 +88,7 @@ def cmd_tool(args) -> int:
     from trainer.session import compare_session, generate_data_session
     from trainer.specs import CompareSpec, GenerateDataSpec, load_spec, validate_spec
     expected = GenerateDataSpec if args.command == "generate-data" else CompareSpec
-    try:
-        spec = apply_overrides(load_spec(args.spec, expected), args.set or [], validate_spec)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    spec = apply_overrides(load_spec(args.spec, expected), args.set or [], validate_spec)
     session = generate_data_session(spec) if expected is GenerateDataSpec else compare_session(spec)
     return run_session(session, quiet=args.quiet)
 
@@ -107,11 +99,7 @@ def cmd_cache(args) -> int:
 
     from trainer.cache import fill_caches
     from trainer.errors import describe_failure, is_input_error
-    try:
-        preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     bars = {}
 
     def emit(event):
@@ -143,11 +131,7 @@ def cmd_stats(args) -> int:
     import json
 
     from trainer.stats import concept_stats, format_stats
-    try:
-        preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     stats = concept_stats(preset)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return EXIT_OK
@@ -227,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default=None)
     p.set_defaults(func=cmd_convert)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as e:  # a bad preset or spec file, or a bad --set: named by its dotted path
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
