@@ -124,8 +124,9 @@ class TrainingConfig:
     stochastic_rounding: bool = opt(True, "Stochastic rounding", "With bfloat16 weights: compute each update in "
                                     "float32 and round it up or down at random, so small updates still count "
                                     "on average. Off, most fine-tuning updates round away.")
-    fused_backward: bool = opt(False, "Fused back pass", "Step each weight as soon as its gradient is ready "
-                               "and free the gradient at once: the memory of all gradients is never needed. "
+    fused_backward: bool = opt(False, "Fused back pass", "Step the weights during the backward pass as their "
+                               "gradients complete (in buckets of about 16M values) and free those gradients at "
+                               "once: the memory of all gradients is never needed. "
                                "Needs accumulation 1, max grad norm 0 and one process.")
     compile: bool = opt(False, "Compile UNet", "torch.compile the UNet: faster steps on a GPU after a "
                         "compile of a minute or more at the start (cached across runs where torch can).")

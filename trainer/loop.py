@@ -365,7 +365,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                     finite = math.isfinite(step_loss)
                 if finite:
                     if t.fused_backward:
-                        stepper.finish()  # the large weights were stepped during backward; now the small ones
+                        stepper.finish()  # full buckets were stepped during backward; now the last one
                     else:
                         if t.max_grad_norm > 0:
                             accelerator.clip_grad_norm_(trainable, t.max_grad_norm)

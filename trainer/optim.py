@@ -200,7 +200,7 @@ class Stepper:
 
     @torch.no_grad()
     def _run(self, params: list[torch.Tensor]) -> None:
-        """One optimizer call over `params` (their grads set); grads are freed afterwards."""
+        """One optimizer call over `params` (their grads set, all on one device); grads are freed afterwards."""
         if not params:
             return
         opt = self.optimizer
@@ -209,19 +209,13 @@ class Stepper:
         for p in params:
             by_group.setdefault(self.group_of[p], []).append(p)
         if self.master:  # one float32 copy of the bucket's weights and one of its gradients; proxies view them
-            by_device: dict[torch.device, list] = {}
-            for p in params:
-                by_device.setdefault(p.device, []).append(p)
-            flats = []
-            for ps in by_device.values():
-                weights = torch.cat([p.detach().reshape(-1) for p in ps]).float()
-                grads = torch.cat([p.grad.reshape(-1) for p in ps]).float()
-                sizes = [p.numel() for p in ps]
-                for p, w, g in zip(ps, weights.split(sizes), grads.split(sizes)):
-                    proxy = self.proxies[p]  # shaped: Adafactor factors its state by the weight's shape
-                    proxy.data, proxy.grad = w.view(p.shape), g.view(p.shape)
-                flats.append((ps, weights))
-                del grads
+            weights = torch.cat([p.detach().reshape(-1) for p in params]).float()
+            grads = torch.cat([p.grad.reshape(-1) for p in params]).float()
+            sizes = [p.numel() for p in params]
+            for p, w, g in zip(params, weights.split(sizes), grads.split(sizes)):
+                proxy = self.proxies[p]  # shaped: Adafactor factors its state by the weight's shape
+                proxy.data, proxy.grad = w.view(p.shape), g.view(p.shape)
+            del grads
         opt.param_groups = [dict(saved[i], params=[self.proxies[p] if self.master else p for p in ps])
                             for i, ps in by_group.items()]
         try:
@@ -232,12 +226,10 @@ class Stepper:
             for p in params:
                 proxy = self.proxies[p]
                 proxy.data, proxy.grad = self.empty[p.device], None
-            while flats:
-                ps, weights = flats.pop()
-                rounded = stochastic_round_(torch.empty_like(weights, dtype=torch.bfloat16), weights)
-                del weights
-                sizes = [p.numel() for p in ps]
-                torch._foreach_copy_([p.data for p in ps], [r.view(p.shape) for r, p in zip(rounded.split(sizes), ps)])
+            rounded = stochastic_round_(torch.empty_like(weights, dtype=torch.bfloat16), weights)
+            del weights
+            torch._foreach_copy_([p.data for p in params],
+                                 [r.view(p.shape) for r, p in zip(rounded.split(sizes), params)])
         for p in params:
             p.grad = None
 
@@ -258,8 +250,9 @@ class Stepper:
         self.bucket, self.bucket_size = [], 0
 
     def _add(self, p: torch.Tensor) -> None:
-        """Put `p` (its gradient complete) in the bucket; step the bucket when it is full."""
-        if self.bucket and self.bucket_size + p.numel() > self.BUCKET:
+        """Put `p` (its gradient complete) in the bucket; step the bucket when it is full. A bucket holds
+        weights of one device."""
+        if self.bucket and (self.bucket_size + p.numel() > self.BUCKET or p.device != self.bucket[0].device):
             self.finish()
         self.bucket.append(p)
         self.bucket_size += p.numel()
