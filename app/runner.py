@@ -8,6 +8,7 @@ from typing import Callable
 
 from app.widgets import flush_graveyard
 from trainer import events as ev
+from trainer.errors import plain_text
 
 
 class Runner:
@@ -23,20 +24,25 @@ class Runner:
         self.session = None
         self.stopping = False
         self.last_finished: ev.RunFinished | None = None
+        self.options: dict = {}  # how the current (or last) run was started: resume, fresh, allow_changed_data
         self._last_progress: ev.Progress | None = None
+        self._view_stale = False  # the run view still shows the previous run until this one draws something
 
     @property
     def running(self) -> bool:
         return self.session is not None
 
-    def start(self, preset) -> None:
-        """Start a run on a deep copy of the preset (the worker never sees later edits)."""
+    def start(self, preset, **options) -> None:
+        """Start a run on a deep copy of the preset (the worker never sees later edits). `options` go to the
+        session factory as they are (a training's resume, fresh, allow_changed_data)."""
         if self.session is not None:
             raise RuntimeError("a run is already going")
         flush_graveyard()  # free dropped Tk objects here, so the worker's GC never finalizes one
         self.stopping = False
         self.last_finished = None
-        self.session = self.session_factory(copy.deepcopy(preset))
+        self.options = dict(options)
+        self._view_stale = True
+        self.session = self.session_factory(copy.deepcopy(preset), **options)
         self.session.start()
 
     def stop(self) -> None:
@@ -77,6 +83,11 @@ class Runner:
     def handle(self, event) -> None:
         w = self.window
         log = w.run_tab.log
+        if self._view_stale and isinstance(event, (ev.RunStarted, ev.Progress, ev.SampleReady)):
+            # the previous run's chart and samples stay until this run really trains (a refused run keeps them)
+            self._view_stale = False
+            w.run_tab.chart.clear()
+            w.run_tab.gallery.clear()
         if isinstance(event, ev.Progress):
             w.run_tab.chart.add(event.step, event.loss, event.smooth_loss, event.lr, event.total_steps)
             self._last_progress = event
@@ -94,15 +105,18 @@ class Runner:
             log.append("info", f"{what} written at step {event.step}: {event.path}")
             w.bottom.show_status(f"{what} written: {event.path}")
         elif isinstance(event, ev.Log):
-            log.append(event.level, event.text)
+            log.append(event.level, plain_text(event.text))
         elif isinstance(event, ev.RunFinished):
             self.finish(event)
 
     def finish(self, event: ev.RunFinished) -> None:
+        """Show how the run ended. A run refused before training (bad input, or a refusal the window resolves
+        by asking: see Window.run_finished) says "not started"; no message shows terminal escape codes."""
         w = self.window
         self.session = None
         self.stopping = False
         self.last_finished = event
+        message = plain_text(event.message or "")
         if event.outcome == "completed":
             text = f"Training completed at step {event.step}."
             text += f" Model: {event.output_path}" if event.output_path else ""
@@ -111,11 +125,15 @@ class Runner:
             text = f"Training stopped at step {event.step}."
             text += f" Model: {event.output_path}" if event.output_path else ""
             level = "info"
+        elif event.refusal or (event.bad_input and not event.step):
+            text = f"Training not started: {message or 'no reason given'}"
+            level = "warning" if event.refusal else "error"
         else:
-            text = f"Training failed: {event.message or 'no reason given'}"
+            text = f"Training failed: {message or 'no reason given'}"
             level = "error"
-        w.run_tab.log.append("error" if level == "error" else "info", text)
+        w.run_tab.log.append(level if level in ("error", "warning") else "info", text)
         w.bottom.show_message(text, level)
-        w.bottom.show_status({"completed": "Completed.", "stopped": "Stopped."}.get(event.outcome, "Failed."))
+        w.bottom.show_status({"completed": "Completed.", "stopped": "Stopped."}.get(
+            event.outcome, "Not started." if text.startswith("Training not started") else "Failed."))
         w.bottom.set_running(False)
         w.run_finished(event)  # buried Tk objects are freed at the next start (gc.collect costs ~0.2 s with torch)

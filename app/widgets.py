@@ -230,8 +230,9 @@ class LabelledField:
             self._error_label = ctk.CTkLabel(self._parent, text="", text_color=ERROR, anchor="w", justify="left",
                                              wraplength=300, font=ctk.CTkFont(size=11))
         if self._error_label is not None:
-            if reason:
-                self._error_label.configure(text=reason)
+            if reason:  # as wide as the field (a long path then wraps once, not word by word)
+                width = int(self.widget.winfo_width() / ctk.ScalingTracker.get_widget_scaling(self.widget))
+                self._error_label.configure(text=reason, wraplength=max(300, width))
                 self._error_label.grid(row=self._row + 1, column=1, sticky="w", padx=(0, 12))
             else:
                 self._error_label.grid_remove()
@@ -310,13 +311,13 @@ class Tabview(ctk.CTkTabview):
 
 def load_thumbnail(path: str | Path, size: int) -> ctk.CTkImage | None:
     """An image file scaled to fit `size` px, as a CTkImage; None when it cannot be read."""
+    from trainer.images import open_image  # photos up to the trainer's limit, not Pillow's ~179 MP
     try:
-        from PIL import Image
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.draft("RGB", (size, size))
             im = im.convert("RGB")
             im.thumbnail((size, size))
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ImageTooLarge is a ValueError
         return None
     return ctk.CTkImage(light_image=im, dark_image=im, size=im.size)
 

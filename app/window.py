@@ -11,6 +11,7 @@ from app.bottom_bar import BottomBar
 from app.dialogs import Dialogs
 from app.form import Form, describe_problem
 from app.recent import DEFAULT_PRESET, PRESETS_DIR, RecentFiles, builtin_presets, is_builtin
+from app.run_questions import answer_refusal, ask_about_earlier_run
 from app.runner import Runner
 from app.tabs.backup import BackupTab
 from app.tabs.concepts import ConceptsTab
@@ -29,14 +30,18 @@ from trainer.fields import ConfigError
 TAB_CLASSES = (GeneralTab, ModelTab, ConceptsTab, TrainingTab, SamplingTab, BackupTab, RunTab, ToolsTab, ResultsTab)
 
 
-def default_session_factory(preset):
+def default_session_factory(preset, resume: str | None = None, fresh: bool = False,
+                            allow_changed_data: bool = False):
+    """A training session in a child process; the options as trainer.session.TrainingSession has them."""
     from trainer.session import TrainingSession  # cheap: the engine loads in the session's child process
-    return TrainingSession(preset, process=True)  # torch never holds this process's interpreter (or crashes it)
+    return TrainingSession(preset, resume=resume, process=True, fresh=fresh,  # torch never holds this process
+                           allow_changed_data=allow_changed_data)
 
 
 class Window(ctk.CTk):
-    """The main window. `session_factory(preset)` makes the session (tests pass a fake); `dialogs` asks the
-    user (tests pass a stub); `lazy` builds the tabs after the first paint, a slice per Tk tick."""
+    """The main window. `session_factory(preset, resume=, fresh=, allow_changed_data=)` makes the session (tests
+    pass a fake); `dialogs` asks the user (tests pass a stub); `lazy` builds the tabs after the first paint, a
+    slice per Tk tick."""
 
     def __init__(self, preset_path: str | Path | None = None, *, preset: Preset | None = None,
                  session_factory: Callable | None = None, dialogs=None, recent: RecentFiles | None = None,
@@ -87,6 +92,7 @@ class Window(ctk.CTk):
         else:
             self.finish_building()
         self.protocol("WM_DELETE_WINDOW", self.on_close)
+        self.bind("<FocusIn>", lambda _e: self.schedule_validation(), add="+")  # back from making a folder
         self._tick_id = self.after(Runner.DRAIN_MS, self._tick)
         self.schedule_validation()
 
@@ -278,16 +284,25 @@ class Window(ctk.CTk):
         else:
             self.start()
 
-    def start(self) -> bool:
-        """Start training a copy of the preset as shown; False (with the reason shown) when it cannot."""
+    def start(self, resume: str | None = None, fresh: bool = False, allow_changed_data: bool = False) -> bool:
+        """Start training a copy of the preset as shown; False (with the reason shown) when it cannot or the user
+        cancelled. Where an earlier run left backups, samples or a model, first ask: continue it, start over
+        (its files are moved aside, never overwritten) or cancel; unless `resume` or `fresh` already says."""
         self.finish_building()
         if self.runner.running or self.validate_now() or self.device_busy():
             return False
-        self.run_tab.clear()
+        options = {"resume": resume, "fresh": fresh, "allow_changed_data": allow_changed_data}
+        if resume is None and not fresh:
+            chosen = ask_about_earlier_run(self.dialogs, self.form.preset)
+            if chosen is None:
+                self.bottom.show_message("Not started: the earlier run in the workspace is left as it is.", "info")
+                return False
+            options.update(chosen)
+        self.run_tab.log.clear()  # the chart and samples stay until the new run draws (see Runner.handle)
         self.bottom.reset_progress()
         self.bottom.show_message("", "info")
         try:
-            self.runner.start(self.form.preset)
+            self.runner.start(self.form.preset, **options)
         except Exception as e:  # noqa: BLE001 - a session that cannot even start is shown, not raised
             self.runner.session = None
             self.bottom.show_message(f"Could not start: {e}", "error")
@@ -308,6 +323,16 @@ class Window(ctk.CTk):
         self.jobs_changed()
         if self._close_pending and not self.any_running():
             self.after(0, self.close_now)
+        elif event.refusal in ("earlier_run", "data_changed"):
+            self.after(0, self.resolve_refusal, event, dict(self.runner.options))
+
+    def resolve_refusal(self, event, options: dict) -> bool:
+        """A run refused to start until the user chooses (see run_questions.answer_refusal): ask, then start
+        again as chosen; True when it did."""
+        if self.closed or self._close_pending or self.runner.running:
+            return False
+        chosen = answer_refusal(self.dialogs, self.form.preset, event, options)
+        return bool(chosen) and self.start(**chosen)
 
     def device_busy(self, asking: ToolRunner | None = None) -> str | None:
         """What holds the device (a training, or a tool that loads a model), in words; None when it is free.

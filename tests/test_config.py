@@ -53,7 +53,8 @@ def test_sparse_file_is_laid_over_defaults():
     ({"training": {"resolution": "512,abc"}}, "training.resolution: 'abc' is not a whole number"),
     ({"training": {"resolution": "500"}}, "training.resolution: 500 must be a multiple of 8"),
     ({"model": {"output_dtype": "int8"}}, "model.output_dtype: 'int8' is not one of"),
-    ({"training": {"zero_terminal_snr": True}}, "training.zero_terminal_snr: needs prediction v_prediction"),
+    ({"training": {"zero_terminal_snr": True, "prediction_type": "epsilon"}},
+     "training.zero_terminal_snr: needs prediction v_prediction"),
     ({"training": {"train_unet": False}}, "training.train_unet: nothing to train"),
     ({"sampling": {"prompts": [{"width": 100}]}}, "sampling.prompts.0.width: must be a multiple of 8"),
 ])

@@ -56,7 +56,7 @@ def test_stats_command_and_function(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["usable"] == 6
     assert cli_main(["stats", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "6 usable, 1 skipped, 1 without a caption file" in text and "bucket" in text
+    assert "6 usable, 1 skipped, 1 without a caption" in text and "bucket" in text
 
 
 def test_stats_imports_no_torch():

@@ -6,7 +6,6 @@ import pytest
 from PIL import Image
 
 from data_helpers import plan_for, preset_for, write_image
-from trainer import events as ev
 from trainer.data import collect_items
 from trainer.errors import InputError
 from trainer.images import Augment, load_pixels
@@ -83,11 +82,11 @@ def test_bad_files_are_skipped_and_reported_once(tmp_path):
     reasons = dict((p.name, r) for p, r in items.skipped)
     assert set(reasons) == {"notes.png", "truncated.png"}
     assert "not an image" in reasons["notes.png"] and "decode" in reasons["truncated.png"]
-    events = []
     preset.training.cache_latents = False
-    plan = plan_for(preset)  # the second scan reads the file index: the same answer
-    plan.prepare(None, "cpu", None, encode_text=False, emit=events.append)
-    warnings = [e.text for e in events if isinstance(e, ev.Log) and e.level == "warning"]
+    from trainer.inputs import input_report
+    again = collect_items(preset)  # the second scan reads the file index: the same answer
+    plan = plan_for(preset)
+    warnings = [e.text for e in input_report(preset, again) if e.level == "warning" and "Skipped" in e.text]
     assert len(warnings) == 2 and any("notes.png" in w and "not an image" in w for w in warnings)
     assert len(list(plan.iter_epoch(0))) == 1  # training goes on with the good image
 

@@ -80,7 +80,9 @@ def run_session(session, quiet: bool = False) -> int:
 def cmd_train(args) -> int:
     preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     from trainer.session import TrainingSession
-    return run_session(TrainingSession(preset, resume=args.resume), quiet=args.quiet)
+    session = TrainingSession(preset, resume=args.resume, fresh=args.fresh,
+                              allow_changed_data=args.allow_changed_data)
+    return run_session(session, quiet=args.quiet)
 
 
 def cmd_tool(args) -> int:
@@ -145,13 +147,16 @@ def cmd_make_demo(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    from trainer.errors import plain_text
     from trainer.models import ModelLoadError, load_model, save_model
     try:
         components = load_model(args.source, args.base_config)
     except ModelLoadError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {plain_text(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    written = save_model(components, args.dest, args.format, args.dtype, {"modelspec.title": args.title or ""})
+    metadata = {"modelspec.title": args.title or "", "modelspec.prediction_type": components.prediction_type,
+                "seachange.prediction_type": components.prediction_type}
+    written = save_model(components, args.dest, args.format, args.dtype, metadata)
     print(f"written {written}")
     return EXIT_OK
 
@@ -168,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. "
                    "training.learning_rate=2e-6 (repeatable)")
-    p.add_argument("--resume", metavar="latest|PATH", help="continue from a backup")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", metavar="latest|PATH", help="continue from a backup")
+    start.add_argument("--fresh", action="store_true", help="start over where an earlier run left backups, "
+                       "samples or a model: they are kept, moved to WORKSPACE/earlier/ (without --resume or "
+                       "--fresh such a workspace is refused)")
+    p.add_argument("--allow-changed-data", action="store_true", help="resume although the concepts' images or "
+                   "captions changed since the backup (the data order then differs from an uninterrupted run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("cache", help="fill the latent and text caches of a preset (no training)")

@@ -19,8 +19,8 @@ import torch
 from trainer.config import Preset, preset_from_dict, preset_to_dict, preset_to_json
 from trainer.fields import atomic_write_text
 from trainer.errors import InputError
+from trainer.runs import MANIFEST, complete_backups
 
-MANIFEST = "manifest.json"
 STATE = "state.pt"
 
 # Fields whose change makes a backup's state meaningless for this preset (resume is refused, naming the field).
@@ -38,10 +38,6 @@ class Position:
     step: int
     epoch: int
     epoch_step: int
-
-
-def backup_root(preset: Preset) -> Path:
-    return Path(preset.general.workspace_dir).expanduser() / "backup"
 
 
 def rng_state() -> dict:
@@ -78,9 +74,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Preset, position: Position,
-                 pause_between_files: float = 0.0, num_processes: int = 1) -> Path:
+                 pause_between_files: float = 0.0, num_processes: int = 1, run_id: str = "",
+                 dataset: dict | None = None) -> Path:
     """Write one backup folder atomically; on any error the partial folder is removed and the error raised.
-    The manifest records the process count: the position inside an epoch is counted in steps of all of them."""
+    The manifest records the process count (the position inside an epoch is counted in steps of all of them)
+    and the run's id; dataset.json the images trained on (data.dataset_record), checked on resume."""
     from safetensors.torch import save_file
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
@@ -98,11 +96,14 @@ def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Pres
         files.append(STATE)
         atomic_write_text(tmp / "preset.json", preset_to_json(preset))
         files.append("preset.json")
+        if dataset is not None:
+            atomic_write_text(tmp / DATASET, json.dumps(dataset, indent=0))
+            files.append(DATASET)
         for f in files:
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
         manifest = {"step": position.step, "epoch": position.epoch, "epoch_step": position.epoch_step,
-                    "num_processes": num_processes, "files": files,
+                    "num_processes": num_processes, "run_id": run_id, "files": files,
                     "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
         if final.exists():
@@ -115,22 +116,6 @@ def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Pres
         raise
 
 
-def complete_backups(root: Path) -> list[Path]:
-    """Backup folders with a manifest, oldest first (by step)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for folder in root.iterdir():
-        if folder.name.startswith(".") or not (folder / MANIFEST).is_file():
-            continue
-        try:
-            step = json.loads((folder / MANIFEST).read_text())["step"]
-        except (OSError, ValueError, KeyError):
-            continue
-        found.append((step, folder.stat().st_mtime, folder))
-    return [f for _, _, f in sorted(found)]
-
-
 def prune_backups(root: Path, keep: int) -> list[Path]:
     """Delete all but the newest `keep` complete backups (0 keeps all); returns what was deleted."""
     backups = complete_backups(root)
@@ -138,20 +123,6 @@ def prune_backups(root: Path, keep: int) -> list[Path]:
     for folder in doomed:
         shutil.rmtree(folder, ignore_errors=True)
     return doomed
-
-
-def find_backup(preset: Preset, resume: str) -> Path:
-    """'latest' -> the newest complete backup of this workspace; otherwise a backup folder path."""
-    if resume == "latest":
-        backups = complete_backups(backup_root(preset))
-        if not backups:
-            raise InputError(f"backup.resume: no complete backup in {backup_root(preset)} to resume from")
-        return backups[-1]
-    folder = Path(resume).expanduser()
-    if not (folder / MANIFEST).is_file():
-        raise InputError(f"backup.resume: {folder} is not a complete backup (no {MANIFEST}); "
-                         "it may be unfinished or not a backup folder")
-    return folder
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -176,10 +147,19 @@ def compare_presets(saved: Preset, current: Preset) -> list[str]:
     return changed
 
 
-def read_backup(folder: Path, current: Preset, num_processes: int = 1) -> tuple[dict, dict, Position, list[str]]:
-    """Load (module tensors by name, state, position, harmless changes) after checking the preset and the
-    process count (an epoch's steps, and so the position inside it, depend on how many processes share it)."""
-    from safetensors.torch import load_file
+DATASET = "dataset.json"
+
+
+def check_backup(folder: Path, current: Preset, num_processes: int, dataset: dict,
+                 allow_changed_data: bool) -> tuple[Position, list[str], list[str]]:
+    """Before anything heavy loads: may this run continue from the backup in `folder`? Returns (position,
+    harmless preset changes, what changed in the data: lines for the log, empty when nothing did).
+
+    Raises InputError when the process count differs (an epoch's steps, and so the position inside it, depend
+    on how many processes share it), when a preset change breaks resume (compare_presets), and, unless
+    allow_changed_data, when the concepts' files changed since the backup (`dataset`: data.dataset_record of
+    the images now; refusal "data_changed")."""
+    from trainer.inputs import dataset_changes
     manifest = json.loads((folder / MANIFEST).read_text())
     written_by = manifest.get("num_processes", 1)
     if written_by != num_processes:
@@ -190,10 +170,33 @@ def read_backup(folder: Path, current: Preset, num_processes: int = 1) -> tuple[
                          f"position inside the epoch would not match. Resume with the same count: {how}")
     saved = preset_from_dict(json.loads((folder / "preset.json").read_text()))
     harmless = compare_presets(saved, current)
+    position = Position(manifest["step"], manifest["epoch"], manifest["epoch_step"])
+    if not (folder / DATASET).is_file():
+        return position, harmless, [f"{folder} does not record its images (written by an older SeaChange), so "
+                                    "changes to the data since then cannot be checked"]
+    changes = dataset_changes(json.loads((folder / DATASET).read_text(encoding="utf-8")), dataset)
+    if not changes:
+        return position, harmless, []
+    lines = [f"{kind}: {len(paths)} ({', '.join(Path(p).name for p in paths[:5])}"
+             f"{f' and {len(paths) - 5} more' if len(paths) > 5 else ''})" for kind, paths in changes.items()]
+    text = "; ".join(lines)
+    if not allow_changed_data:
+        raise InputError(f"backup.resume: the concepts' files changed since {folder.name} was written ({text}). "
+                         "Resuming with other data does not continue the same training: from here on the data "
+                         "order differs from an uninterrupted run. Undo the changes, start over, or resume anyway "
+                         "(--allow-changed-data, or 'Resume with the changed data' in the window)",
+                         refusal="data_changed")
+    return position, harmless, [f"Resuming with changed data ({text}); from here on the data order differs from "
+                                "an uninterrupted run"]
+
+
+def load_backup(folder: Path) -> tuple[dict, dict]:
+    """(module tensors by name, training state) of a backup that check_backup accepted."""
+    from safetensors.torch import load_file
+    manifest = json.loads((folder / MANIFEST).read_text())
     tensors = {f[: -len(".safetensors")]: load_file(str(folder / f)) for f in manifest["files"]
                if f.endswith(".safetensors")}
-    state = torch.load(folder / STATE, weights_only=True)
-    return tensors, state, Position(manifest["step"], manifest["epoch"], manifest["epoch_step"]), harmless
+    return tensors, torch.load(folder / STATE, weights_only=True)
 
 
 # ---- disk and folder checks before anything heavy loads -------------------------------------------------
@@ -224,8 +227,26 @@ def estimate_params(base_model: str) -> int:
     return total
 
 
+RUN_FOLDERS = ("samples", "save", "backup", "tensorboard")  # what a run writes inside its workspace
+
+
+def _check_writable(label: str, folder: Path) -> None:
+    """Create `folder` if needed and write a probe file in it; InputError naming `label` otherwise."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{label}: {folder} is a file, but the run writes a folder there; move the file away")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".seachange-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"{label}: cannot write to {folder}: {e.strerror or e}") from e
+
+
 def check_folders_and_disk(preset: Preset) -> None:
-    """Output and workspace writable, and room for one save and one backup; InputError otherwise."""
+    """Every folder the run writes (workspace and its samples, saves, backups, TensorBoard; the output's
+    folder) writable, and room for one save and one backup; InputError otherwise. The output itself is
+    checked by trainer.runs.check_output."""
     bytes_out = {"float16": 2, "bfloat16": 2, "float32": 4}[preset.model.output_dtype]
     params = estimate_params(preset.model.base_model)
     needs = {"workspace": params * 4 * 3, "output": params * bytes_out}  # backup: weights + 2 optimizer moments
@@ -233,14 +254,11 @@ def check_folders_and_disk(preset: Preset) -> None:
     output_parent = Path(preset.model.output_path).expanduser().parent
     for label, folder, key in (("general.workspace_dir", workspace, "workspace"),
                                ("model.output_path", output_parent, "output")):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".seachange-write-test-{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as e:
-            raise InputError(f"{label}: cannot write to {folder}: {e.strerror or e}") from e
+        _check_writable(label, folder)
         free = shutil.disk_usage(folder).free
         if free < needs[key]:
             raise InputError(f"{label}: only {free / 2**30:.1f} GiB free in {folder}; about "
                              f"{needs[key] / 2**30:.1f} GiB is needed for a {'backup' if key == 'workspace' else 'save'}")
+    for name in RUN_FOLDERS:
+        if (workspace / name).exists():
+            _check_writable("general.workspace_dir", workspace / name)

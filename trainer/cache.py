@@ -210,14 +210,14 @@ def encode_latents(cache: TensorCache, jobs: list, vae, device, dtype, batch_siz
 
 
 def encode_texts(cache: TensorCache, jobs: list[tuple[str, str]], tokenizer, text_encoder, device,
-                 batch_size: int, report) -> None:
-    """Encode (key, caption) jobs with the frozen text encoder; report(done, total) after each batch."""
+                 batch_size: int, max_token_length: int, report) -> None:
+    """Encode (key, caption) jobs with the frozen text encoder (prompts.encode_prompts: 75-token chunks up to
+    max_token_length); report(done, total) after each batch."""
+    from trainer.prompts import encode_prompts
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        ids = tokenizer([c for _, c in chunk], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
         with torch.no_grad():
-            hidden = text_encoder(ids)[0]
+            hidden = encode_prompts(tokenizer, text_encoder, [c for _, c in chunk], max_token_length, device)
         for i, (key, _) in enumerate(chunk):
             cache.write(key, {"hidden": hidden[i]})
         report(start + len(chunk), len(jobs))
@@ -234,10 +234,13 @@ def fill_caches(preset, emit, progress=None) -> dict:
     """`python -m trainer cache`: check the inputs, load the model, fill the caches as training would; returns
     the counts (EpochPlan.report)."""
     from trainer.data import EpochPlan
+    from trainer.inputs import input_report
     from trainer.loop import check_inputs, quiet_libraries
     from trainer.models import load_model
     quiet_libraries()
     items = check_inputs(preset, emit)
+    for log in input_report(preset, items):
+        emit(log)
     on_gpu = preset.general.device != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = frozen_dtype(preset.training.mixed_precision, device)

@@ -15,6 +15,9 @@ SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "prodigy", "sgd")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 INTERVAL_UNITS = ("steps", "epochs", "minutes", "never")
+MISSING_CAPTION_ACTIONS = ("concept_caption", "filename", "skip", "refuse")
+MAX_TOKEN_LENGTHS = (75, 150, 225)
+PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 
 
 @dataclass
@@ -62,6 +65,11 @@ class ConceptConfig:
                               "txt_or_filename: the txt file when there is one, else the file name.",
                               choices=("txt", "filename", "single", "txt_or_filename"))
     caption: str = opt("", "Caption", "The caption for 'single', and the fallback when a txt file is missing.")
+    missing_caption: str = opt("concept_caption", "Without a caption", "What to do with an image whose caption "
+                               "file is missing or empty (caption source txt): concept_caption trains it with "
+                               "the Caption above (empty if none); filename uses its file name; skip leaves it "
+                               "out; refuse stops before training and lists the images.",
+                               choices=MISSING_CAPTION_ACTIONS)
     repeats: float = opt(1.0, "Repeats", "How often each image is seen per epoch: 2 = twice, 0.5 = half of the "
                          "images each epoch (a different half each time).", min=0.0, max=1000.0)
     loss_weight: float = opt(1.0, "Loss weight", "Weight of this concept's images in the loss (1 = normal).",
@@ -149,8 +157,14 @@ class TrainingConfig:
                               "images); 0.05-0.1 is typical.", min=0.0, max=1.0)
     min_snr_gamma: float = opt(0.0, "Min-SNR gamma", "Min-SNR loss weighting (5 is typical); 0 turns it off.",
                                min=0.0, max=100.0)
-    prediction_type: str = opt("epsilon", "Prediction", "What the UNet predicts. SD 1.5 is epsilon.",
-                               choices=("epsilon", "v_prediction"))
+    prediction_type: str = opt("auto", "Prediction", "What the UNet learns to predict. auto: the base model's "
+                               "own objective (its scheduler config, file metadata or A1111 .yaml beside it; SD 1.5 "
+                               "is epsilon). Choosing the other one retrains the model's objective.",
+                               choices=PREDICTION_TYPES)
+    max_token_length: int = opt(75, "Max tokens", "Caption and sample prompt length in CLIP tokens: 75, 150 or "
+                                "225. Longer texts are encoded in 75-token chunks as A1111 and kohya do; words "
+                                "past the limit are cut (stats and the run log say which captions).",
+                                min=75, max=225)
     skip_nan_steps: int = opt(0, "Skip NaN steps", "How many batches with a NaN or infinite loss may be skipped "
                               "before the run fails; 0 fails at the first.", min=0, max=10**6)
     zero_terminal_snr: bool = opt(False, "Zero terminal SNR", "Rescale the noise schedule to reach pure noise "
@@ -268,7 +282,10 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
         for side in ("width", "height"):
             if getattr(prompt, side) % 8:
                 problems.append(f"sampling.prompts.{i}.{side}: must be a multiple of 8")
-    if preset.training.zero_terminal_snr and preset.training.prediction_type != "v_prediction":
+    if preset.training.max_token_length not in MAX_TOKEN_LENGTHS:
+        problems.append(f"training.max_token_length: must be 75, 150 or 225 (CLIP reads 75-token chunks), not "
+                        f"{preset.training.max_token_length}")
+    if preset.training.zero_terminal_snr and preset.training.prediction_type == "epsilon":
         problems.append("training.zero_terminal_snr: needs prediction v_prediction (an epsilon model cannot "
                         "predict at zero SNR)")
     problems += _precision_problems(preset.training)
@@ -298,11 +315,24 @@ def _precision_problems(t: TrainingConfig) -> list[str]:
     return problems
 
 
+DEMO_PARTS = ("images", "model")  # what trainer.demo.make_demo builds under general.demo_dir
+
+
+def built_by_demo(preset: Preset, path: str) -> bool:
+    """Whether `path` is a part of the demo (general.demo_dir/images or /model) that Start builds: a missing
+    folder there is not a mistake."""
+    if not preset.general.demo_dir or not path:
+        return False
+    demo = Path(preset.general.demo_dir).expanduser().absolute()
+    return Path(path).expanduser().absolute() in [demo / part for part in DEMO_PARTS]
+
+
 def _path_problems(preset: Preset) -> list[str]:
     problems = []
     if not preset.model.base_model:
         problems.append("model.base_model: no base model chosen")
-    elif not Path(preset.model.base_model).expanduser().exists() and not preset.general.demo_dir:
+    elif not Path(preset.model.base_model).expanduser().exists() and not built_by_demo(preset,
+                                                                                       preset.model.base_model):
         problems.append(f"model.base_model: {preset.model.base_model} does not exist")
     if preset.model.base_config and not Path(preset.model.base_config).expanduser().is_dir():
         problems.append(f"model.base_config: {preset.model.base_config} is not a folder")
@@ -314,7 +344,10 @@ def _path_problems(preset: Preset) -> list[str]:
             continue
         if not concept.path:
             problems.append(f"concepts.{i}.path: no folder chosen for concept {concept.name!r}")
-        elif not Path(concept.path).expanduser().is_dir() and not preset.general.demo_dir:
+        elif Path(concept.path).expanduser().is_file():
+            problems.append(f"concepts.{i}.path: {concept.path} of concept {concept.name!r} is a file; choose "
+                            "the folder that holds the images")
+        elif not Path(concept.path).expanduser().is_dir() and not built_by_demo(preset, concept.path):
             problems.append(f"concepts.{i}.path: folder {concept.path} of concept {concept.name!r} does not exist")
         if concept.caption_source == "single" and not concept.caption.strip():
             problems.append(f"concepts.{i}.caption: caption source 'single' needs a caption")

@@ -21,6 +21,7 @@ from trainer.buckets import bucket_sizes, nearest_bucket
 from trainer.captions import caption_lines, captions_vary, fixed_captions, pick_caption
 from trainer.config import ConceptConfig, Preset, parse_resolutions
 from trainer.errors import InputError
+from trainer.inputs import names
 from trainer.images import (IMAGE_SUFFIXES, Augment, FileIndex, draw_augment, has_random_augments,
                             list_image_files, load_pixels, scan_files)
 
@@ -38,8 +39,13 @@ class ImageItem:
 
 
 class Items(list):
-    """collect_items' result: the usable images; `skipped` holds (path, reason) of the files left out."""
+    """collect_items' result: the usable images; `skipped` holds (path, reason) of the files left out (unreadable
+    images, undecodable captions, images without a caption that their concept skips); `without_caption` maps
+    a concept index to the images that have no usable caption (missing or empty .txt); `guessed_encodings`
+    holds (caption file, encoding) of captions in a legacy code page (detected, so worth a look)."""
     skipped: list
+    without_caption: dict
+    guessed_encodings: list
 
 
 def file_index(preset: Preset) -> FileIndex:
@@ -69,23 +75,42 @@ def collect_items(preset: Preset) -> Items:
     folder by size and mtime); unreadable ones are skipped with a reason. A missing folder or a concept without
     a usable image raises InputError, before any model loads."""
     index, items = file_index(preset), Items()
-    items.skipped = []
+    items.skipped, items.without_caption, items.guessed_encodings = [], {}, []
     for ci, concept in enumerate(preset.concepts):
         if not concept.enabled:
             continue
         usable, skipped = scan_concept(concept, index)
-        if not usable:
+        concept_resolutions(preset, ci)
+        missing, kept = [], []
+        for info in usable:
+            found = caption_lines(info.path, concept)
+            if found.missing:
+                missing.append(info.path)
+            if found.guessed:
+                items.guessed_encodings.append((info.path.with_suffix(".txt"), found.guessed_encoding))
+            if found.problem:
+                skipped.append((info.path, f"caption file {info.path.with_suffix('.txt').name}: {found.problem}"))
+            elif found.skip:
+                skipped.append((info.path, "no caption (missing or empty .txt) and the concept's missing_caption "
+                                           "is skip"))
+            else:
+                kept.append(ImageItem(info.path, ci, info.digest, info.width, info.height, found.lines,
+                                      found.has_txt))
+        if missing and concept.missing_caption == "refuse":
+            raise InputError(f"concepts.{ci}.missing_caption: {len(missing)} image(s) of concept {concept.name!r} "
+                             f"have no caption (missing or empty .txt): {names(missing)}. Write their captions, "
+                             "or choose another action for images without a caption")
+        if not kept:
             if not skipped:
                 raise InputError(f"concept {concept.name!r}: no images in {concept.path} "
                                  f"(looked for {', '.join(IMAGE_SUFFIXES)})")
             path, reason = skipped[0]
             raise InputError(f"concept {concept.name!r}: no usable images in {concept.path}; "
-                             f"{len(skipped)} file(s) could not be read (first: {path.name}: {reason})")
-        concept_resolutions(preset, ci)
-        for info in usable:
-            lines, has_txt = caption_lines(info.path, concept)
-            items.append(ImageItem(info.path, ci, info.digest, info.width, info.height, lines, has_txt))
+                             f"{len(skipped)} file(s) left out (first: {path.name}: {reason})")
+        items += kept
         items.skipped += skipped
+        if missing:
+            items.without_caption[ci] = missing
     try:
         index.save()
     except OSError:
@@ -353,8 +378,6 @@ class EpochPlan:
         needs_text_encoder) the text encoder. progress(what, done, total), if given, follows each batch."""
         import torch
         from trainer.cache import TensorCache, encode_latents, encode_texts, entry_key, module_identity
-        for path, reason in self.skipped:
-            emit(ev.Log("warning", f"Skipped {path}: {reason}"))
         device = torch.device(device)
         self.pin_memory = device.type == "cuda"
         root = Path(self.preset.general.cache_dir).expanduser()
@@ -374,11 +397,12 @@ class EpochPlan:
             text_id = module_identity(components.text_encoder, dtype)
             strings = sorted({s for i in self.items for s in fixed_captions(i.captions, self.preset.concepts[
                 i.concept_index]) if not captions_vary(self.preset.concepts[i.concept_index])})
-            self.text_keys = {s: entry_key("text", s, text_id, self.dtype_name) for s in strings}
+            length = self.preset.training.max_token_length
+            self.text_keys = {s: entry_key("text", s, text_id, self.dtype_name, length) for s in strings}
             cache = TensorCache(root / "text")
             todo = set(cache.missing(list(self.text_keys.values())))
             jobs = [(k, s) for s, k in self.text_keys.items() if k in todo]
-            encode_texts(cache, jobs, components.tokenizer, components.text_encoder, device, 64,
+            encode_texts(cache, jobs, components.tokenizer, components.text_encoder, device, 64, length,
                          _Reporter("text embeddings", emit, progress))
             self.texts = cache
             self._summary(emit, "texts", "text embeddings", len(strings), cache, root)

@@ -2,13 +2,30 @@
 from __future__ import annotations
 
 
+import re
+
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+
+
 class InputError(ValueError):
-    """Bad preset or input (missing model, empty concept...): the CLI exits 2 with this message."""
+    """Bad preset or input (missing model, empty concept...): the CLI exits 2 with this message.
+
+    `refusal` names a refusal the window can resolve by asking the user (see events.RunFinished.refusal)."""
+
+    def __init__(self, message: str, refusal: str = ""):
+        super().__init__(message)
+        self.refusal = refusal
+
+
+def plain_text(text: str) -> str:
+    """`text` without terminal escape sequences (colours, bold: torch and other libraries put them in their
+    error messages), which would show as raw codes in the window and in log files."""
+    return ANSI_ESCAPE.sub("", text)
 
 
 def describe_failure(error: BaseException) -> str:
     """A one-paragraph message for a failed run, with advice where the cause is known."""
-    text = str(error) or type(error).__name__
+    text = plain_text(str(error)) or type(error).__name__
     if "out of memory" in text.lower():
         return (f"Out of GPU memory: {text.splitlines()[0]}. Try a smaller batch size, gradient checkpointing, "
                 "the 8-bit AdamW optimizer, a lower resolution, or the low-VRAM preset.")

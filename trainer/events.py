@@ -68,6 +68,10 @@ class RunFinished:
     output_path: str | None = None
     step: int = 0
     bad_input: bool = False  # the preset or an input was at fault (CLI exit code 2), not the training
+    # Set when the run refused to start because it needs the user's choice (the window asks, then starts again):
+    # "earlier_run": the workspace holds an earlier run (continue it, or start over with fresh=True);
+    # "data_changed": resuming, but the concepts' files changed since the backup (allow_changed_data=True).
+    refusal: str = ""
 
 
 # ---- tool events (generate-data, compare): same queue, Status, Log and one RunFinished as above ---------

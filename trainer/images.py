@@ -7,17 +7,27 @@ import json
 import math
 import os
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: photos over Pillow's ~179 MP bomb limit are checked (cached "decompression bomb" reasons)
 ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey picture
+# The largest image used, in megapixels (width × height / 1e6); a larger one is skipped with its size and this
+# limit. Pillow refuses images over ~179 MP as possible "decompression bombs"; 100-200 MP phone and stitched
+# photos are common, and JPEGs (most of them) are decoded at 1/2-1/8 scale (draft mode) so a 500 MP JPEG
+# costs ~190 MB at 1/8 scale. A 500 MP PNG/TIFF is decoded fully (1.5 GB as RGB): raise this with care.
+MAX_IMAGE_MEGAPIXELS = 500
+BIG_FULL_DECODE = 64_000_000  # pixels: full (non-draft) decodes above this run at most two at a time
+_BIG_DECODES = threading.BoundedSemaphore(2)  # 8 scan threads × a 600 MB stitched TIFF each is too much
 
 
 @dataclass(frozen=True)
@@ -29,36 +39,162 @@ class ImageInfo:
     height: int
 
 
+def _real(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every non-hidden file below folder, symlinked folders followed; a folder reached twice (a link to a
+    parent, to itself, or two links to one folder) is read only the first time, in sorted path order."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = _real(root)
+        if real in seen:  # a loop, or a folder already read under another name: its files are counted once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends in this order
+        yield from (Path(root) / f for f in files if not f.startswith("."))
+
+
 def list_image_files(folder: Path, recursive: bool) -> list[Path]:
-    """Image files (by suffix) in the folder, or below it, sorted; hidden files and folders are left out."""
+    """Image files (by suffix) in the folder, or below it, sorted, as the user sees them (not resolved).
+
+    Hidden files and folders are left out. Symlinked files and (with recursive) symlinked folders are
+    followed, without loops; a file reached by two paths (a link to an image that is also there, two links
+    to one folder, hard links) is listed once, under the first of its paths in sorted order. A broken
+    symlink is listed: scan_files skips it with the reason ("broken link to ...")."""
+    folder = Path(folder)
     if recursive:
-        found = []
-        for root, dirs, files in os.walk(folder):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += [Path(root) / f for f in files if not f.startswith(".")]
+        found = list(_walk(folder))
     else:
-        found = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()]
-    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = [p for p in folder.iterdir() if not p.name.startswith(".") and (p.is_file() or p.is_symlink())]
+    listed, seen = [], set()
+    for path in sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            st = path.stat()
+            key = (st.st_dev, st.st_ino) if st.st_ino else _real(str(path))
+        except OSError:  # a broken link: listed, so that the scan names it
+            key = ("broken", str(path))
+        if key not in seen:
+            seen.add(key)
+            listed.append(path)
+    return listed
 
 
-def _open(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data))
+# ---- opening large photos -------------------------------------------------------------------------------
+# Pillow's decompression-bomb guard is the process-wide Image.MAX_IMAGE_PIXELS (~89 MP warns, ~179 MP raises,
+# checked when a file is opened, and again by TIFF when it loads). Raising it for the whole process would
+# weaken it for every other user of Pillow here (thumbnails, sample grids, other libraries). Instead:
+#  - while images.py opens or decodes a file, the guard is set to MAX_IMAGE_MEGAPIXELS (reference-counted
+#    across the scan threads under a lock, and restored when the last one is done), so TIFF's load-time
+#    check passes for an image we accepted and other code in that window still meets a finite limit;
+#  - the open itself (a header read: no pixels are decoded) runs with the guard lifted, under the same
+#    lock, and the size it reads is checked here at once against MAX_IMAGE_MEGAPIXELS, so an over-size file
+#    is refused with its width × height and our limit rather than Pillow's warning or error.
+_GUARD = threading.Lock()
+_guard_users = 0
+_guard_saved: int | None = None
+
+
+def _limit_pixels() -> int:
+    return int(MAX_IMAGE_MEGAPIXELS * 1_000_000)
+
+
+@contextmanager
+def _pixel_guard() -> Iterator[None]:
+    global _guard_users, _guard_saved
+    with _GUARD:
+        if _guard_users == 0:
+            _guard_saved = Image.MAX_IMAGE_PIXELS
+        _guard_users += 1
+        Image.MAX_IMAGE_PIXELS = _limit_pixels()
+    try:
+        yield
+    finally:
+        with _GUARD:
+            _guard_users -= 1
+            if _guard_users == 0:
+                Image.MAX_IMAGE_PIXELS = _guard_saved
+
+
+class ImageTooLarge(ValueError):
+    """An image over MAX_IMAGE_MEGAPIXELS; the message names its size and the limit."""
+
+
+def _megapixels(pixels: float) -> str:
+    mp = pixels / 1e6
+    return f"{mp:,.0f}" if mp >= 10 else f"{mp:.2g}"
+
+
+def check_size(width: int, height: int) -> None:
+    """Raise ImageTooLarge when width × height is over MAX_IMAGE_MEGAPIXELS."""
+    if width * height > _limit_pixels():
+        raise ImageTooLarge(f"{width}×{height} = {_megapixels(width * height)} MP is over the "
+                            f"{MAX_IMAGE_MEGAPIXELS:g} MP limit (trainer/images.py MAX_IMAGE_MEGAPIXELS); "
+                            "downscale it to train on it")
+
+
+@contextmanager
+def open_image(source: str | Path | io.BytesIO) -> Iterator[Image.Image]:
+    """Image.open for photos up to MAX_IMAGE_MEGAPIXELS (Pillow alone refuses ~179 MP): the size is read
+    from the header and checked first (ImageTooLarge above the limit), then the image can be loaded inside
+    the `with`. Pillow's own errors (UnidentifiedImageError, OSError...) pass through."""
+    with _pixel_guard():
+        with _GUARD:
+            Image.MAX_IMAGE_PIXELS = None  # the header only; its size is checked just below
+            try:
+                im = Image.open(source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = _limit_pixels()
+        with im:
+            check_size(*im.size)
+            yield im
+
+
+def _is_jpeg(im: Image.Image) -> bool:
+    return im.format in ("JPEG", "MPO")  # MPO: a phone JPEG with a second picture (depth map, preview) in it
+
+
+@contextmanager
+def _full_decode_slot(im: Image.Image) -> Iterator[None]:
+    if im.width * im.height > BIG_FULL_DECODE:
+        with _BIG_DECODES:
+            yield
+    else:
+        yield
 
 
 def check_image(data: bytes) -> tuple[int, int]:
-    """Fully decode the bytes; returns the displayed size or raises with the reason."""
-    with _open(data) as im:
+    """Decode the bytes to check them; returns the displayed size (after EXIF rotation) or raises with the
+    reason (ImageTooLarge over MAX_IMAGE_MEGAPIXELS). JPEGs decode at 1/8 scale (draft mode: every byte of the
+    compressed data is still read, so damage is found, in a fraction of the time and memory); other formats
+    decode fully."""
+    with open_image(io.BytesIO(data)) as im:
         orientation = im.getexif().get(0x0112, 1)
-        im.load()
         w, h = im.size
+        if _is_jpeg(im):
+            im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
+            im.load()
+        else:
+            with _full_decode_slot(im):
+                im.load()
     return (h, w) if orientation in ROTATED_ORIENTATIONS else (w, h)
 
 
 def _reason(error: Exception) -> str:
     if isinstance(error, Image.UnidentifiedImageError):
         return "not an image (unknown or damaged format)"
+    if isinstance(error, ImageTooLarge):
+        return str(error)
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return f"cannot decode: {text}"
+
+
+def _unreadable(path: Path, error: OSError) -> dict:
+    if path.is_symlink() and not path.exists():
+        return {"reason": f"broken link to {os.readlink(path)} (its target is missing)"}
+    return {"reason": f"cannot read: {error.strerror or error}"}
 
 
 class FileIndex:
@@ -81,7 +217,7 @@ class FileIndex:
         try:
             st = path.stat()
         except OSError as e:
-            return {"reason": f"cannot read: {e.strerror or e}"}
+            return _unreadable(path, e)
         entry = self.entries.get(key)
         if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
             return entry
@@ -147,15 +283,18 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def decode(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Open an image as RGB with its EXIF rotation applied. draft_size lets JPEG decode at a reduced scale
-    (never below that size) which is much faster for large photos."""
-    with Image.open(path) as im:
-        if draft_size is not None and im.format == "JPEG":
+    """Open an image as RGB with its EXIF rotation applied. draft_size (w, h as displayed) lets a JPEG decode
+    at a reduced scale (1/2 to 1/8, never below that size), which is much faster and lighter for large photos;
+    other formats decode fully. Images up to MAX_IMAGE_MEGAPIXELS open (open_image); raises ImageTooLarge
+    above it, and Pillow's errors for a damaged file."""
+    with open_image(path) as im:
+        if draft_size is not None and _is_jpeg(im):
             orientation = im.getexif().get(0x0112, 1)
             w, h = draft_size if orientation not in ROTATED_ORIENTATIONS else draft_size[::-1]
             im.draft(im.mode, (w, h))
-        im = ImageOps.exif_transpose(im)
-        return to_rgb(im)
+            return to_rgb(ImageOps.exif_transpose(im))
+        with _full_decode_slot(im):
+            return to_rgb(ImageOps.exif_transpose(im))
 
 
 # ---- crop and augment -----------------------------------------------------------------------------------

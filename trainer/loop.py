@@ -20,21 +20,27 @@ import torch
 
 from trainer import events as ev
 from trainer import losses, optim
-from trainer.backup import Position, check_folders_and_disk, find_backup, read_backup, set_rng_state
+from trainer.backup import Position, check_backup, check_folders_and_disk, load_backup, set_rng_state
 from trainer.config import Preset, preset_to_json, validate
 from trainer.fields import atomic_write_text
 from trainer.cache import frozen_dtype as cache_dtype
 from trainer.data import EpochPlan, collect_items
+from trainer.inputs import dataset_record, input_report, long_caption_report
 from trainer.ema import EMA
 from trainer.errors import InputError
 from trainer.intervals import Interval
 from trainer.models import load_model
+from trainer.objective import resolve_prediction_type
 from trainer.outputs import Run
+from trainer.prompts import encode_prompts
+from trainer.sampling import sample_prompt_warnings
+from trainer.runs import claim_workspace
 
 
 def check_inputs(preset: Preset, emit: Callable) -> list:
     """Everything that can be checked before a model loads; raises InputError naming the problem."""
-    if preset.general.demo_dir and not (Path(preset.general.demo_dir).expanduser() / "model").exists():
+    demo = Path(preset.general.demo_dir).expanduser() if preset.general.demo_dir else None
+    if demo and not ((demo / "model" / "model_index.json").is_file() and (demo / "images").is_dir()):
         from trainer.demo import make_demo
         emit(ev.Status(f"Building the demo in {preset.general.demo_dir}"))
         make_demo(preset.general.demo_dir, seed=preset.general.seed)
@@ -48,6 +54,28 @@ def check_inputs(preset: Preset, emit: Callable) -> list:
     if preset.training.mixed_precision == "fp16" and not on_gpu:
         raise InputError("training.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on the CPU")
     return collect_items(preset)
+
+
+def check_model_inputs(preset: Preset, items: list, c, emit: Callable) -> str:
+    """Once the model is loaded: the objective to train (training.prediction_type resolved against the base
+    model's own, with a warning when they differ) and the texts longer than its tokenizer's window (captions,
+    sample prompts), said once in the log. Returns the objective; InputError if zero-terminal SNR is asked of
+    an epsilon objective."""
+    t = preset.training
+    prediction_type, warning = resolve_prediction_type(t.prediction_type, c)
+    how = f"the base model's own ({c.prediction_source})" if t.prediction_type == "auto" else "as chosen"
+    emit(ev.Log("info", f"Training objective: {prediction_type}, {how}"))
+    if warning:
+        emit(ev.Log("warning", warning))
+    if t.zero_terminal_snr and prediction_type != "v_prediction":
+        raise InputError(f"training.zero_terminal_snr: needs the v_prediction objective, and this run trains "
+                         f"{prediction_type} (training.prediction_type {t.prediction_type}); set "
+                         "training.prediction_type to v_prediction or turn zero terminal SNR off")
+    for log in long_caption_report(preset, items, c.tokenizer):
+        emit(log)
+    for text in sample_prompt_warnings(c.tokenizer, preset.sampling.prompts, t.max_token_length):
+        emit(ev.Log("warning", text))
+    return prediction_type
 
 
 def quiet_libraries() -> None:
@@ -138,12 +166,6 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
 
-def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    return text_encoder(to_device(ids, device))[0]
-
-
 def drain_commands(commands: queue.Queue | None) -> set[str]:
     names = set()
     while commands is not None:
@@ -154,19 +176,31 @@ def drain_commands(commands: queue.Queue | None) -> set[str]:
     return names
 
 
-def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
-          resume: str | None = None) -> ev.RunFinished:
-    """Train as the preset says; returns the RunFinished event (the session sends it)."""
+def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, resume: str | None = None,
+          fresh: bool = False, allow_changed_data: bool = False) -> ev.RunFinished:
+    """Train as the preset says; returns the RunFinished event (the session sends it).
+
+    resume: 'latest' or a backup folder (else backup.resume); fresh: start over where an earlier run left its
+    files (moved aside, see trainer.runs); allow_changed_data: resume although the concepts' files changed.
+    Raises InputError for the user's mistakes, before anything heavy loads."""
     t = preset.training
     # 1. The accelerator (device, mixed precision, processes) first: under `accelerate launch` only the main
     #    process reports and writes. Then every input is checked before anything heavy loads (the main process
-    #    first: it may build the demo), and the images of the enabled concepts are gathered.
+    #    first: it may build the demo, or move an earlier run aside), and the images of the concepts gathered.
     accelerator = make_accelerator(preset)
     emit = main_process_only(emit, accelerator)
     emit(ev.Status("Checking inputs"))
     quiet_libraries()
+    resume = resume or preset.backup.resume or None
     with main_process_first(accelerator):
         items = check_inputs(preset, emit)
+        run_id, backup_folder = claim_workspace(preset, resume, fresh, emit, accelerator.is_main_process)
+    dataset = dataset_record(items)
+    if backup_folder is not None:
+        start, harmless, data_notes = check_backup(backup_folder, preset, accelerator.num_processes, dataset,
+                                                   allow_changed_data)
+    for log in input_report(preset, items):
+        emit(log)
     workspace = Path(preset.general.workspace_dir).expanduser()
     if accelerator.is_main_process:
         workspace.mkdir(parents=True, exist_ok=True)
@@ -180,7 +214,8 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
     # 3. Load the model offline. The VAE (and the text encoder when not trained) only runs forward.
     emit(ev.Status(f"Loading {preset.model.base_model}"))
     c = load_model(preset.model.base_model, preset.model.base_config or None)
-    c.noise_scheduler = losses.configure_noise_scheduler(dict(c.noise_scheduler.config), t.prediction_type,
+    prediction_type = check_model_inputs(preset, items, c, emit)
+    c.noise_scheduler = losses.configure_noise_scheduler(dict(c.noise_scheduler.config), prediction_type,
                                                          t.zero_terminal_snr)
     frozen_dtype = cache_dtype(t.mixed_precision, device)  # the same rule as `python -m trainer cache`
     c.vae.requires_grad_(False).eval().to(device, frozen_dtype)
@@ -238,19 +273,23 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
         emit(ev.Status("Compiling the UNet (torch.compile; the first steps are slow)"))
         c.unet = torch.compile(c.unet)
 
-    run = Run(preset, emit, accelerator, c)
+    run = Run(preset, emit, accelerator, c, run_id=run_id, dataset=dataset, prediction_type=prediction_type)
     if t.ema != "off" and accelerator.is_main_process:  # only rank 0 samples and saves, so only it averages
         run.ema = EMA(trainable, t.ema_decay, device if t.ema == "gpu" else "cpu")
 
     # 5. Resume: weights, optimizer, LR schedule, grad scaler, EMA, RNGs and the position inside the epoch.
-    start = Position(0, 0, 0)
     extra = {"smooth": None, "nan_skipped": 0}
-    resume = resume or preset.backup.resume or None
-    if resume:
-        folder = find_backup(preset, resume)
-        tensors, state, start, harmless = read_backup(folder, preset, accelerator.num_processes)
+    if backup_folder is None:
+        start = Position(0, 0, 0)
+    else:
+        folder = backup_folder
+        tensors, state = load_backup(folder)
         if harmless:
             emit(ev.Log("info", f"Changed since the backup (harmless): {', '.join(harmless)}"))
+        for note in data_notes:
+            emit(ev.Log("warning", note))
+        if data_notes and start.epoch_step >= plan.epoch_steps(start.epoch):  # fewer images: the epoch is over
+            start = Position(start.step, start.epoch + 1, 0)
         if "unet" in tensors:
             accelerator.unwrap_model(c.unet, keep_torch_compile=False).load_state_dict(tensors["unet"])
         if "text_encoder" in tensors:
@@ -333,7 +372,8 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
                         hidden = to_device(batch.text_embeddings, device)
                     else:
                         with torch.set_grad_enabled(train_te), accelerator.autocast():
-                            hidden = encode_text(c.tokenizer, c.text_encoder, batch.captions, device)
+                            hidden = encode_prompts(c.tokenizer, c.text_encoder, batch.captions,
+                                                    t.max_token_length, device)
                     # 11. UNet prediction, target (epsilon or v), loss with optional min-SNR weights.
                     #     Only the last micro-batch of a step synchronises gradients across processes.
                     last = k == len(micro_batches) - 1
@@ -438,7 +478,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None,
             run.sample(step, epoch)
         if b.backup_before_save:
             run.backup(here, optimizer, lr_scheduler, {**extra, "smooth": smooth})
-        output = run.save(Path(preset.model.output_path).expanduser(), "final", step)
+        output = run.save_final(here, optimizer, lr_scheduler, {**extra, "smooth": smooth})
         accelerator.wait_for_everyone()  # several processes end together, once the main one has saved
         elapsed = time.monotonic() - started
         message = f"{outcome} after {step} steps in {elapsed:.0f} s; model written to {output}"

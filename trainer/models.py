@@ -7,15 +7,16 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from trainer import convert
+from trainer import convert, objective
 
 BUNDLED_SD15 = Path(__file__).parent / "assets" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
 DTYPES = ("float16", "bfloat16", "float32")
 METADATA_FILE = "seachange_metadata.json"
+FIRST_CONV = convert.UNET_PREFIX + "input_blocks.0.0.weight"  # [C, in_channels, 3, 3]: 4 latents, 9 inpainting
 
 
 @dataclass
@@ -24,7 +25,10 @@ class SDComponents:
     vae: Any           # diffusers AutoencoderKL
     text_encoder: Any  # transformers CLIPTextModel
     tokenizer: Any     # transformers CLIPTokenizer
-    noise_scheduler: Any  # diffusers DDPMScheduler configured like the model's scheduler
+    noise_scheduler: Any  # diffusers DDPMScheduler configured like the model's scheduler, with its objective
+    prediction_type: str = "epsilon"  # the base model's own objective: "epsilon" | "v_prediction"
+    prediction_source: str = "default"  # where that came from, in a few words (a config, a metadata key, a .yaml)
+    zero_terminal_snr: bool = False  # its scheduler config rescales the betas to zero terminal SNR
 
 
 class ModelLoadError(ValueError):
@@ -36,8 +40,11 @@ class ModelLoadError(ValueError):
 
 def load_model(base_model: str, base_config: str | None = None) -> SDComponents:
     """SD 1.5 components (float32, CPU, eval mode) from a diffusers folder, an original-layout .safetensors or a
-    .ckpt. Single files take their configs from `base_config` (a diffusers folder) or the bundled SD 1.5 ones.
-    Never touches the network. Raises ModelLoadError naming the path and the problem."""
+    .ckpt, with the model's own objective (prediction_type, prediction_source, zero_terminal_snr; see
+    trainer/objective.py for the markers read). Single files take their configs from `base_config` (a diffusers
+    folder) or the bundled SD 1.5 ones. Never touches the network. Raises ModelLoadError naming the path and the
+    problem, before any weights are read for a UNet the training cannot feed (inpainting, edit models) or a
+    marker that cannot be read."""
     path = Path(base_model).expanduser()
     if not str(base_model).strip():
         raise ModelLoadError("no base model given")
@@ -47,14 +54,23 @@ def load_model(base_model: str, base_config: str | None = None) -> SDComponents:
         return _load_diffusers_folder(path)
     config_dir = _config_dir(base_config)
     suffix = path.suffix.lower()
-    if suffix in SINGLE_FILE_SUFFIXES:
-        checkpoint = _read_safetensors(path)
-    elif suffix in PICKLE_SUFFIXES:
-        checkpoint = _read_pickle_checkpoint(path)
-    else:
+    if suffix not in SINGLE_FILE_SUFFIXES + PICKLE_SUFFIXES:
         raise ModelLoadError(f"{path}: unknown model file type {path.suffix!r}; use a diffusers folder, "
                              "a .safetensors or a .ckpt")
-    return _load_single_file(path, checkpoint, config_dir)
+    sidecar = objective.sidecar_yaml(path)  # A1111 obeys the .yaml beside the file, so it wins over metadata
+    stated = _marker(objective.from_yaml, sidecar) if sidecar.exists() else None
+    if suffix in SINGLE_FILE_SUFFIXES:
+        metadata, keys, in_channels = _safetensors_header(path)
+        _check_channels(path, in_channels, config_dir)
+        stated = stated or _marker(objective.from_metadata, metadata, keys, path)
+        checkpoint = _read_safetensors(path)
+    else:
+        checkpoint = _read_pickle_checkpoint(path)
+        first_conv = checkpoint.get(FIRST_CONV)
+        _check_channels(path, first_conv.shape[1] if first_conv is not None and first_conv.ndim == 4 else None,
+                        config_dir)
+        stated = stated or _marker(objective.from_metadata, {}, checkpoint.keys(), path)
+    return _load_single_file(path, checkpoint, config_dir, stated)
 
 
 def _config_dir(base_config: str | None) -> Path:
@@ -75,6 +91,9 @@ def _load_diffusers_folder(folder: Path) -> SDComponents:
     missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / sub).is_dir()]
     if missing:
         raise ModelLoadError(f"{folder}: not a Stable Diffusion diffusers folder (missing {', '.join(missing)})")
+    _check_channels(folder, None, folder)  # from the configs, before any weights
+    scheduler_config = _scheduler_config(folder)
+    stated = _marker(objective.from_scheduler_config, scheduler_config, f"scheduler config in {folder}")
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True,
                                                     torch_dtype=torch.float32)
@@ -84,18 +103,74 @@ def _load_diffusers_folder(folder: Path) -> SDComponents:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         raise ModelLoadError(f"{folder}: cannot load the diffusers folder: {_first_line(error)}") from error
-    return SDComponents(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, _noise_scheduler(folder))
+    return _components(unet, vae, text_encoder, tokenizer, scheduler_config, stated)
 
 
-def _noise_scheduler(config_dir: Path) -> Any:
-    """DDPM with the model's own noise schedule (SD 1.5 ships a PNDM config; the betas are what matter)."""
+def _components(unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler_config: dict,
+                stated: tuple[str, str]) -> SDComponents:
+    """The loaded modules in eval mode, with a DDPM scheduler on the model's noise schedule and objective."""
+    from diffusers import DDPMScheduler
+
+    prediction_type, source = stated
+    scheduler = DDPMScheduler.from_config({**scheduler_config, "prediction_type": prediction_type})
+    return SDComponents(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, scheduler, prediction_type, source,
+                        bool(scheduler_config.get("rescale_betas_zero_snr", False)))
+
+
+def _scheduler_config(config_dir: Path) -> dict:
+    """The model's scheduler config (SD 1.5 ships a PNDM one; the betas and the objective are what matter)."""
     from diffusers import DDPMScheduler
 
     folder = config_dir / "scheduler" if (config_dir / "scheduler").is_dir() else BUNDLED_SD15 / "scheduler"
     try:
-        return DDPMScheduler.from_config(DDPMScheduler.load_config(folder))
+        return dict(DDPMScheduler.load_config(folder))
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{folder}: cannot read the scheduler config: {_first_line(error)}") from error
+
+
+def _check_channels(where: Path, in_channels: int | None, config_dir: Path) -> None:
+    """Refuse a UNet the training cannot feed: `in_channels` (read from the file's first conv weight; None when
+    unknown) and the unet config's in_channels must equal the VAE config's latent_channels (4 for SD)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        unet_config = UNet2DConditionModel.load_config(config_dir / "unet")
+        latent_channels = int(AutoencoderKL.load_config(config_dir / "vae").get("latent_channels", 4))
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelLoadError(f"{config_dir}: cannot read the unet and vae configs: {_first_line(error)}") from error
+    for place, channels in ((where, in_channels), (config_dir, int(unet_config.get("in_channels", 4)))):
+        problem = None if channels is None else objective.channel_problem(channels, latent_channels)
+        if problem:
+            raise ModelLoadError(f"{place}: {problem}")
+
+
+def _safetensors_header(path: Path) -> tuple[dict, set, int | None]:
+    """(metadata, tensor names, UNet input channels or None) from the header alone, without reading weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata, keys = dict(f.metadata() or {}), set(f.keys())
+            shape = f.get_slice(FIRST_CONV).get_shape() if FIRST_CONV in keys else []
+    except Exception as error:  # safetensors raises its own SafetensorError, or OSError
+        raise ModelLoadError(f"{path}: not a readable .safetensors file (corrupt or truncated?): "
+                             f"{_first_line(error)}") from error
+    return metadata, keys, shape[1] if len(shape) == 4 else None
+
+
+def _marker(read: Callable, *args: Any) -> Any:
+    """Call a reader of trainer/objective.py; its ValueError (a marker SeaChange cannot use) is a ModelLoadError."""
+    try:
+        return read(*args)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from error
+
+
+def _config_objective(config_dir: Path, scheduler_config: dict) -> tuple[str, str]:
+    """A single file without markers: its base config's scheduler, or SD 1.x's epsilon."""
+    if config_dir == BUNDLED_SD15 or scheduler_config.get("prediction_type") is None:
+        return "epsilon", "default for SD 1.x: no marker found"
+    return _marker(objective.from_scheduler_config, scheduler_config, f"scheduler config in base config {config_dir}")
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -171,9 +246,10 @@ def _same_shape(found: Any, wanted: Any) -> bool:
     return tuple(found) == tuple(wanted) or strip(found) == strip(wanted)
 
 
-def _load_single_file(path: Path, checkpoint: dict, config_dir: Path) -> SDComponents:
+def _load_single_file(path: Path, checkpoint: dict, config_dir: Path, stated: tuple[str, str] | None) -> SDComponents:
     """UNet and VAE through diffusers' from_single_file, the text encoder through the same converter that
-    StableDiffusionPipeline.from_single_file uses; all configs from `config_dir`, nothing downloaded."""
+    StableDiffusionPipeline.from_single_file uses; all configs from `config_dir`, nothing downloaded. `stated`:
+    the objective the file or its .yaml states, else the base config's or SD 1.x's."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel
@@ -192,8 +268,9 @@ def _load_single_file(path: Path, checkpoint: dict, config_dir: Path) -> SDCompo
         empty = [key for key, tensor in module.state_dict().items() if tensor.is_meta]
         if empty:
             raise ModelLoadError(f"{path}: the {name} was left without weights for {', '.join(empty[:3])}")
-    return SDComponents(unet.eval(), vae.eval(), text_encoder.eval(), _tokenizer(config_dir),
-                        _noise_scheduler(config_dir))
+    scheduler_config = _scheduler_config(config_dir)
+    stated = stated or _config_objective(config_dir, scheduler_config)
+    return _components(unet, vae, text_encoder, _tokenizer(config_dir), scheduler_config, stated)
 
 
 def _tokenizer(config_dir: Path) -> Any:

@@ -15,18 +15,25 @@ import numpy as np
 import torch
 
 from trainer import events as ev
-from trainer.backup import Position, backup_root, prune_backups, rng_state, write_backup
+from trainer.backup import Position, prune_backups, rng_state, write_backup
 from trainer.config import Preset, preset_to_json
 from trainer.ema import EMA
+from trainer.errors import plain_text
 from trainer.models import SDComponents, save_model
+from trainer.runs import RUN_ID_KEY, backup_root
 from trainer.sampling import generate, make_pipeline, sample_path
 
 
 class Run:
     """Per-run helpers around the loop: events, samples, saves, TensorBoard. The loop itself is `train`."""
 
-    def __init__(self, preset: Preset, emit: Callable, accelerator, components: SDComponents):
+    def __init__(self, preset: Preset, emit: Callable, accelerator, components: SDComponents, run_id: str = "",
+                 dataset: dict | None = None, prediction_type: str = "epsilon"):
+        """run_id: this run's id (trainer.runs), written into every model and backup; dataset: the images trained
+        on (data.dataset_record), written into every backup; prediction_type: the objective trained (the
+        preset's choice resolved against the base model), written into every model's metadata."""
         self.preset, self.emit, self.acc, self.c = preset, emit, accelerator, components
+        self.run_id, self.dataset, self.prediction_type = run_id, dataset, prediction_type
         self.workspace = Path(preset.general.workspace_dir).expanduser()
         self.samples_dir = self.workspace / "samples"
         self.writer = None
@@ -39,6 +46,7 @@ class Run:
         self.dump_dir = os.environ.get("SEACHANGE_TEST_RANK_DUMP")
         self.dump = {"positions": {}, "padding": 0, "written": []} if self.dump_dir else None
         self.backed_up: Position | None = None  # the position of the last backup written
+        self.backed_up_path: Path | None = None
 
     def unwrapped(self) -> SDComponents:
         c = self.c
@@ -67,7 +75,8 @@ class Run:
                 pipe = make_pipeline(m.unet, m.vae, m.text_encoder, m.tokenizer, m.noise_scheduler.config,
                                      prompt.sampler)
                 with self.acc.autocast():
-                    image = generate(pipe, prompt, self.acc.device)
+                    image = generate(pipe, prompt, self.acc.device,
+                                     max_token_length=self.preset.training.max_token_length)
                 path = sample_path(self.samples_dir, step, epoch, index, prompt.seed)
                 image.save(path)
                 self._note_written("sample", path)
@@ -93,7 +102,10 @@ class Run:
             "modelspec.implementation": "https://github.com/CompVis/stable-diffusion",
             "modelspec.title": path.stem, "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "modelspec.resolution": self.preset.training.resolution.split(",")[0].strip(),
-            "modelspec.prediction_type": self.preset.training.prediction_type,
+            "modelspec.prediction_type": self.prediction_type,
+            "seachange.prediction_type": self.prediction_type,
+            "seachange.max_token_length": str(self.preset.training.max_token_length),
+            RUN_ID_KEY: self.run_id,
         }
         if self.ema:
             self.ema.swap_in()
@@ -106,6 +118,34 @@ class Run:
         self._note_written(kind, written)
         self.emit(ev.CheckpointWritten(kind, str(written), step))
         return written
+
+    def save_final(self, position: Position, optimizer, lr_scheduler, extra: dict) -> Path:
+        """Write the final model to model.output_path. If that fails (disk full, a folder that appeared there,
+        permissions), the trained state is not lost: it is written to a backup whatever backup_before_save says
+        (or, if even that fails, the model alone to an emergency file in the workspace), and FinalSaveFailed
+        says where it is and how to write the model from there."""
+        target = Path(self.preset.model.output_path).expanduser()
+        try:
+            return self.save(target, "final", position.step)
+        except Exception as error:  # noqa: BLE001 - any failure of the save is answered the same way
+            if not self.acc.is_main_process:
+                raise
+            reason = plain_text(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            try:
+                folder = self.backup(position, optimizer, lr_scheduler, extra) or self.backed_up_path
+                kept = (f"The trained state is safe in the backup {folder}. Fix the problem (or set "
+                        f"model.output_path elsewhere), then run `python -m trainer train PRESET --resume {folder}`"
+                        " (or Continue in the window): it trains no further and writes the model")
+            except Exception as backup_error:  # noqa: BLE001 - last resort: the weights alone, in the workspace
+                suffix = ".safetensors" if self.preset.model.output_format == "single_file" else ""
+                emergency = self.workspace / f"emergency-step{position.step:07d}{suffix}"
+                try:
+                    self.save(emergency, "save", position.step)
+                    kept = (f"No backup could be written either ({backup_error}); the trained model was saved to "
+                            f"{emergency} instead")
+                except Exception as last:  # noqa: BLE001
+                    kept = f"No backup ({backup_error}) or emergency save ({last}) could be written either"
+            raise FinalSaveFailed(f"The final model could not be written to {target}: {reason}. {kept}.") from error
 
     def save_now_path(self, step: int, epoch: int) -> Path:
         suffix = ".safetensors" if self.preset.model.output_format == "single_file" else ""
@@ -131,11 +171,11 @@ class Run:
         name = f"{b.prefix}step{position.step:07d}-epoch{position.epoch:04d}"
         pause = float(os.environ.get("SEACHANGE_TEST_BACKUP_PAUSE", "0"))  # fault-injection hook for tests
         folder = write_backup(backup_root(self.preset), name, modules, state, self.preset, position, pause,
-                              num_processes=self.acc.num_processes)
+                              num_processes=self.acc.num_processes, run_id=self.run_id, dataset=self.dataset)
         self._note_written("backup", folder)
         for old in prune_backups(backup_root(self.preset), b.rolling_backups):
             self.emit(ev.Log("info", f"Deleted old backup {old}"))
-        self.backed_up = position
+        self.backed_up, self.backed_up_path = position, folder
         self.emit(ev.CheckpointWritten("backup", str(folder), position.step))
         self.emit(ev.Status("Training"))
         return folder
@@ -172,3 +212,7 @@ class Run:
             folder = Path(self.dump_dir)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"rank{self.acc.process_index}.json").write_text(json.dumps(record))
+
+
+class FinalSaveFailed(RuntimeError):
+    """The final model could not be written; the message says where the trained state was kept instead."""

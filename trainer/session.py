@@ -25,9 +25,10 @@ from trainer.config import Preset
 
 # ---- the jobs (module level, so a child process can be handed them) ------------------------------------------
 
-def train_job(emit, commands, preset: Preset, resume: str | None):
+def train_job(emit, commands, preset: Preset, resume: str | None, fresh: bool = False,
+              allow_changed_data: bool = False):
     from trainer.loop import train  # lazy: torch loads in the worker, never before the window paints
-    return train(preset, emit, commands, resume=resume)
+    return train(preset, emit, commands, resume=resume, fresh=fresh, allow_changed_data=allow_changed_data)
 
 
 def generate_data_job(emit, commands, spec):
@@ -41,14 +42,25 @@ def compare_job(emit, commands, spec):
 
 
 def run_job(job: Callable, args: tuple, emit, commands) -> None:
-    """Run a job and emit its RunFinished: exactly one, last, whatever happens."""
+    """Run a job and emit its RunFinished: exactly one, last, whatever happens. The user's mistakes (bad preset,
+    input or model file) end with their message alone; any other failure also logs its traceback (a bug or a
+    failure of the run, not of the user). No text carries terminal escape codes."""
+    from trainer.errors import plain_text
     finished = ev.RunFinished("failed", "the run ended without a result")
+
+    def clean_emit(event):
+        if isinstance(event, ev.Log):
+            event = ev.Log(event.level, plain_text(event.text))
+        emit(event)
     try:
-        finished = job(emit, commands, *args)
+        finished = job(clean_emit, commands, *args)
     except Exception as e:  # noqa: BLE001 - any failure becomes a "failed" event with its message
         from trainer.errors import describe_failure, is_input_error
-        emit(ev.Log("error", traceback.format_exc()))
-        finished = ev.RunFinished("failed", describe_failure(e), bad_input=is_input_error(e))
+        bad_input = is_input_error(e)
+        if not bad_input:
+            clean_emit(ev.Log("error", traceback.format_exc()))
+        finished = ev.RunFinished("failed", describe_failure(e), bad_input=bad_input,
+                                  refusal=getattr(e, "refusal", "") if bad_input else "")
     finally:
         emit(finished)
 
@@ -177,10 +189,14 @@ class Session:
 class TrainingSession(Session):
     """One training. Start deep-copies the preset; the worker treats its copy as read-only."""
 
-    def __init__(self, preset: Preset, resume: str | None = None, process: bool = False):
+    def __init__(self, preset: Preset, resume: str | None = None, process: bool = False, fresh: bool = False,
+                 allow_changed_data: bool = False):
+        """resume: 'latest' or a backup folder; fresh: start over where an earlier run left files (they are moved
+        aside, see trainer.runs); allow_changed_data: resume although the concepts' files changed."""
         self.preset = copy.deepcopy(preset)
-        self.resume = resume
-        super().__init__(train_job, (self.preset, resume), process, "seachange-training")
+        self.resume, self.fresh, self.allow_changed_data = resume, fresh, allow_changed_data
+        super().__init__(train_job, (self.preset, resume, fresh, allow_changed_data), process,
+                         "seachange-training")
 
 
 def generate_data_session(spec, process: bool = False) -> Session:

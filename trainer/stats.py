@@ -1,26 +1,53 @@
 """Concept statistics as plain data (for the window and `python -m trainer stats`); no torch, no UI here."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from trainer.buckets import bucket_name, bucket_sizes, nearest_bucket
-from trainer.captions import TXT_SOURCES, caption_lines
-from trainer.config import Preset, parse_resolutions
+from trainer.captions import caption_lines
+from trainer.config import Preset, built_by_demo, parse_resolutions
 from trainer.images import list_image_files, scan_files
 from trainer.data import file_index
+from trainer.inputs import long_captions
 
 
 def _range(values: list[int]) -> list[int] | None:
     return [min(values), max(values)] if values else None
 
 
-def _one_concept(preset: Preset, concept, index) -> dict:
+EXAMPLES = 5  # files named per kind of problem
+
+
+def load_tokenizer(preset: Preset):
+    """The CLIP tokenizer training will use: the base model's (a diffusers folder's tokenizer/) or the bundled
+    SD 1.5 one. transformers' tokenizer loads without torch; each folder is loaded once per process."""
+    folder = Path(preset.model.base_model).expanduser() / "tokenizer"
+    if not folder.is_dir():
+        folder = Path(__file__).parent / "assets" / "sd15" / "tokenizer"
+    return _tokenizer(str(folder.resolve()))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(folder: str):
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def _one_concept(preset: Preset, concept, index, tokenizer) -> dict:
     out = {"name": concept.name, "path": concept.path, "enabled": concept.enabled, "error": None,
-           "image_count": 0, "usable": 0, "skipped": [], "without_caption": 0, "caption_words": None,
-           "caption_chars": None, "resolutions": [], "buckets": []}
+           "image_count": 0, "usable": 0, "skipped": [], "without_caption": 0, "without_caption_examples": [],
+           "missing_caption": concept.missing_caption, "caption_problems": [], "guessed_encodings": [],
+           "long_captions": {"limit": preset.training.max_token_length, "count": 0, "examples": []},
+           "caption_words": None, "caption_chars": None, "resolutions": [], "buckets": []}
     folder = Path(concept.path).expanduser()
     if not concept.path or not folder.is_dir():
-        out["error"] = f"folder {folder} does not exist" if concept.path else "no folder chosen"
+        if not concept.path:
+            out["error"] = "no folder chosen"
+        elif built_by_demo(preset, concept.path):
+            out["error"] = f"folder {folder} does not exist yet: the demo builds it when training starts"
+        else:
+            out["error"] = f"folder {folder} does not exist"
         return out
     try:
         out["resolutions"] = parse_resolutions(concept.resolution.strip() or preset.training.resolution)
@@ -30,16 +57,31 @@ def _one_concept(preset: Preset, concept, index) -> dict:
     usable, skipped = scan_files(files, index)
     out.update(image_count=len(files), usable=len(usable),
                skipped=[{"path": str(p), "reason": r} for p, r in skipped])
-    words, chars, counts = [], [], {}
+    words, chars, counts, texts = [], [], {}, []
     for info in usable:
-        lines, has_txt = caption_lines(info.path, concept)
-        if concept.caption_source in TXT_SOURCES and not has_txt:
+        found = caption_lines(info.path, concept)
+        if found.missing:
             out["without_caption"] += 1
+            if len(out["without_caption_examples"]) < EXAMPLES:
+                out["without_caption_examples"].append(str(info.path))
+        if found.guessed:
+            out["guessed_encodings"].append({"path": str(info.path.with_suffix(".txt")),
+                                             "encoding": found.guessed_encoding})
+        if found.problem:
+            out["caption_problems"].append({"path": str(info.path.with_suffix(".txt")), "reason": found.problem})
+        if found.skip:
+            out["usable"] -= 1
+            out["skipped"].append({"path": str(info.path), "reason": f"caption file: {found.problem}" if
+                                   found.problem else "no caption, and the concept skips such images"})
+            continue
+        lines = found.lines
+        texts.append((info.path, lines))
         words += [len(line.split()) for line in lines]
         chars += [len(line) for line in lines]
         for r in out["resolutions"]:
             size = nearest_bucket(info.width, info.height, bucket_sizes(r, preset.training.aspect_bucketing))
             counts[(r, size)] = counts.get((r, size), 0) + 1
+    out["long_captions"] = long_captions(preset, texts, tokenizer)
     out["caption_words"], out["caption_chars"] = _range(words), _range(chars)
     out["buckets"] = [{"resolution": r, "width": s[0], "height": s[1], "images": n}
                       for (r, s), n in sorted(counts.items())]
@@ -51,8 +93,8 @@ def concept_stats(preset: Preset) -> list[dict]:
     a caption file (txt sources), caption length ranges (words, characters; over every caption line), and the
     bucket histogram per resolution. A missing folder gives an "error" entry instead of raising. Files are fully
     decoded once; the cache folder's file index (when the folder exists) remembers them."""
-    index = file_index(preset)
-    stats = [_one_concept(preset, concept, index) for concept in preset.concepts]
+    index, tokenizer = file_index(preset), load_tokenizer(preset)
+    stats = [_one_concept(preset, concept, index, tokenizer) for concept in preset.concepts]
     if index.path is not None and index.path.parent.is_dir():
         try:
             index.save()
@@ -71,9 +113,23 @@ def format_stats(stats: list[dict]) -> str:
         if s["error"] and not s["image_count"]:
             continue
         lines.append(f"  {s['image_count']} image files, {s['usable']} usable, {len(s['skipped'])} skipped, "
-                     f"{s['without_caption']} without a caption file")
+                     f"{s['without_caption']} without a caption (missing_caption: {s['missing_caption']})")
         for k in s["skipped"]:
             lines.append(f"    skipped {k['path']}: {k['reason']}")
+        if s["without_caption"]:
+            more = s["without_caption"] - len(s["without_caption_examples"])
+            lines.append(f"    without a caption: {', '.join(Path(p).name for p in s['without_caption_examples'])}"
+                         + (f" and {more} more" if more else ""))
+        for k in s["caption_problems"]:
+            lines.append(f"    caption not readable {k['path']}: {k['reason']}")
+        for k in s["guessed_encodings"]:
+            lines.append(f"    caption read as {k['encoding']} (a legacy code page, detected): {k['path']}")
+        long = s["long_captions"]
+        if long["count"]:
+            lines.append(f"  {long['count']} caption(s) longer than {long['limit']} tokens (the rest is cut; "
+                         "training.max_token_length takes 150 or 225):")
+            for k in long["examples"]:
+                lines.append(f"    {k['path']}: {k['tokens']} tokens")
         if s["caption_words"]:
             lines.append(f"  captions: {s['caption_words'][0]}-{s['caption_words'][1]} words, "
                          f"{s['caption_chars'][0]}-{s['caption_chars'][1]} characters")

@@ -10,19 +10,18 @@ import customtkinter as ctk
 
 from app.widgets import ERROR, GROUP_COLOUR, MUTED, SUCCESS, WARNING, Group, SwitchField, Tooltip, bury, \
     load_thumbnail
-from trainer.captions import TXT_SOURCES, find_replace_captions, write_caption
+from trainer.captions import TXT_SOURCES, caption_file_for, find_replace_captions, read_caption_file, save_caption
 from trainer.config import ConceptConfig
+from trainer.errors import InputError
 
 PREVIEW = 420
 LIST_BG, LIST_FG, LIST_SELECT = "#2b2b2b", "#dcdcdc", "#1f6aa5"
 
 
-def read_caption(image: Path) -> str | None:
-    """The whole text of image.txt (every line), or None when there is none."""
-    try:
-        return image.with_suffix(".txt").read_text(encoding="utf-8-sig", errors="replace").strip()
-    except OSError:
-        return None
+def few_files(pairs: list[tuple[Path, str]], limit: int = 3) -> str:
+    """'a.txt (reason); b.txt (reason)' for the first few (file, reason) pairs, '…' when there are more."""
+    text = "; ".join(f"{path.name} ({reason})" for path, reason in pairs[:limit])
+    return text + ("; …" if len(pairs) > limit else "")
 
 
 class CaptionEditor(ctk.CTkToplevel):
@@ -109,7 +108,7 @@ class CaptionEditor(ctk.CTkToplevel):
         self.save_button.grid(row=0, column=2, padx=(0, 10))
         Tooltip(self.save_button, "Write the caption to the image's .txt file (Ctrl+S). Switching to another "
                                   "image saves an edited caption too.")
-        self.state_label = ctk.CTkLabel(buttons, text="", anchor="w")
+        self.state_label = ctk.CTkLabel(buttons, text="", anchor="w", justify="left", wraplength=440)
         self.state_label.grid(row=0, column=3, sticky="w")
 
     def _build_replace(self) -> None:
@@ -133,6 +132,10 @@ class CaptionEditor(ctk.CTkToplevel):
         self.replace_button.grid(row=0, column=6, padx=(0, 12))
         self.replace_result = ctk.CTkLabel(row, text="", anchor="w")
         self.replace_result.grid(row=0, column=7, sticky="w")
+        self.replace_details = ctk.CTkLabel(row, text="", anchor="w", justify="left", wraplength=900,
+                                            text_color=WARNING)  # files left alone or saved as UTF-8
+        self.replace_details.grid(row=1, column=0, columnspan=8, sticky="w", pady=(6, 0))
+        self.replace_details.grid_remove()
 
     # ---- browsing and saving ------------------------------------------------------------------------
 
@@ -165,13 +168,18 @@ class CaptionEditor(ctk.CTkToplevel):
         self.listbox.selection_set(index)
         self.listbox.see(index)
         self.file_label.configure(text=f"{index + 1} / {len(self.images)}   {image.name}")
-        caption = read_caption(image)
-        self.shown_text = caption or ""
+        found = read_caption_file(caption_file_for(image))  # the reader training uses: any common encoding
+        self.shown_text = "\n".join(found.text.strip().splitlines())
+        self.caption.configure(state="normal")
         self.caption.delete("1.0", "end")
         self.caption.insert("1.0", self.shown_text)
         self.prev_button.configure(state="normal" if index > 0 else "disabled")
         self.next_button.configure(state="normal" if index < len(self.images) - 1 else "disabled")
-        self._show_state("no caption file yet" if caption is None else "", WARNING)
+        if found.problem:  # shown, never rewritten: the user fixes the file (or deletes it) outside
+            self.caption.configure(state="disabled")
+            self._show_state(f"{caption_file_for(image).name}: {found.problem}", ERROR)
+        else:
+            self._show_state("" if found.exists else "no caption file yet", WARNING)
 
     def _list_clicked(self, _event=None) -> None:
         chosen = self.listbox.curselection()
@@ -191,14 +199,17 @@ class CaptionEditor(ctk.CTkToplevel):
         if self.index is None:
             return False
         image = self.images[self.index]
-        try:
-            txt = write_caption(image, self.text())
+        try:  # in the file's own encoding, BOM and line ends; a file that cannot be decoded is refused
+            txt, note = save_caption(image, self.text())
         except OSError as e:
             self._show_state(f"Could not save: {e.strerror or e}", ERROR)
             return False
+        except InputError as e:
+            self._show_state(f"Not saved: {e}", ERROR)
+            return False
         self.shown_text = self.text().strip()
         self.wrote = True
-        self._show_state(f"Saved {txt.name}", SUCCESS)
+        self._show_state(f"Saved {txt.name}" + (f" ({note})" if note else ""), WARNING if note else SUCCESS)
         return True
 
     def _show_state(self, text: str = "", colour: str = MUTED) -> None:
@@ -212,6 +223,7 @@ class CaptionEditor(ctk.CTkToplevel):
         """Replace the Find text in every caption of the concept (after a confirmation); returns the number of
         files changed and shows it."""
         find, replace = self.find_entry.get(), self.replace_entry.get()
+        self._show_details("")
         if not find.strip():
             self.replace_result.configure(text="Type what to find first.", text_color=WARNING)
             return 0
@@ -219,8 +231,10 @@ class CaptionEditor(ctk.CTkToplevel):
             self.save()
         whole = self.whole_word.get_raw()
         changing = find_replace_captions(self.images, find, replace, whole_word=whole, dry_run=True)
+        left_alone = f"Left alone (cannot be read): {few_files(changing.skipped)}." if changing.skipped else ""
         if not changing:
             self.replace_result.configure(text=f"No caption contains “{find.strip()}”.", text_color=MUTED)
+            self._show_details(left_alone)
             return 0
         into = f"“{replace.strip()}”" if replace.strip() else "nothing (remove it)"
         if not self.window.dialogs.confirm("Replace in captions", f"Replace “{find.strip()}” with {into} in "
@@ -228,13 +242,23 @@ class CaptionEditor(ctk.CTkToplevel):
             return 0
         changed = find_replace_captions(self.images, find, replace, whole_word=whole)
         self.wrote = self.wrote or bool(changed)
+        notes = f"{few_files(changed.notes)}." if changed.notes else ""
         self.replace_result.configure(text=f"Changed {len(changed)} of {len(self.images)} caption files.",
                                       text_color=SUCCESS)
+        self._show_details(" ".join(filter(None, (notes, left_alone))))
         if self.index is not None:  # show the current caption as it is now on disk
             self.shown_text = ""
             current, self.index = self.index, None
             self.select(current)
         return len(changed)
+
+    def _show_details(self, text: str) -> None:
+        """The line under Find / Replace naming caption files left alone or saved as UTF-8 (hidden if none)."""
+        self.replace_details.configure(text=text)
+        if text:
+            self.replace_details.grid()
+        else:
+            self.replace_details.grid_remove()
 
     def close(self) -> None:
         """Close the editor; an edited caption is saved first."""

@@ -1,4 +1,6 @@
-"""The concepts tab's statistics panel: the engine's concept statistics, computed in a worker thread."""
+"""The concepts tab's statistics panel: the engine's concept statistics, computed in a worker thread: images
+usable and skipped, images without a caption and what the concept does with them, captions over the token limit,
+caption files that cannot be read, and the aspect buckets."""
 from __future__ import annotations
 
 import copy
@@ -11,11 +13,14 @@ from pathlib import Path
 import customtkinter as ctk
 
 from app.widgets import ERROR, GROUP_COLOUR, MUTED, WARNING, Group, Tooltip
-from trainer.config import Preset
+from trainer.config import Preset, built_by_demo
+from trainer.errors import plain_text
 from trainer.session import concept_statistics
 
 SKIPPED_LISTED = 200  # skipped files written into the scrollable list; the rest become "+N more"
 SKIPPED_VISIBLE = 6   # lines the list shows before it scrolls
+EXAMPLES = 3  # files named in a one-line finding (images without a caption, long captions)
+PROBLEMS_VISIBLE = 4  # lines the unreadable-captions list shows before it scrolls
 POLL_MS = 50
 CACHED = 32  # statistics kept for switching back to a concept (shown at once while it is rechecked)
 BAR, BAR_TEXT = "#3b8ed0", "#d0d0d0"
@@ -24,8 +29,9 @@ BAR, BAR_TEXT = "#3b8ed0", "#d0d0d0"
 def stats_key(preset: Preset, index: int) -> str:
     """What the statistics of concept `index` depend on; an edit that leaves this unchanged needs no rescan."""
     c, t = preset.concepts[index], preset.training
-    return json.dumps([c.path, c.include_subdirectories, c.caption_source, c.caption, c.resolution,
-                       t.resolution, t.aspect_bucketing, preset.general.cache_dir])
+    return json.dumps([c.path, c.include_subdirectories, c.caption_source, c.caption, c.missing_caption,
+                       c.resolution, t.resolution, t.aspect_bucketing, t.max_token_length, preset.general.cache_dir,
+                       preset.model.base_model])
 
 
 def one_concept_preset(preset: Preset, index: int) -> Preset:
@@ -42,9 +48,9 @@ def _compute(preset: Preset, token: int, results: queue.Queue) -> None:
     except Exception as e:  # noqa: BLE001 - shown in the panel rather than lost in a thread
         concept = preset.concepts[0]
         stats = {"name": concept.name, "path": concept.path, "enabled": concept.enabled,
-                 "error": f"statistics failed: {e}", "image_count": 0, "usable": 0, "skipped": [],
-                 "without_caption": 0, "caption_words": None, "caption_chars": None, "resolutions": [],
-                 "buckets": []}
+                 "error": f"statistics failed: {plain_text(str(e)) or type(e).__name__}", "image_count": 0,
+                 "usable": 0, "skipped": [], "without_caption": 0, "caption_words": None, "caption_chars": None,
+                 "resolutions": [], "buckets": []}
     results.put((token, stats))
 
 
@@ -58,8 +64,61 @@ def span(values: list[int] | None, unit: str) -> str:
 
 
 def skipped_entries(stats: dict) -> list[tuple[str, str]]:
-    """(path, reason) pairs; the engine gives dicts, older shapes gave [path, reason] pairs."""
-    return [(k["path"], k["reason"]) if isinstance(k, dict) else (k[0], k[1]) for k in stats["skipped"]]
+    """(path, reason) pairs; the engine gives dicts, older shapes gave [path, reason] pairs. An image skipped
+    because its caption file cannot be read is left out: the caption problems name that file and why."""
+    unreadable = {str(Path(k["path"])) for k in stats.get("caption_problems") or []}
+    pairs = [(k["path"], k["reason"]) if isinstance(k, dict) else (k[0], k[1]) for k in stats["skipped"]]
+    return [(p, r) for p, r in pairs if str(Path(p).with_suffix(".txt")) not in unreadable]
+
+
+def named(paths: list[str], total: int, folder: str) -> str:
+    """'a.png, b.png, c.png and 4 more' (at most EXAMPLES names; `total` counts all of them)."""
+    shown = [short_path(p, folder) for p in paths[:EXAMPLES]]
+    more = total - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+MISSING_ACTIONS = {  # missing_caption -> what the images without a caption do (one image, several)
+    "filename": ("trains on its file name", "train on their file names"),
+    "skip": ("is skipped (not trained on)", "are skipped (not trained on)"),
+    "refuse": ("stops the run before training: write its caption, or choose another “Without a caption”",
+               "stop the run before training: write their captions, or choose another “Without a caption”"),
+}
+
+
+def missing_text(stats: dict, concept) -> str:
+    """The images without a usable caption (no .txt or an empty one), a few by name, and what the concept's
+    missing_caption does with them; "" when every image has one."""
+    n = stats.get("without_caption") or 0
+    if not n:
+        return ""
+    action = stats.get("missing_caption") or concept.missing_caption
+    one = n == 1
+    if action in MISSING_ACTIONS:
+        doing = MISSING_ACTIONS[action][0 if one else 1]
+    elif concept.caption.strip():
+        doing = f"{'trains' if one else 'train'} on the concept caption “{concept.caption.strip()}”"
+    else:
+        doing = (f"{'trains' if one else 'train'} on an empty caption (set the concept's Caption, or choose "
+                 "another “Without a caption”)")
+    examples = named(stats.get("without_caption_examples") or [], n, stats["path"])
+    return (f"{plural(n, 'image')} without a caption (no .txt, or an empty one)"
+            + (f": {examples}" if examples else "") + f". {'It' if one else 'They'} {doing}.")
+
+
+def long_text(stats: dict) -> str:
+    """The captions over the token limit, the first few files with their token counts; "" when none."""
+    found = stats.get("long_captions") or {}
+    count, limit = found.get("count") or 0, found.get("limit")
+    if not count:
+        return ""
+    shown = ", ".join(f"{short_path(k['path'], stats['path'])} ({k['tokens']} tokens)"
+                      for k in (found.get("examples") or [])[:EXAMPLES])
+    text = (f"{plural(count, 'caption')} longer than {limit} tokens, cut at the limit"
+            + (f": {shown}" if shown else "") + ".")
+    if limit is not None and limit < 225:
+        text += " Max tokens (training tab) takes 150 or 225."
+    return text
 
 
 def short_path(path: str, folder: str) -> str:
@@ -135,11 +194,18 @@ class StatsPanel(Group):
         self.facts = facts = ctk.CTkFrame(body, fg_color="transparent")
         facts.grid(row=0, column=0, sticky="new", padx=(0, 12))
         facts.grid_columnconfigure(0, weight=1)
-        self.summary = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=760,
+        self.summary = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=520,
                                     font=ctk.CTkFont(size=13, weight="bold"))
         self.summary.grid(row=0, column=0, sticky="w")
         self.error = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=520, text_color=ERROR)
         self.captions = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=520, text_color=MUTED)
+        self.missing = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=520, text_color=WARNING)
+        self.long = ctk.CTkLabel(facts, text="", anchor="w", justify="left", wraplength=520, text_color=WARNING)
+        self.problems_title = ctk.CTkLabel(facts, text="", anchor="w", text_color=WARNING)
+        self.problems_box = ctk.CTkTextbox(facts, height=60, wrap="word", activate_scrollbars=True,
+                                           font=ctk.CTkFont(family="DejaVu Sans Mono", size=11))
+        self.wrapped = (self.summary, self.error, self.captions, self.missing, self.long)
+        facts.bind("<Configure>", self._rewrap, add="+")
         self.skipped_title = ctk.CTkLabel(facts, text="", anchor="w", text_color=WARNING)
         self.skipped_box = ctk.CTkTextbox(facts, height=60, wrap="none", activate_scrollbars=True,
                                           font=ctk.CTkFont(family="DejaVu Sans Mono", size=11))
@@ -159,6 +225,14 @@ class StatsPanel(Group):
         self._requests: dict[int, tuple[str, object, bool]] = {}  # token -> (key, concept copy, demo)
         self._cache: dict[str, dict] = {}
         self.key: str | None = None
+        self.folder_existed: bool | None = None  # at the latest request: a folder appearing later is rescanned
+
+    def _rewrap(self, event) -> None:
+        """Lines wrap at the width the facts column has (narrower beside the bucket chart)."""
+        width = max(300, int(event.width / ctk.ScalingTracker.get_widget_scaling(self)) - 8)
+        for label in self.wrapped:
+            if label.cget("wraplength") != width:
+                label.configure(wraplength=width)
 
     def destroy(self) -> None:
         if self._poll_id is not None:
@@ -173,10 +247,13 @@ class StatsPanel(Group):
         self._token += 1
         self.key = stats_key(preset, index)
         mine = one_concept_preset(preset, index)
-        self._requests = {self._token: (self.key, mine.concepts[0], bool(preset.general.demo_dir))}
+        concept = mine.concepts[0]
+        demo = built_by_demo(preset, concept.path)  # the demo's own images folder, built at Start
+        self.folder_existed = bool(concept.path) and Path(concept.path).expanduser().is_dir()
+        self._requests = {self._token: (self.key, concept, demo)}
         cached = self._cache.get(self.key)
         if cached is not None:
-            self.show(cached, mine.concepts[0], bool(preset.general.demo_dir))
+            self.show(cached, concept, demo)
             self.status.configure(text="rechecking…")
         else:
             self.clear("Checking the images…")
@@ -190,7 +267,7 @@ class StatsPanel(Group):
     def forget(self) -> None:
         """No concept selected: results still on their way are dropped."""
         self._token += 1
-        self._requests, self.key = {}, None
+        self._requests, self.key, self.folder_existed = {}, None, None
         self.status.configure(text="")
 
     def _poll(self) -> None:
@@ -219,18 +296,20 @@ class StatsPanel(Group):
 
     def clear(self, text: str = "", colour: str | None = None) -> None:
         self.summary.configure(text=text, text_color=colour or MUTED)
-        for widget in (self.error, self.captions, self.skipped_title, self.skipped_box, self.buckets):
+        for widget in (self.error, self.captions, self.missing, self.long, self.problems_title, self.problems_box,
+                       self.skipped_title, self.skipped_box, self.buckets):
             widget.grid_remove()  # a whole frame goes: Tk keeps an emptied grid master at its old size
         self.facts.grid(columnspan=2)
         self.chart.set_buckets([])
         self.shown = None
 
     def show(self, stats: dict, concept, demo: bool) -> None:
+        """Draw `stats` (one entry of trainer.stats.concept_stats) of `concept`; `demo`: its folder is the
+        demo's, built at Start (so a missing one is no mistake)."""
         folder_missing = bool(stats["path"]) and not Path(stats["path"]).expanduser().is_dir()
         if stats["error"] and not stats["image_count"]:
             if demo and folder_missing:
-                self.clear(f"{stats['path']} does not exist yet: the demo is generated there when training "
-                           "starts.")
+                self.clear(f"{stats['path']} does not exist yet: the demo builds it there when training starts.")
             elif not stats["path"]:
                 self.clear("No folder chosen: pick the folder of this concept's images above.", ERROR)
             else:
@@ -248,6 +327,16 @@ class StatsPanel(Group):
         if captions:
             self.captions.configure(text=captions)
             self.captions.grid(row=2, column=0, sticky="w", pady=(2, 0))
+        missing = missing_text(stats, concept)
+        if missing:
+            action = stats.get("missing_caption") or concept.missing_caption
+            self.missing.configure(text=missing, text_color=ERROR if action == "refuse" else WARNING)
+            self.missing.grid(row=3, column=0, sticky="w", pady=(4, 0))
+        long = long_text(stats)
+        if long:
+            self.long.configure(text=long)
+            self.long.grid(row=4, column=0, sticky="w", pady=(4, 0))
+        self.show_problems(stats)
         self.show_skipped(stats)
         if stats["buckets"]:
             self.facts.grid(columnspan=1)
@@ -262,8 +351,8 @@ class StatsPanel(Group):
         if stats["skipped"]:
             parts.append(f"{len(stats['skipped'])} skipped")
         if stats["without_caption"]:
-            parts.append(f"{stats['without_caption']} without a caption file")
-        return " · ".join(parts)
+            parts.append(f"{stats['without_caption']} without a caption")
+        return " · ".join(parts)  # unreadable and long captions have lines of their own below
 
     @staticmethod
     def captions_text(stats: dict, concept) -> str:
@@ -271,23 +360,38 @@ class StatsPanel(Group):
         if stats["caption_words"]:
             lines.append(f"Captions: {span(stats['caption_words'], 'words')}, "
                          f"{span(stats['caption_chars'], 'characters')}")
-        if stats["without_caption"]:
-            fallback = ("their file name" if concept.caption_source == "txt_or_filename" else
-                        f"the concept caption “{concept.caption}”" if concept.caption.strip() else
-                        "an empty caption (set the concept's Caption)")
-            n = stats["without_caption"]
-            lines.append(f"{plural(n, 'image')} without a .txt caption {'trains' if n == 1 else 'train'} on "
-                         f"{fallback}.")
-        elif stats["usable"] and concept.caption_source in ("txt", "txt_or_filename"):
+        if (not stats["without_caption"] and not stats.get("caption_problems") and stats["usable"]
+                and concept.caption_source in ("txt", "txt_or_filename")):
             lines.append("Every image has a caption file.")
         return "\n".join(lines)
+
+    def show_problems(self, stats: dict) -> None:
+        """The caption files that cannot be decoded (their images are skipped), each with the reason."""
+        problems = stats.get("caption_problems") or []
+        if not problems:
+            return
+        one = len(problems) == 1
+        self.problems_title.configure(text=f"{plural(len(problems), 'caption file')} cannot be read "
+                                           f"({'its image is' if one else 'their images are'} skipped):")
+        self.problems_title.grid(row=5, column=0, sticky="w", pady=(6, 0))
+        lines = [f"{short_path(k['path'], stats['path'])} — {k['reason']}" for k in problems[:SKIPPED_LISTED]]
+        if len(problems) > SKIPPED_LISTED:
+            lines.append(f"+{len(problems) - SKIPPED_LISTED} more")
+        rows = sum(1 + len(line) // 90 for line in lines)  # wrapped at about 90 characters
+        box = self.problems_box
+        box.configure(state="normal", height=min(rows, PROBLEMS_VISIBLE) * 17 + 12)
+        box.delete("1.0", "end")
+        box.insert("1.0", "\n".join(lines))
+        box.configure(state="disabled")
+        box.grid(row=6, column=0, sticky="ew", pady=(2, 0))
 
     def show_skipped(self, stats: dict) -> None:
         entries = skipped_entries(stats)
         if not entries:
             return
-        self.skipped_title.configure(text=f"Skipped {plural(len(entries), 'file')} (not used in training):")
-        self.skipped_title.grid(row=3, column=0, sticky="w", pady=(6, 0))
+        also = "Also skipped" if len(entries) < len(stats["skipped"]) else "Skipped"  # the rest: captions above
+        self.skipped_title.configure(text=f"{also} {plural(len(entries), 'file')} (not used in training):")
+        self.skipped_title.grid(row=7, column=0, sticky="w", pady=(6, 0))
         lines = [f"{short_path(p, stats['path'])} — {reason}" for p, reason in entries[:SKIPPED_LISTED]]
         if len(entries) > SKIPPED_LISTED:
             lines.append(f"+{len(entries) - SKIPPED_LISTED} more")
@@ -296,4 +400,4 @@ class StatsPanel(Group):
         box.delete("1.0", "end")
         box.insert("1.0", "\n".join(lines))
         box.configure(state="disabled")
-        box.grid(row=4, column=0, sticky="ew", pady=(2, 0))
+        box.grid(row=8, column=0, sticky="ew", pady=(2, 0))

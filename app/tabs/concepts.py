@@ -13,14 +13,16 @@ import customtkinter as ctk
 from app.form import hint_of, is_scalar, split_problem
 from app.tabs.common import Tab
 from app.tabs.concept_stats import StatsPanel, stats_key
-from app.widgets import ERROR, MUTED, Group, Tooltip, bury
+from app.widgets import ERROR, MUTED, WARNING, Group, Tooltip, bury, load_thumbnail
+from trainer.captions import caption_lines
 from trainer.config import ConceptConfig
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as trainer.images
 THUMBS = 8
 THUMB_SIZE = 120
 STATS_DEBOUNCE_MS = 300
-STATS_INPUTS = ("training.resolution", "training.aspect_bucketing", "general.cache_dir")  # besides the concept
+STATS_INPUTS = ("training.resolution", "training.aspect_bucketing", "training.max_token_length", "general.cache_dir",
+                "general.demo_dir", "model.base_model")  # besides the concept (the tokenizer is the base model's)
 
 
 def scan_folder(folder: str) -> list[Path]:
@@ -34,20 +36,20 @@ def scan_folder(folder: str) -> list[Path]:
     return [Path(folder).expanduser() / n for n in images]
 
 
-def caption_of(image: Path, concept: ConceptConfig) -> str:
-    """The caption training would use (for txt: its first non-empty line; others are picked at random)."""
-    if concept.caption_source == "single":
-        return concept.caption
-    if concept.caption_source == "filename":
-        return image.stem
-    try:
-        lines = [ln.strip() for ln in image.with_suffix(".txt").read_text(encoding="utf-8").splitlines()]
-        lines = [ln for ln in lines if ln]
-    except (OSError, UnicodeDecodeError):
-        lines = []
+def caption_of(image: Path, concept: ConceptConfig) -> tuple[str, str]:
+    """The caption training would use, read as the engine reads it (trainer.captions: any common text encoding,
+    the concept's missing_caption), and how to show it: ("text", "ok"); for several .txt lines the first (others
+    are picked at random); ("(skipped: …)", "warning") for an image training leaves out; ("", "error") for an
+    empty caption."""
+    found = caption_lines(image, concept)
+    if found.problem:
+        return "(skipped: its caption file cannot be read)", "warning"
+    if found.skip:
+        return "(skipped: no caption)", "warning"
+    lines = [line for line in found.lines if line]
     if not lines:
-        return concept.caption
-    return lines[0] + (f"  (+{len(lines) - 1} more)" if len(lines) > 1 else "")
+        return "", "error"
+    return lines[0] + (f"  (+{len(lines) - 1} more)" if len(lines) > 1 else ""), "ok"
 
 
 class ConceptsTab(Tab):
@@ -62,6 +64,7 @@ class ConceptsTab(Tab):
         self._thumb_after: str | None = None
         self._stats_after: str | None = None
         self.thumb_images: list = []
+        self.problem_reasons: dict[int, list[str]] = {}  # concept index -> its problems, for the list's tooltips
         self.built = False
         self.caption_editor = None
 
@@ -144,6 +147,7 @@ class ConceptsTab(Tab):
             button = ctk.CTkButton(row, text=concept.name or "(unnamed)", anchor="w", fg_color="transparent",
                                    command=lambda i=i: self.select(i))
             button.grid(row=0, column=1, sticky="ew", padx=(0, 4))
+            Tooltip(button, lambda i=i: "\n".join(f"⚠ {r}" for r in self.problem_reasons.get(i, [])))
             self.rows.append((row, binding, button))
 
     def select(self, index: int | None) -> None:
@@ -156,6 +160,7 @@ class ConceptsTab(Tab):
                              else "transparent")
         for name, binding in self.editor_bindings:
             self.form.retarget(binding, None if index is None else f"concepts.{index}.{name}")
+        self.show_caption_fields()
         if index is None:
             self.editor.grid_remove(), self.stats_panel.grid_remove(), self.images.grid_remove()
             self.placeholder.grid(row=0, column=0, sticky="w", padx=16, pady=16)
@@ -230,19 +235,38 @@ class ConceptsTab(Tab):
         index, name = int(parts[1]), parts[2]
         if name == "name" and index < len(self.rows):
             self.rows[index][2].configure(text=self.concepts[index].name or "(unnamed)")
-        if index == self.selected and name in ("path", "caption_source", "caption"):
+        if index == self.selected and name == "caption_source":
+            self.show_caption_fields()
+        if index == self.selected and name in ("path", "caption_source", "caption", "missing_caption"):
             if self._thumb_after is not None:
                 self.frame.after_cancel(self._thumb_after)
             self._thumb_after = self.frame.after(400, self.refresh_images)
         if index == self.selected:
             self._schedule_stats()
 
+    def show_caption_fields(self) -> None:
+        """'Without a caption' applies to .txt captions only: shown for caption source txt."""
+        concept = self.concepts[self.selected] if self.selected is not None else None
+        for name, binding in self.editor_bindings:
+            if name == "missing_caption" and binding.labelled is not None:
+                binding.labelled.set_visible(concept is not None and concept.caption_source == "txt")
+
     def mark(self, problems: list[str]) -> None:
-        """Concepts with a problem show their name in red in the list."""
-        bad = {int(p.split(".")[1]) for p, _ in map(split_problem, problems)
-               if p.startswith("concepts.") and p.split(".")[1].isdigit()}
+        """Concepts with a problem show their name in red in the list, the reasons in its tooltip (the editor's
+        fields are marked by the form). A concept folder that appeared or vanished since the statistics were
+        taken is scanned again (the window validates after edits, on focus and on Rescan)."""
+        self.problem_reasons = {}
+        for path, reason in map(split_problem, problems):
+            parts = path.split(".")
+            if len(parts) > 1 and parts[0] == "concepts" and parts[1].isdigit():
+                self.problem_reasons.setdefault(int(parts[1]), []).append(reason)
         for i, (_, _, button) in enumerate(self.rows):
-            button.configure(text_color=ERROR if i in bad else ctk.ThemeManager.theme["CTkButton"]["text_color"])
+            button.configure(text_color=ERROR if i in self.problem_reasons
+                             else ctk.ThemeManager.theme["CTkButton"]["text_color"])
+        if self.built and self.selected is not None and self.stats_panel.folder_existed is not None:
+            path = self.concepts[self.selected].path
+            if (bool(path) and Path(path).expanduser().is_dir()) != self.stats_panel.folder_existed:
+                self.rescan()
 
     # ---- statistics -------------------------------------------------------------------------------
 
@@ -258,9 +282,10 @@ class ConceptsTab(Tab):
             self.refresh_stats()
 
     def rescan(self) -> None:
-        """The Rescan button: files may have changed on disk."""
+        """The Rescan button: files may have changed on disk (a folder made, so Start may be possible now)."""
         self.refresh_images()
         self.refresh_stats()
+        self.window.schedule_validation()
 
     def refresh_stats(self) -> None:
         """Compute the selected concept's statistics in a worker thread (the panel shows them when they come)."""
@@ -298,24 +323,16 @@ class ConceptsTab(Tab):
             return
         path = self.shown_images[k]
         image_label, caption = self.thumb_cards[k]
-        try:
-            from PIL import Image
-            with Image.open(path) as im:
-                im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
-                im = im.convert("RGB")
-                im.thumbnail((THUMB_SIZE, THUMB_SIZE))
-            image = ctk.CTkImage(light_image=im, dark_image=im, size=im.size)
-        except (OSError, ValueError):
-            image = None
+        image = load_thumbnail(path, THUMB_SIZE)
         if k < len(self.thumb_images):
             bury(self.thumb_images[k])
             self.thumb_images[k] = image
         else:
             self.thumb_images.append(image)
         image_label.configure(image=image, text="" if image else "(unreadable)")
-        text = caption_of(path, self.concepts[self.selected])
+        text, level = caption_of(path, self.concepts[self.selected])
         caption.configure(text=(text if len(text) <= 90 else text[:87] + "…") or "(no caption)",
-                          text_color="#c8c8c8" if text else ERROR)
+                          text_color={"ok": "#c8c8c8", "warning": WARNING}.get(level, ERROR))
         row, col = divmod(k, 4)
         image_label.grid(row=2 + 2 * row, column=col, padx=6, pady=(8, 0))
         caption.grid(row=3 + 2 * row, column=col, padx=6, pady=(2, 4), sticky="n")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gui_helpers import wait_for
 from trainer import events as ev
 
 MIN_SCREEN = (1280, 800)
@@ -44,6 +45,7 @@ class StubDialogs:
 
     def __init__(self):
         self.confirm_answer = True
+        self.choose_answers: list[str | None] = []  # answers to choose(), in order; None (or none left): cancel
         self.open_path = None
         self.save_path = None
         self.browse_result = None
@@ -52,6 +54,21 @@ class StubDialogs:
     def confirm(self, title, message):
         self.asked.append(("confirm", title, message))
         return self.confirm_answer
+
+    def choose(self, title, message, options, cancel="Cancel"):
+        """The next answer in choose_answers: the first option starting with it (so "Continue" picks "Continue
+        from step 8 (epoch 2)"); an answer that matches no option fails the test."""
+        self.asked.append(("choose", title, message, list(options)))
+        answer = self.choose_answers.pop(0) if self.choose_answers else None
+        if answer is None:
+            return None
+        matches = [option for option in options if option.startswith(answer)]
+        assert matches, f"{answer!r} is not among the options {options}"
+        return matches[0]
+
+    def chosen(self) -> list[tuple]:
+        """The choose() questions asked so far: (title, message, options)."""
+        return [q[1:] for q in self.asked if q[0] == "choose"]
 
     def ask_open_preset(self):
         self.asked.append(("open",))
@@ -79,8 +96,9 @@ class FakeSession:
 
     made: list["FakeSession"] = []
 
-    def __init__(self, preset):
+    def __init__(self, preset, resume=None, fresh=False, allow_changed_data=False):
         self.preset = preset
+        self.resume, self.fresh, self.allow_changed_data = resume, fresh, allow_changed_data
         self.events: queue.Queue = queue.Queue()
         self.sent: list[str] = []
         self.started = self.finished = False
@@ -97,8 +115,9 @@ class FakeSession:
     def stop(self):
         self.send(ev.STOP)
 
-    def finish(self, outcome, message="", step=0, output_path=None):
-        self.events.put(ev.RunFinished(outcome, message, output_path=output_path, step=step))
+    def finish(self, outcome, message="", step=0, output_path=None, bad_input=False, refusal=""):
+        self.events.put(ev.RunFinished(outcome, message, output_path=output_path, step=step, bad_input=bad_input,
+                                       refusal=refusal))
         self.finished = True
 
     @property
@@ -132,8 +151,9 @@ def shared_window(gui_display, tmp_path_factory):
 
 
 @pytest.fixture
-def window(shared_window):
-    """The shared window reset to the demo preset (or the defaults) with nothing running."""
+def window(shared_window, tmp_path):
+    """The shared window reset to the demo preset (or the defaults) with nothing running; its workspace and
+    output are in tmp_path (Start looks there for an earlier run)."""
     from app.recent import DEFAULT_PRESET
     from trainer.config import Preset, load_preset
     w = shared_window
@@ -145,6 +165,8 @@ def window(shared_window):
         tab.set_spec(tab.spec_cls())
         tab.clear()
     preset = load_preset(DEFAULT_PRESET) if DEFAULT_PRESET.exists() else Preset()
+    preset.general.workspace_dir = str(tmp_path / "workspace")
+    preset.model.output_path = str(tmp_path / "workspace" / "model.safetensors")
     w.set_preset(preset, DEFAULT_PRESET if DEFAULT_PRESET.exists() else None)
     w.run_tab.clear()
     w.bottom.show_message("", "info")
@@ -184,6 +206,10 @@ def make_window(gui_display, tmp_path):
         kw.setdefault("dialogs", StubDialogs())
         kw.setdefault("recent", RecentFiles(tmp_path / "recent.json"))
         window = Window(**kw)
+        if "preset" not in kw:  # the demo preset: its workspace in tmp_path (Start looks there for earlier runs)
+            window.preset.general.workspace_dir = str(tmp_path / "workspace")
+            window.preset.model.output_path = str(tmp_path / "workspace" / "model.safetensors")
+            window.set_preset(window.preset, window.preset_path)
         window.update()
         made.append(window)
         return window
@@ -226,6 +252,7 @@ def rich_preset(tmp_path: Path):
     perturb(preset, "x")
     preset.training.resolution = "512,640"
     preset.training.fused_backward = False  # on, it needs gradient accumulation 1 and no clipping
+    preset.training.max_token_length = 150  # 75, 150 or 225 only
     preset.concepts = [ConceptConfig(), ConceptConfig()]
     perturb(preset.concepts[0], "c0")
     perturb(preset.concepts[1], "c1")
@@ -237,17 +264,6 @@ def rich_preset(tmp_path: Path):
     problems = validate(preset)
     assert not problems, problems
     return preset
-
-
-def wait_for(window, condition, what: str, timeout_s: float = 60.0) -> None:
-    """Turn the Tk loop (after() callbacks, queue drains) until `condition()` holds."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        window.update()
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(name="wait_for")

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from gui_helpers import open_caption_editor
+
 CAPTIONS = {"a.png": "a red circle, reddish glow", "b.png": "a red square", "c.png": "a blue square",
             "d.png": None}
 
@@ -19,19 +21,8 @@ def editor(window, tmp_path):
         Image.new("RGB", (40, 30), "red" if "red" in (caption or "") else "blue").save(folder / name)
         if caption is not None:
             (folder / name).with_suffix(".txt").write_text(caption + "\n")
-    concepts = window.tabs["concepts"]
-    window.preset.concepts[0].path = str(folder)
-    window.form.refresh()
-    concepts.select(0)
-    window.tabview.set("concepts")
-    window.update()
-    assert concepts.captions_button.winfo_ismapped()
-    concepts.captions_button.invoke()
-    editor = concepts.caption_editor
-    window.update()
-    yield editor
-    if editor.winfo_exists():
-        editor.close()
+    with open_caption_editor(window, folder) as editor:
+        yield editor
 
 
 def caption(editor, name: str) -> str:

@@ -7,33 +7,9 @@ from pathlib import Path
 from PIL import Image
 
 from app.widgets import ERROR
+from gui_helpers import settled, type_into, wait_for
 
-TIMEOUT_S = 20.0
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
-
-
-def type_into(widget, text: str) -> None:
-    entry = getattr(widget, "entry", widget)
-    entry.delete(0, "end")
-    entry.insert(0, text)
-
-
-def wait_for(window, condition, what: str) -> None:
-    """Pump the Tk loop (after() callbacks included) until `condition()` holds."""
-    end = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < end:
-        window.update()
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def settled(tab, folder) -> bool:
-    """The panel shows finished statistics of `folder` (not a stale or pending result)."""
-    shown = tab.stats_panel.shown
-    return (tab._stats_after is None and not tab.stats_panel.pending() and shown is not None
-            and shown["path"] == str(folder))
 
 
 def make_concept(folder: Path, broken: int = 1) -> Path:
@@ -62,18 +38,19 @@ def test_selected_concept_shows_usable_skipped_captions_and_buckets(window, tmp_
     folder = make_concept(tmp_path / "cats")
     tab = select_new_concept(window, folder)
     type_into(window.form.widget_for(f"concepts.{tab.selected}.caption"), "a red shape")
-    wait_for(window, lambda: settled(tab, folder) and "“a red shape”" in tab.stats_panel.captions.cget("text"),
+    wait_for(window, lambda: settled(tab, folder) and "“a red shape”" in tab.stats_panel.missing.cget("text"),
              "the statistics")
     panel = tab.stats_panel
     summary = panel.summary.cget("text")
     assert "3 of 4 images usable" in summary and "1 skipped" in summary
-    assert "1 without a caption file" in summary
+    assert "1 without a caption" in summary
     assert panel.skipped_box.winfo_ismapped()
     skipped = panel.skipped_box.get("1.0", "end")
     assert "broken.png" in skipped and "not an image" in skipped
-    captions = panel.captions.cget("text")
-    assert "1 image without a .txt caption trains on the concept caption" in captions
-    assert "Captions: 3–8 words" in captions
+    missing = panel.missing.cget("text")
+    assert "1 image without a caption" in missing and "tall.png" in missing
+    assert "It trains on the concept caption “a red shape”" in missing
+    assert "Captions: 3–8 words" in panel.captions.cget("text")
     rows = panel.chart.bar_rows()
     assert len(rows) >= 2 and sum(count for _, count in rows) == 3
     drawn = {panel.chart.itemcget(item, "text") for item in panel.chart.find_withtag("label")}
@@ -134,7 +111,7 @@ def test_demo_folder_that_is_not_made_yet_is_not_an_error(window):
     if Path(folder).expanduser().is_dir():
         return
     wait_for(window, lambda: not tab.stats_panel.pending() and tab.stats_panel.shown is not None, "statistics")
-    assert "the demo is generated there" in tab.stats.cget("text")
+    assert "the demo builds it there" in tab.stats.cget("text")
     assert tab.stats.cget("text_color") != ERROR
 
 

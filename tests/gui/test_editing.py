@@ -128,7 +128,7 @@ def test_concept_thumbnails_show_captions_and_statistics(window, tmp_path):
         window.update()
     for _ in range(10):
         window.update()
-    assert "3 images" in tab.stats.cget("text") and "1 without a caption file" in tab.stats.cget("text")
+    assert "3 images" in tab.stats.cget("text") and "1 without a caption" in tab.stats.cget("text")
     captions = [caption.cget("text") for _, caption in tab.thumb_cards[:3]]
     assert captions[0].startswith("a blue thing") and "+1 more" in captions[0]
     assert captions[1] == "(no caption)"

@@ -1,4 +1,5 @@
-"""Real short trainings of the tiny demo model, started from the window: completed, with samples, twice."""
+"""Real short trainings of the tiny demo model, started from the window: completed, with samples, twice (the
+second starts over: the first run's model and samples are moved aside, not overwritten)."""
 from __future__ import annotations
 
 import importlib.util
@@ -41,9 +42,16 @@ def test_window_trains_the_demo_and_shows_samples(make_window, tmp_path):
     window.form.widget_for("training.max_steps").insert(0, "2")
     window.form.widget_for("sampling.unit").set("never")
     window.update()
+    window.dialogs.choose_answers = ["Start over"]  # the first run's files are there: Start asks
     second = run_to_the_end(window)
     assert second.outcome == "completed", second.message
     assert window.run_tab.chart.steps[-1] == 2 and not window.run_tab.gallery.samples
+    (_, _, options), = window.dialogs.chosen()
+    assert options[-1] == "Start over"
+    earlier = [p for p in (tmp_path / "ws" / "earlier").iterdir()]
+    assert len(earlier) == 1 and (earlier[0] / "model.safetensors").is_file()  # the first model, kept
+    assert len(list((earlier[0] / "samples").glob("*.png"))) >= 2
+    assert (tmp_path / "ws" / "model.safetensors").is_file()
 
 
 def run_to_the_end(window, limit_s: float = 600):

@@ -166,6 +166,7 @@ def test_closing_during_a_run_asks_then_stops_then_closes(make_window, sessions,
 
 def test_closing_with_unsaved_changes_asks(make_window):
     window = make_window()
+    window.finish_building()  # the training tab may not be built yet (the window builds tabs a slice per tick)
     window.form.widget_for("training.epochs").insert(0, "1")
     window.update()
     window.dialogs.confirm_answer = False
