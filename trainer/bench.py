@@ -192,7 +192,7 @@ def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, dev
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            finished = train(preset, emit, queue.Queue())
+            finished = train(preset, emit, queue.Queue(), fresh=True)  # each batch size starts over in `work`
         finally:
             watch_syncs(device, False)
     if finished.outcome != "completed":

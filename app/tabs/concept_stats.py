@@ -121,6 +121,17 @@ def long_text(stats: dict) -> str:
     return text
 
 
+def guessed_text(stats: dict) -> str:
+    """The captions read in a detected legacy code page (a guess that can be wrong), a few by name; "" if none."""
+    found = stats.get("guessed_encodings") or []
+    if not found:
+        return ""
+    shown = ", ".join(f"{short_path(k['path'], stats['path'])} ({k['encoding']})" for k in found[:EXAMPLES])
+    more = f" and {len(found) - EXAMPLES} more" if len(found) > EXAMPLES else ""
+    return (f"{plural(len(found), 'caption file')} in a legacy code page, read as detected: {shown}{more}. "
+            "If one reads wrong in the caption editor, save it as UTF-8.")
+
+
 def short_path(path: str, folder: str) -> str:
     try:
         return str(Path(path).relative_to(Path(folder).expanduser()))
@@ -332,7 +343,7 @@ class StatsPanel(Group):
             action = stats.get("missing_caption") or concept.missing_caption
             self.missing.configure(text=missing, text_color=ERROR if action == "refuse" else WARNING)
             self.missing.grid(row=3, column=0, sticky="w", pady=(4, 0))
-        long = long_text(stats)
+        long = "\n".join(text for text in (long_text(stats), guessed_text(stats)) if text)
         if long:
             self.long.configure(text=long)
             self.long.grid(row=4, column=0, sticky="w", pady=(4, 0))

@@ -252,10 +252,13 @@ def test_input_errors_show_plain_messages_without_traceback(window, sessions, pu
 # ---- points 1-3: the statistics name unreadable, long and missing captions -------------------------------------
 
 def caption_concept(folder: Path) -> Path:
-    """Images with a good caption, a 104-token caption, no caption, and a caption file that is not text."""
+    """Images with a good caption, a 104-token caption, no caption, a caption file that is not text, and a
+    caption in Windows-1252."""
     folder.mkdir()
-    for name in ("good", "long", "bare", "binary"):
+    for name in ("good", "long", "bare", "binary", "legacy"):
         Image.new("RGB", (64, 64), "green").save(folder / f"{name}.png")
+    (folder / "legacy.txt").write_bytes("a green square in a café, naïve crème brûlée style, déjà vu, à la "
+                                        "carte, façade, garçon".encode("cp1252"))
     (folder / "good.txt").write_text("a green square\n")
     (folder / "long.txt").write_text(" ".join(["green"] * 103) + " sks\n")
     (folder / "binary.txt").write_bytes(b"\x00\x01\x02\x03\x04 caption\x05\x06\x07\x08")
@@ -275,6 +278,7 @@ def test_statistics_name_unreadable_long_and_missing_captions(window, tmp_path):
     long = panel.long.cget("text")
     assert "1 caption longer than 75 tokens, cut at the limit: long.png (104 tokens)" in long
     assert "150 or 225" in long
+    assert "1 caption file in a legacy code page, read as detected: legacy.txt (cp1252)" in long
     assert panel.problems_box.winfo_ismapped()
     problems = panel.problems_box.get("1.0", "end")
     assert "binary.txt" in problems and "cannot" in problems
@@ -292,7 +296,7 @@ def test_statistics_name_unreadable_long_and_missing_captions(window, tmp_path):
     window.form.widget_for("training.max_token_length").insert(0, "150")
     wait_for(window, lambda: settled(tab, folder) and panel.shown["long_captions"]["limit"] == 150,
              "the statistics at 150 tokens")
-    assert not panel.long.winfo_ismapped()
+    assert "longer than" not in panel.long.cget("text") and "legacy.txt" in panel.long.cget("text")
 
 
 def test_missing_caption_actions_in_words(window):
