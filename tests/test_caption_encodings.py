@@ -57,18 +57,39 @@ def test_windows_1252_caption(tmp_path):
     assert found.lines == ("a woman in a café, soft light, 35mm",)  # not "cafй" (cp1251): less chaos
 
 
-def test_a_short_legacy_caption_is_ambiguous_unless_it_is_this_computers_code_page(tmp_path, monkeypatch):
-    """"café" in cp1252 is 4 bytes that cp1250, cp1251 ("cafй"), cp1253 ... read as text as well: on a computer
-    whose own code page is not one of them it is refused, naming the readings; on a Western Windows it is café."""
-    path = txt_file(tmp_path, "café".encode("cp1252"))
+def test_short_western_captions_read_as_windows_1252_on_any_computer(tmp_path, monkeypatch):
+    """"café" and "naïve" in cp1252 are a few bytes that other code pages read as text too: "cafй" (cp1251) and
+    "cafי" (cp1255) mix alphabets in a word and are dropped; the Latin readings left resolve to Windows-1252."""
     monkeypatch.setattr(captions, "LOCAL_CODE_PAGE", None)  # e.g. Linux, macOS: UTF-8
+    for word in ("café", "naïve", "crème brûlée"):
+        found = read_caption_file(txt_file(tmp_path, word.encode("cp1252"), f"{len(word)}.txt"))
+        assert found.problem is None and found.lines == (word,) and found.encoding == "cp1252", word
+
+
+def test_a_short_caption_in_another_alphabet_is_ambiguous_unless_it_is_this_computers_code_page(tmp_path,
+                                                                                                 monkeypatch):
+    """"кошка" in cp1251 also reads as "êîøêà" in cp1252: refused, naming both, unless cp1251 is this computer's."""
+    path = txt_file(tmp_path, "кошка".encode("cp1251"))
+    monkeypatch.setattr(captions, "LOCAL_CODE_PAGE", None)
     found = read_caption_file(path)
     assert found.exists and found.lines == () and found.encoding is None
-    assert "cannot tell its text encoding" in found.problem and "café" in found.problem
+    assert "cannot tell its text encoding" in found.problem and "кошка" in found.problem
     assert "UTF-8" in found.problem  # what to do
-    monkeypatch.setattr(captions, "LOCAL_CODE_PAGE", "cp1252")  # Windows in a Western language
+    monkeypatch.setattr(captions, "LOCAL_CODE_PAGE", "cp1251")  # Windows in Russian
     found = read_caption_file(path)
-    assert found.problem is None and found.lines == ("café",) and found.encoding == "cp1252"
+    assert found.problem is None and found.lines == ("кошка",) and found.encoding == "cp1251"
+
+
+def test_east_asian_code_pages_read_as_charset_normalizer_ranks_them(tmp_path):
+    text = "東京の夜景、ネオンサイン、雨上がりの街"
+    for codec, want in (("shift_jis", "cp932"), ("euc_jp", "euc_jis_2004"), ("gb18030", "gb18030")):
+        found = read_caption_file(txt_file(tmp_path, text.encode(codec), f"{codec}.txt"))
+        assert found.lines == (text,) and found.encoding == want, codec
+
+
+def test_random_bytes_are_not_read_as_utf16_without_a_bom(tmp_path):
+    found = read_caption_file(txt_file(tmp_path, bytes.fromhex("5a4d767706f85d86")))
+    assert found.problem and not found.lines
 
 
 def test_cp1251_cyrillic_caption(tmp_path, monkeypatch):

@@ -52,11 +52,15 @@ def test_stats_command_and_function(tmp_path, capsys):
     assert [(b["resolution"], b["width"], b["height"]) for b in other["buckets"]] == [(32, 64, 16), (64, 128, 32)]
     path = tmp_path / "preset.json"
     save_preset(preset, path)
-    assert cli_main(["stats", str(path), "--json"]) == 0
+    # the report is printed whole; the exit code says training would refuse to start (the folder of "gone")
+    assert cli_main(["stats", str(path), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)[0]["usable"] == 6
-    assert cli_main(["stats", str(path)]) == 0
+    assert cli_main(["stats", str(path)]) == 2
     text = capsys.readouterr().out
     assert "6 usable, 1 skipped, 1 without a caption" in text and "bucket" in text
+    preset.concepts[1].enabled = False
+    save_preset(preset, path)
+    assert cli_main(["stats", str(path)]) == 0
 
 
 def test_stats_imports_no_torch():

@@ -1,6 +1,8 @@
 """Folders and photos people have: symlinked folders and files (no loops, nothing twice), 100-200 MP photos."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import numpy as np
@@ -59,7 +61,27 @@ def test_a_symlinked_file_to_an_image_already_there_is_counted_once(tmp_path):
     (folder / "a_same_as_b.png").symlink_to(folder / "b.png")  # sorts first: this path is kept
     (folder / "outside_link.png").symlink_to(tmp_path / "outside.png")  # a link to another image: used
     for recursive in (True, False):
-        assert names(list_image_files(folder, recursive), folder) == ["a_same_as_b.png", "outside_link.png"]
+        duplicates = []
+        assert names(list_image_files(folder, recursive, duplicates), folder) == ["a_same_as_b.png",
+                                                                                   "outside_link.png"]
+        assert [(p.name, "the same file as" in why and "a_same_as_b.png" in why) for p, why in duplicates] == \
+            [("b.png", True), ("c_same_as_b.png", True)]  # never dropped without a word
+
+
+def test_a_file_reached_twice_is_named_by_stats_and_the_run(tmp_path):
+    from tiny_presets import make_preset
+    from trainer.data import collect_items
+    from trainer.stats import concept_stats
+    folder = tmp_path / "concept"
+    write_image(folder / "b.png")
+    (folder / "a_link.png").symlink_to(folder / "b.png")
+    preset = make_preset(tmp_path, "unused", folder)
+    items = collect_items(preset)
+    assert [p.name for p in (i.path for i in items)] == ["a_link.png"]
+    assert [(p.name, "the same file as" in why) for p, why in items.skipped] == [("b.png", True)]
+    (stats,) = concept_stats(preset)
+    assert stats["image_count"] == 2 and stats["usable"] == 1
+    assert [Path(k["path"]).name for k in stats["skipped"]] == ["b.png"]
 
 
 def test_hidden_entries_stay_out_and_a_broken_link_is_skipped_with_its_reason(tmp_path):

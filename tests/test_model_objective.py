@@ -273,7 +273,7 @@ def test_resolve_contradicting_choice_is_kept_with_a_warning(requested, own):
     chosen, warning = resolve_prediction_type(requested, model_with(own))
     assert chosen == requested
     assert f"is {requested}, but the base model predicts {own} (scheduler config in /m)" in warning
-    assert f"the result is a {requested} model, not {own}, and must be sampled as a {requested} model" in warning
+    assert f"the result predicts {requested}, not {own}, and must be sampled that way" in warning
 
 
 def test_resolve_refuses_unknown_choices():

@@ -118,6 +118,10 @@ def test_stats_name_images_without_caption(color_concept, tmp_path, capsys):
     (stats,) = json.loads(capsys.readouterr().out)
     assert stats["without_caption"] == 2 and stats["missing_caption"] == "concept_caption"
     assert sorted(Path(p).name for p in stats["without_caption_examples"]) == ["blue1.png", "red0.png"]
+    preset.concepts[0].missing_caption = "refuse"
+    save_preset(preset, path)
+    assert cli_main(["stats", str(path)]) == 2  # as `train` would
+    assert "training refuses to start" in capsys.readouterr().out
 
 
 # ---- 1. caption encodings (decoding itself: test_caption_encodings.py) -----------------------------------
@@ -389,3 +393,84 @@ def test_missing_concept_folder_is_a_problem_unless_the_demo_builds_it(tmp_path)
                          {"name": "mine", "path": str(tmp_path / "my_photos")}]}
     problems = validate(preset_from_dict(data), check_paths=True)
     assert problems == [f"concepts.1.path: folder {tmp_path / 'my_photos'} of concept 'mine' does not exist"]
+
+
+# ---- found by trying it as a user -------------------------------------------------------------------------
+
+def test_a_backup_of_another_run_is_not_resumed_into_this_workspace(tiny_model_dir, color_concept, tmp_path,
+                                                                    capsys):
+    preset = quick_preset(tmp_path, tiny_model_dir, color_concept, training={"max_steps": 1})
+    assert cli(preset, tmp_path, capsys)[0] == 0
+    assert cli(preset, tmp_path, capsys, "--fresh")[0] == 0  # run A moves to earlier/, run B trains here
+    (archive,) = (tmp_path / "ws" / EARLIER_DIR).iterdir()
+    run_b = sorted((tmp_path / "ws" / "backup").iterdir())
+    code, err = cli(preset, tmp_path, capsys, "--resume", str(next((archive / "backup").iterdir())),
+                    "--set", f"model.output_path={tmp_path / 'elsewhere.safetensors'}")
+    assert code == 2 and "another run" in err and sorted((tmp_path / "ws" / "backup").iterdir()) == run_b
+
+
+def test_a_workspace_inside_a_concept_folder_is_refused(color_concept, tmp_path):
+    folder = concept_copy(color_concept, tmp_path)
+    preset = quick_preset(tmp_path, "unused", folder, general={"workspace_dir": str(folder / "run")})
+    preset.concepts[0].include_subdirectories = True
+    assert any(p.startswith("general.workspace_dir") and "concept 'colors'" in p
+               for p in validate(preset, check_paths=True))
+    preset.concepts[0].include_subdirectories = False  # its samples would not be found: allowed
+    assert not [p for p in validate(preset, check_paths=True) if p.startswith("general.workspace_dir")]
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "a_folder"])
+def test_a_single_file_output_must_be_a_safetensors_name(name, tiny_model_dir, color_concept, tmp_path):
+    target = tmp_path / name
+    if name == "a_folder":
+        target.mkdir()
+    preset = quick_preset(tmp_path, tiny_model_dir, color_concept, model={"output_path": str(target)})
+    with pytest.raises(InputError, match="ending in .safetensors"):
+        run(preset)
+    preset.model.output_path = str(tmp_path / "model")  # no suffix and nothing there: .safetensors is added
+    finished, _ = run(preset)
+    assert finished.output_path == str(tmp_path / "model.safetensors")
+
+
+def test_a_damaged_backup_is_refused_by_name(tiny_model_dir, color_concept, tmp_path, capsys):
+    preset = quick_preset(tmp_path, tiny_model_dir, color_concept, training={"max_steps": 1})
+    assert cli(preset, tmp_path, capsys)[0] == 0
+    (backup,) = (tmp_path / "ws" / "backup").iterdir()
+    (backup / "state.pt").write_bytes(b"truncated")
+    code, err = cli(preset, tmp_path, capsys, "--resume", "latest")
+    assert code == 2 and "state.pt is damaged" in err and "Traceback" not in err
+
+
+def test_resume_names_each_changed_setting_and_token_length_breaks_it(tiny_model_dir, color_concept, tmp_path):
+    from trainer.backup import compare_presets
+    preset = quick_preset(tmp_path, tiny_model_dir, color_concept)
+    changed = quick_preset(tmp_path, tiny_model_dir, color_concept)
+    changed.concepts[0].missing_caption = "skip"
+    with pytest.raises(InputError, match=r"^concepts\.0\.missing_caption: changed"):
+        compare_presets(preset, changed)
+    changed = quick_preset(tmp_path, tiny_model_dir, color_concept, training={"max_token_length": 150})
+    with pytest.raises(InputError, match=r"^training\.max_token_length: changed"):
+        compare_presets(preset, changed)
+
+
+def test_tensorboard_that_cannot_write_is_turned_off_and_the_run_goes_on(tiny_model_dir, color_concept, tmp_path,
+                                                                        monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(SummaryWriter, "add_scalar", full)
+    preset = quick_preset(tmp_path, tiny_model_dir, color_concept, general={"tensorboard": True})
+    finished, events = run(preset)
+    assert finished.outcome == "completed" and "TensorBoard turned off" in logs(events, "warning")
+
+
+def test_known_run_failures_show_no_traceback(tiny_model_dir, color_concept, tmp_path, monkeypatch):
+    from trainer import outputs
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(outputs, "save_model", full)
+    finished, events = session_run(quick_preset(tmp_path, tiny_model_dir, color_concept))
+    assert finished.outcome == "failed" and not finished.bad_input and "backup" in finished.message
+    assert "Traceback" not in logs(events)

@@ -136,7 +136,8 @@ def cmd_stats(args) -> int:
     preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     stats = concept_stats(preset)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
-    return EXIT_OK
+    refused = any(s["missing_caption"] == "refuse" and s["without_caption"] for s in stats if s["enabled"])
+    return EXIT_BAD_INPUT if refused or any(s["error"] for s in stats if s["enabled"]) else EXIT_OK
 
 
 def cmd_make_demo(args) -> int:

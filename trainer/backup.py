@@ -18,7 +18,7 @@ import torch
 
 from trainer.config import Preset, preset_from_dict, preset_to_dict, preset_to_json
 from trainer.fields import atomic_write_text
-from trainer.errors import InputError
+from trainer.errors import InputError, plain_text
 from trainer.runs import MANIFEST, complete_backups
 
 STATE = "state.pt"
@@ -29,6 +29,7 @@ BREAKING = (
     "training.optimizer", "training.batch_size", "training.gradient_accumulation_steps", "training.resolution",
     "training.train_unet", "training.train_text_encoder", "training.ema", "training.mixed_precision",
     "training.prediction_type", "training.zero_terminal_snr", "training.lr_scheduler",
+    "training.max_token_length",
 )
 
 
@@ -125,11 +126,12 @@ def prune_backups(root: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
+def _flatten(data: dict | list, prefix: str = "") -> dict:
+    """{dotted path: value} of a preset dict, into lists of objects too (concepts.0.missing_caption)."""
     out = {}
-    for key, value in data.items():
+    for key, value in (enumerate(data) if isinstance(data, list) else data.items()):
         path = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
             out.update(_flatten(value, path + "."))
         else:
             out[path] = value
@@ -160,7 +162,14 @@ def check_backup(folder: Path, current: Preset, num_processes: int, dataset: dic
     allow_changed_data, when the concepts' files changed since the backup (`dataset`: data.dataset_record of
     the images now; refusal "data_changed")."""
     from trainer.inputs import dataset_changes
-    manifest = json.loads((folder / MANIFEST).read_text())
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        saved = preset_from_dict(json.loads((folder / "preset.json").read_text()))
+        recorded = json.loads((folder / DATASET).read_text(encoding="utf-8")) if (folder / DATASET).is_file() \
+            else None
+    except (OSError, ValueError) as error:  # ConfigError is a ValueError too
+        raise InputError(f"backup.resume: {folder} is damaged ({str(error).splitlines()[0]}); resume from another "
+                         "backup (--resume PATH) or start over") from error
     written_by = manifest.get("num_processes", 1)
     if written_by != num_processes:
         how = (f"accelerate launch --multi_gpu --num_processes {written_by} -m trainer train ..." if written_by > 1
@@ -168,13 +177,12 @@ def check_backup(folder: Path, current: Preset, num_processes: int, dataset: dic
         raise InputError(f"backup.resume: {folder} was written by a run on {written_by} process(es) and this run "
                          f"has {num_processes}; each optimizer step holds a batch from every process, so the "
                          f"position inside the epoch would not match. Resume with the same count: {how}")
-    saved = preset_from_dict(json.loads((folder / "preset.json").read_text()))
     harmless = compare_presets(saved, current)
     position = Position(manifest["step"], manifest["epoch"], manifest["epoch_step"])
-    if not (folder / DATASET).is_file():
+    if recorded is None:
         return position, harmless, [f"{folder} does not record its images (written by an older SeaChange), so "
                                     "changes to the data since then cannot be checked"]
-    changes = dataset_changes(json.loads((folder / DATASET).read_text(encoding="utf-8")), dataset)
+    changes = dataset_changes(recorded, dataset)
     if not changes:
         return position, harmless, []
     lines = [f"{kind}: {len(paths)} ({', '.join(Path(p).name for p in paths[:5])}"
@@ -191,12 +199,21 @@ def check_backup(folder: Path, current: Preset, num_processes: int, dataset: dic
 
 
 def load_backup(folder: Path) -> tuple[dict, dict]:
-    """(module tensors by name, training state) of a backup that check_backup accepted."""
+    """(module tensors by name, training state) of a backup that check_backup accepted; InputError naming the
+    file when one is damaged (truncated, overwritten)."""
     from safetensors.torch import load_file
     manifest = json.loads((folder / MANIFEST).read_text())
-    tensors = {f[: -len(".safetensors")]: load_file(str(folder / f)) for f in manifest["files"]
-               if f.endswith(".safetensors")}
-    return tensors, torch.load(folder / STATE, weights_only=True)
+    name = STATE
+    try:
+        tensors = {}
+        for name in (f for f in manifest["files"] if f.endswith(".safetensors")):
+            tensors[name[: -len(".safetensors")]] = load_file(str(folder / name))
+        name = STATE
+        return tensors, torch.load(folder / STATE, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - safetensors, pickle and zip errors alike mean a damaged file
+        raise InputError(f"backup.resume: {folder / name} is damaged and cannot be read "
+                         f"({plain_text(str(error)).splitlines()[0] if str(error) else type(error).__name__}); "
+                         "resume from another backup (--resume PATH) or start over") from error
 
 
 # ---- disk and folder checks before anything heavy loads -------------------------------------------------

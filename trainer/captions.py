@@ -6,6 +6,7 @@ import locale
 import os
 import random
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,11 @@ TXT_SOURCES = ("txt", "txt_or_filename")
 #  - a reading is dropped when its chaos is over MAX_CHAOS, when it holds control characters, or when it is
 #    UTF-16/32 without a BOM and neither recognised as a language (coherence >= MIN_WIDE_COHERENCE) nor the
 #    only reading charset-normalizer has;
+#  - when charset-normalizer ranks an East Asian multi-byte code page first (Shift-JIS, GB18030, Big5...), its
+#    reading is taken: the rules below are for the single-byte code pages, and they would prefer a one-block
+#    Hangul misreading of Japanese text over kanji and kana;
+#  - a reading is also dropped when a word in it mixes alphabets (Latin, Greek, Cyrillic, Hebrew...: "cafй")
+#    while another reading does not;
 #  - then, in this order, the readings that use the fewest Unicode blocks ("café, naïve, déjà vu" is Basic
 #    Latin + Latin-1 Supplement in cp1252, and adds Latin Extended-A as "naļve, déją" in cp1257), the least
 #    chaos and the most coherence (each within charset-normalizer's own tie margins: chaos 0.005, coherence
@@ -34,11 +40,14 @@ TXT_SOURCES = ("txt", "txt_or_filename")
 #    Windows). Blocks come first because chaos and coherence cannot tell the Latin code pages apart on a
 #    caption ("lumière" scores less coherent than "lumičre"); the price is that Central European and Turkish
 #    text can read as cp1252 ("Győr" as "Gyõr") when it makes sense there too;
-#  - if the candidates left still read as different texts, the file is ambiguous: refused, naming two
-#    readings. In practice a caption of a few words in a legacy code page ("café", "кошка на диване") is
-#    ambiguous unless it is in this computer's code page; a sentence-long one is usually read right
-#    (charset-normalizer recognises languages from about 32 letters of one script on). Guessing a legacy code
-#    page is never certain: CaptionFile.encoding says which one was used, for the statistics to show.
+#  - if the candidates left still read as different texts and all of them are Latin script, Windows-1252 (the
+#    code page Western Windows and its Notepad write) wins when it is one of them: "café, naïve" is read as
+#    written, not refused;
+#  - otherwise, if they still read as different texts, the file is ambiguous: refused, naming two readings
+#    (a few words of Cyrillic or Greek in a code page other than this computer's, say). Guessing a legacy code
+#    page is never certain: CaptionFile.encoding says which one was used, and the statistics and the run log
+#    list every caption read that way. UTF-16/32 without a BOM counts only when charset-normalizer recognises
+#    a language in it (random bytes often decode as UTF-16).
 # Code pages that read the bytes as the same text are one reading: it is reported (and rewritten) as this
 # computer's code page, else cp1252, when that is one of them, else as charset-normalizer names it.
 MAX_CHAOS = 0.1
@@ -98,6 +107,31 @@ def _is_wide(encoding: str) -> bool:
     return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
 
 
+ALPHABETS = ("LATIN", "GREEK", "CYRILLIC", "HEBREW", "ARABIC", "THAI", "ARMENIAN", "GEORGIAN")
+
+
+def _script(ch: str) -> str | None:
+    """The alphabet of a letter (LATIN, CYRILLIC ...), None for others (CJK, kana: they mix with Latin in real
+    captions, as in "Tシャツ")."""
+    script = unicodedata.name(ch, "").split(" ")[0]
+    return script if script in ALPHABETS else None
+
+
+def _mixed_script_words(text: str) -> bool:
+    """Whether a word mixes alphabets ("cafй", "naпve", "cafי"): the mark of a wrong code page."""
+    for word in re.findall(r"\w+", text):
+        scripts = {_script(ch) for ch in word if ch.isalpha()} - {None}
+        if len(scripts) > 1:
+            return True
+    return False
+
+
+def _latin(text: str) -> bool:
+    """Whether every letter of `text` is a Latin one (Basic Latin to Latin Extended-B): readings that differ only
+    in accented Latin letters are the Western code pages' usual ambiguity."""
+    return all(ord(ch) < 0x250 or not ch.isalpha() for ch in text)
+
+
 def _blocks(match) -> int:
     """How many Unicode blocks a reading's text uses (Basic Latin, Latin-1 Supplement, Cyrillic...)."""
     return len([name for name in match.alphabets if name != "Control character"])  # CR, LF: in every reading
@@ -107,9 +141,15 @@ def _legacy_reading(data: bytes) -> tuple[str, str]:
     """(text, codec) of bytes that are not UTF-8, by charset-normalizer and the confidence rule above;
     raises ValueError with the problem when no reading is confident."""
     from charset_normalizer import from_bytes
+    from charset_normalizer.utils import is_multi_byte_encoding
     matches = list(from_bytes(data, cp_exclusion=_NOT_CAPTIONS))
     readings = [m for m in matches if m.chaos <= MAX_CHAOS and not _CONTROL.search(str(m))
-                and (not _is_wide(m.encoding) or m.coherence >= MIN_WIDE_COHERENCE or len(matches) == 1)]
+                and (not _is_wide(m.encoding) or m.coherence >= MIN_WIDE_COHERENCE)]
+    if readings and is_multi_byte_encoding(readings[0].encoding) and not _is_wide(readings[0].encoding):
+        return str(readings[0]), codecs.lookup(readings[0].encoding).name  # East Asian: charset-normalizer's best
+    readings = [m for m in readings if not is_multi_byte_encoding(m.encoding) or _is_wide(m.encoding)]
+    plain = [m for m in readings if not _mixed_script_words(str(m))]
+    readings = plain or readings
     if not readings:
         raise ValueError(f"cannot tell its text encoding (it is not UTF-8 and no code page reads it as "
                          f"text); {UTF8_ADVICE}")
@@ -124,6 +164,9 @@ def _legacy_reading(data: bytes) -> tuple[str, str]:
     texts = {}
     for m in tied:
         texts.setdefault(str(m), m.encoding)
+    western = [m for m in tied if "cp1252" in (codecs.lookup(c).name for c in (m.encoding, *m.could_be_from_charset))]
+    if len(texts) > 1 and western and all(_latin(text) for text in texts):
+        tied, texts = western[:1], {str(western[0]): western[0].encoding}  # Latin-script readings: Windows' own
     if len(texts) > 1:
         two = " or ".join(f"“{t[:40]}” ({enc})" for t, enc in list(texts.items())[:2])
         raise ValueError(f"cannot tell its text encoding (it reads as {two}); {UTF8_ADVICE}")
@@ -205,7 +248,7 @@ class ImageCaptions:
     missing: bool = False
     problem: str | None = None
     skip: bool = False
-    guessed_encoding: str | None = None  # its .txt is in a legacy code page charset-normalizer recognised
+    guessed_encoding: str | None = None  # its .txt has no BOM and is not UTF-8: its encoding was detected
 
     @property
     def guessed(self) -> bool:
@@ -229,7 +272,7 @@ def caption_lines(image: Path, concept) -> ImageCaptions:
     if found.problem:
         return ImageCaptions((), problem=found.problem, skip=True)
     if found.lines:
-        guess = found.encoding if found.encoding and not found.encoding.startswith("utf") else None
+        guess = found.encoding if found.encoding != "utf-8" and not found.bom else None  # a detected encoding
         return ImageCaptions(tuple(found.lines), has_txt=True, guessed_encoding=guess)
     if source == "txt_or_filename":
         return ImageCaptions((filename_caption(image),))

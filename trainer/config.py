@@ -327,6 +327,12 @@ def built_by_demo(preset: Preset, path: str) -> bool:
     return Path(path).expanduser().absolute() in [demo / part for part in DEMO_PARTS]
 
 
+def _inside(path: str, folder: str, below: bool) -> bool:
+    """Whether `path` is `folder`, or (below) any folder under it."""
+    path_, folder_ = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    return path_ == folder_ or (below and folder_ in path_.parents)
+
+
 def _path_problems(preset: Preset) -> list[str]:
     problems = []
     if not preset.model.base_model:
@@ -349,6 +355,10 @@ def _path_problems(preset: Preset) -> list[str]:
                             "the folder that holds the images")
         elif not Path(concept.path).expanduser().is_dir() and not built_by_demo(preset, concept.path):
             problems.append(f"concepts.{i}.path: folder {concept.path} of concept {concept.name!r} does not exist")
+        if concept.path and _inside(preset.general.workspace_dir, concept.path, concept.include_subdirectories):
+            problems.append(f"general.workspace_dir: {preset.general.workspace_dir} lies in the folder of concept "
+                            f"{concept.name!r}: the run's sample images would be trained on; choose a workspace "
+                            "outside the image folders")
         if concept.caption_source == "single" and not concept.caption.strip():
             problems.append(f"concepts.{i}.caption: caption source 'single' needs a caption")
     return problems

@@ -67,7 +67,9 @@ def scan_concept(concept: ConceptConfig, index: FileIndex) -> tuple[list, list[t
     folder = Path(concept.path).expanduser()
     if not concept.path or not folder.is_dir():
         raise InputError(f"concept {concept.name!r}: folder {folder} does not exist")
-    return scan_files(list_image_files(folder, concept.include_subdirectories), index)
+    duplicates: list = []
+    usable, skipped = scan_files(list_image_files(folder, concept.include_subdirectories, duplicates), index)
+    return usable, skipped + duplicates
 
 
 def collect_items(preset: Preset) -> Items:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import errno
 import re
 
 ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
@@ -23,12 +24,28 @@ def plain_text(text: str) -> str:
     return ANSI_ESCAPE.sub("", text)
 
 
+class RunFailure(RuntimeError):
+    """The run failed for a known reason (a NaN loss, a final save that could not be written): the message says
+    what happened and what to do, and no traceback is shown (the CLI exits 1)."""
+
+
+def is_run_failure(error: BaseException) -> bool:
+    """A failure of the run, not a bug: RunFailure, out of memory, or a full disk. Shown without a traceback."""
+    full_disk = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RunFailure) or full_disk or "out of memory" in str(error).lower()
+
+
 def describe_failure(error: BaseException) -> str:
     """A one-paragraph message for a failed run, with advice where the cause is known."""
     text = plain_text(str(error)) or type(error).__name__
     if "out of memory" in text.lower():
         return (f"Out of GPU memory: {text.splitlines()[0]}. Try a smaller batch size, gradient checkpointing, "
                 "the 8-bit AdamW optimizer, a lower resolution, or the low-VRAM preset.")
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" ({error.filename})" if error.filename else ""
+        return (f"The disk is full{where}: {text.splitlines()[0]}. Free some space or move the workspace "
+                "(general.workspace_dir) to a bigger disk, then resume from the last backup (--resume latest): "
+                "it is intact.")
     return text
 
 

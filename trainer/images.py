@@ -57,19 +57,20 @@ def _walk(folder: Path) -> Iterator[Path]:
         yield from (Path(root) / f for f in files if not f.startswith("."))
 
 
-def list_image_files(folder: Path, recursive: bool) -> list[Path]:
+def list_image_files(folder: Path, recursive: bool, duplicates: list | None = None) -> list[Path]:
     """Image files (by suffix) in the folder, or below it, sorted, as the user sees them (not resolved).
 
     Hidden files and folders are left out. Symlinked files and (with recursive) symlinked folders are
     followed, without loops; a file reached by two paths (a link to an image that is also there, two links
-    to one folder, hard links) is listed once, under the first of its paths in sorted order. A broken
-    symlink is listed: scan_files skips it with the reason ("broken link to ...")."""
+    to one folder, hard links) is listed once, under the first of its paths in sorted order, and the other
+    paths go to `duplicates` as (path, reason) when a list is given. A broken symlink is listed: scan_files
+    skips it with the reason ("broken link to ...")."""
     folder = Path(folder)
     if recursive:
         found = list(_walk(folder))
     else:
         found = [p for p in folder.iterdir() if not p.name.startswith(".") and (p.is_file() or p.is_symlink())]
-    listed, seen = [], set()
+    listed, seen = [], {}
     for path in sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES):
         try:
             st = path.stat()
@@ -77,8 +78,10 @@ def list_image_files(folder: Path, recursive: bool) -> list[Path]:
         except OSError:  # a broken link: listed, so that the scan names it
             key = ("broken", str(path))
         if key not in seen:
-            seen.add(key)
+            seen[key] = path
             listed.append(path)
+        elif duplicates is not None:
+            duplicates.append((path, f"the same file as {seen[key]} (used once, with that path's caption)"))
     return listed
 
 

@@ -27,7 +27,7 @@ from trainer.cache import frozen_dtype as cache_dtype
 from trainer.data import EpochPlan, collect_items
 from trainer.inputs import dataset_record, input_report, long_caption_report
 from trainer.ema import EMA
-from trainer.errors import InputError
+from trainer.errors import InputError, RunFailure
 from trainer.intervals import Interval
 from trainer.models import load_model
 from trainer.objective import resolve_prediction_type
@@ -518,5 +518,5 @@ def report_steps(pending: list, deferred: bool, smooth, extra: dict, skip_nan_st
     return smooth
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(RunFailure, FloatingPointError):
     """The loss became NaN or infinite more often than training.skip_nan_steps allows."""

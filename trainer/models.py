@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -190,7 +191,9 @@ def _read_pickle_checkpoint(path: Path) -> dict:
     import torch
 
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before refusing; the refusal below says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ModelLoadError(
             f"{path}: refused: this .ckpt holds Python objects or code beyond plain tensors (unsafe pickle), "

@@ -152,6 +152,6 @@ def resolve_prediction_type(requested: str, components: Any) -> tuple[str, str |
     if requested == own:
         return requested, None
     return requested, (f"training.prediction_type is {requested}, but the base model predicts {own} ({source}). "
-                       f"Training retrains it to predict {requested}: the result is a {requested} model, not "
-                       f"{own}, and must be sampled as a {requested} model (its metadata says so). Set "
+                       f"Training retrains it to predict {requested}: the result predicts {requested}, not "
+                       f"{own}, and must be sampled that way (its metadata says so). Set "
                        "prediction_type to auto to keep the model's own objective.")

@@ -18,7 +18,7 @@ from trainer import events as ev
 from trainer.backup import Position, prune_backups, rng_state, write_backup
 from trainer.config import Preset, preset_to_json
 from trainer.ema import EMA
-from trainer.errors import plain_text
+from trainer.errors import RunFailure, plain_text
 from trainer.models import SDComponents, save_model
 from trainer.runs import RUN_ID_KEY, backup_root
 from trainer.sampling import generate, make_pipeline, sample_path
@@ -80,8 +80,8 @@ class Run:
                 path = sample_path(self.samples_dir, step, epoch, index, prompt.seed)
                 image.save(path)
                 self._note_written("sample", path)
-                if self.writer:
-                    self.writer.add_image(f"samples/{index}", np.asarray(image), step, dataformats="HWC")
+                self._tensorboard(lambda w: w.add_image(f"samples/{index}", np.asarray(image), step,
+                                                        dataformats="HWC"))
                 self.emit(ev.SampleReady(str(path), index, prompt.prompt, step, epoch))
         finally:
             if self.ema:
@@ -181,10 +181,28 @@ class Run:
         return folder
 
     def log_scalars(self, step: int, loss: float, smooth: float, lr: float) -> None:
-        if self.writer:
-            self.writer.add_scalar("loss/raw", loss, step)
-            self.writer.add_scalar("loss/smoothed", smooth, step)
-            self.writer.add_scalar("lr", lr, step)
+        def write(w):
+            w.add_scalar("loss/raw", loss, step)
+            w.add_scalar("loss/smoothed", smooth, step)
+            w.add_scalar("lr", lr, step)
+        self._tensorboard(write)
+
+    def _tensorboard(self, write: Callable) -> None:
+        """write(writer) when TensorBoard is on. TensorBoard is a view of the run, not the run: if writing fails
+        (a full disk, a folder gone) it is turned off with a warning and the training goes on."""
+        if self.writer is None:
+            return
+        try:
+            write(self.writer)
+        except Exception as error:  # noqa: BLE001 - the writer's thread re-raises any I/O error of its own
+            writer, self.writer = self.writer, None
+            self.emit(ev.Log("warning", f"TensorBoard turned off for this run: cannot write to "
+                                        f"{self.workspace / 'tensorboard'} ({plain_text(str(error))}); the training "
+                                        "goes on"))
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - it failed already
+                pass
 
     def note_batch(self, epoch: int, batch) -> None:
         """Remember the epoch positions this process trains on (only for the test hook)."""
@@ -200,8 +218,7 @@ class Run:
             self.dump["written"].append([kind, str(path)])
 
     def close(self) -> None:
-        if self.writer:
-            self.writer.close()
+        self._tensorboard(lambda w: w.close())
         if self.dump is not None:
             digest = hashlib.sha256()
             for name, tensor in sorted(self.unwrapped().unet.state_dict().items()):
@@ -214,5 +231,5 @@ class Run:
             (folder / f"rank{self.acc.process_index}.json").write_text(json.dumps(record))
 
 
-class FinalSaveFailed(RuntimeError):
+class FinalSaveFailed(RunFailure):
     """The final model could not be written; the message says where the trained state was kept instead."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -25,7 +26,6 @@ PRESET_KEY = "seachange.preset"
 DIFFUSERS_METADATA = "seachange_metadata.json"  # trainer.models.METADATA_FILE (models imports torch)
 # What a run writes into its workspace; all of it moves aside together when the user starts over.
 RUN_PARTS = ("backup", "samples", "save", "tensorboard", "preset.json", RUN_FILE)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
@@ -43,6 +43,11 @@ class EarlierRun:
     saves: int = 0
     model: Path | None = None
 
+    @property
+    def in_workspace(self) -> bool:
+        """Whether the workspace holds any of it (else only the model at the output path is an earlier run's)."""
+        return self.backup is not None or bool(self.samples) or bool(self.saves)
+
     def summary(self) -> str:
         """One line for the user: 'latest backup at step 503 (epoch 4), 12 samples, 2 saves, the model X'."""
         parts = []
@@ -58,7 +63,8 @@ class EarlierRun:
 
 
 def output_file(preset) -> Path:
-    """Where the final model goes: model.output_path, with .safetensors added for a single file (as saved)."""
+    """Where the final model goes: model.output_path, with .safetensors added for a single file named without a
+    suffix (check_output refuses other suffixes), as trainer.models.save_model writes it."""
     path = Path(preset.model.output_path).expanduser()
     if preset.model.output_format == "single_file" and path.suffix.lower() != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
@@ -108,11 +114,16 @@ def model_metadata(path: Path) -> dict | None:
     return meta
 
 
-def _count_files(folder: Path, suffixes: tuple[str, ...] | None = None) -> int:
+# The names a run gives its samples and saves (trainer.sampling.sample_path, outputs.Run.save_now_path): only
+# those count as an earlier run's; a user's own files in a folder of that name do not.
+SAMPLE_NAME = re.compile(r"step\d{7}-epoch\d{4}-prompt\d{2}-seed\d+\.png")
+SAVE_NAME = re.compile(r".*step\d{7}-epoch\d{4}(\.safetensors)?")
+
+
+def _count_files(folder: Path, pattern: re.Pattern) -> int:
     if not folder.is_dir():
         return 0
-    return sum(1 for p in folder.iterdir() if not p.name.startswith(".")
-               and (suffixes is None or p.suffix.lower() in suffixes))
+    return sum(1 for p in folder.iterdir() if pattern.fullmatch(p.name))
 
 
 def earlier_run(preset) -> EarlierRun | None:
@@ -128,8 +139,8 @@ def earlier_run(preset) -> EarlierRun | None:
             found.backup_step, found.backup_epoch = manifest["step"], manifest["epoch"]
         except (OSError, ValueError, KeyError):
             pass
-    found.samples = _count_files(workspace / "samples", IMAGE_SUFFIXES)
-    found.saves = _count_files(workspace / "save")
+    found.samples = _count_files(workspace / "samples", SAMPLE_NAME)
+    found.saves = _count_files(workspace / "save", SAVE_NAME)
     output = output_file(preset)
     if output.exists() and model_metadata(output) is not None:
         found.model = output
@@ -221,11 +232,18 @@ def check_output(preset, run_id: str | None, resuming: bool) -> None:
     not write (a user's file, a folder of other files), a file where a folder goes or the other way round, or a
     model another run wrote. An output of this run (same id), or of an unknown run when resuming a backup that
     predates run ids, may be replaced."""
+    given = Path(preset.model.output_path).expanduser()
     output = output_file(preset)
     fmt = preset.model.output_format
     where = f"model.output_path: {output}"
-    if output.resolve() == Path(preset.model.base_model).expanduser().resolve():
-        raise InputError(f"{where} is the base model; write the result to another path")
+    base = Path(preset.model.base_model).expanduser().resolve()
+    if base in (given.resolve(), output.resolve()):
+        raise InputError(f"model.output_path: {given} is the base model; write the result to another path")
+    if fmt == "single_file" and given != output and (given.suffix or given.exists()):
+        what = "a folder" if given.is_dir() else "a file" if given.exists() else f"named {given.suffix}"
+        raise InputError(f"model.output_path: {given} is {what}, and the output format single_file writes one "
+                         ".safetensors file; give a name ending in .safetensors (or choose output format diffusers "
+                         "for a folder)")
     if not output.exists():
         return
     if fmt == "single_file" and output.is_dir():
@@ -266,20 +284,35 @@ def claim_workspace(preset, resume: str | None, fresh: bool, emit, main_process:
         except (OSError, ValueError):
             manifest = {}
         run_id = manifest.get("run_id") or read_run_id(workspace) or new_run_id()
+        here = read_run_id(workspace)
+        if here and here != run_id and earlier_run(preset) is not None:
+            raise InputError(
+                f"backup.resume: {folder} belongs to another run than the one in {workspace}; resuming it here "
+                "would mix the two runs' samples and backups (and prune the other's). Resume it in its own "
+                f"workspace (general.workspace_dir: the folder that holds its backup/ folder), or in a new one",
+                refusal="earlier_run")
     else:
         earlier = earlier_run(preset)
         if earlier is not None and not fresh:
-            how = "--resume latest" if earlier.backup is not None else "--resume PATH (a backup of that run)"
-            raise InputError(
-                f"general.workspace_dir: {workspace} holds an earlier run ({earlier.summary()}). Continue it "
-                f"({how}), or start over (--fresh: its files are kept, moved to {workspace / EARLIER_DIR}/), "
-                "or choose another workspace", refusal="earlier_run")
+            raise InputError(_earlier_run_message(workspace, earlier), refusal="earlier_run")
         if earlier is not None and main_process:
-            for line in move_earlier_run(preset, earlier):
-                emit(ev.Log("info", f"Starting over; moved the earlier run's {line}"))
+            for line in move_earlier_run(preset, earlier):  # a warning: said even with --quiet
+                emit(ev.Log("warning", f"Starting over; moved the earlier run's {line}"))
         run_id = new_run_id()
     check_output(preset, run_id, resuming=folder is not None)
     if main_process and read_run_id(workspace) != run_id:
         workspace.mkdir(parents=True, exist_ok=True)
         write_run_file(workspace, run_id)
     return run_id, folder
+
+
+def _earlier_run_message(workspace: Path, earlier: EarlierRun) -> str:
+    """Why a start without --resume or --fresh is refused, and what each choice does."""
+    if not earlier.in_workspace:
+        return (f"model.output_path: {earlier.model} holds the model of an earlier run, and SeaChange replaces a model "
+                "only for the run that wrote it. Choose another output path, or start over (--fresh: that model "
+                f"is kept, renamed beside itself to {earlier.model.stem}.earlier-<date-time>{earlier.model.suffix})")
+    how = "--resume latest" if earlier.backup is not None else "--resume PATH (a backup of that run)"
+    return (f"general.workspace_dir: {workspace} holds an earlier run ({earlier.summary()}). Continue it ({how}), "
+            f"or start over (--fresh: its files are kept, moved to {workspace / EARLIER_DIR}/), or choose another "
+            "workspace")

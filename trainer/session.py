@@ -43,8 +43,8 @@ def compare_job(emit, commands, spec):
 
 def run_job(job: Callable, args: tuple, emit, commands) -> None:
     """Run a job and emit its RunFinished: exactly one, last, whatever happens. The user's mistakes (bad preset,
-    input or model file) end with their message alone; any other failure also logs its traceback (a bug or a
-    failure of the run, not of the user). No text carries terminal escape codes."""
+    input or model file) and known failures of the run (errors.is_run_failure) end with their message alone; any
+    other failure is a bug and also logs its traceback. No text carries terminal escape codes."""
     from trainer.errors import plain_text
     finished = ev.RunFinished("failed", "the run ended without a result")
 
@@ -55,9 +55,9 @@ def run_job(job: Callable, args: tuple, emit, commands) -> None:
     try:
         finished = job(clean_emit, commands, *args)
     except Exception as e:  # noqa: BLE001 - any failure becomes a "failed" event with its message
-        from trainer.errors import describe_failure, is_input_error
+        from trainer.errors import describe_failure, is_input_error, is_run_failure
         bad_input = is_input_error(e)
-        if not bad_input:
+        if not bad_input and not is_run_failure(e):  # a bug: its traceback goes to the log
             clean_emit(ev.Log("error", traceback.format_exc()))
         finished = ev.RunFinished("failed", describe_failure(e), bad_input=bad_input,
                                   refusal=getattr(e, "refusal", "") if bad_input else "")

@@ -44,6 +44,8 @@ def _one_concept(preset: Preset, concept, index, tokenizer) -> dict:
     if not concept.path or not folder.is_dir():
         if not concept.path:
             out["error"] = "no folder chosen"
+        elif folder.exists():
+            out["error"] = f"{folder} is a file; choose the folder that holds the images"
         elif built_by_demo(preset, concept.path):
             out["error"] = f"folder {folder} does not exist yet: the demo builds it when training starts"
         else:
@@ -53,9 +55,11 @@ def _one_concept(preset: Preset, concept, index, tokenizer) -> dict:
         out["resolutions"] = parse_resolutions(concept.resolution.strip() or preset.training.resolution)
     except ValueError as e:
         out["error"] = f"resolution: {e}"
-    files = list_image_files(folder, concept.include_subdirectories)
+    duplicates: list = []
+    files = list_image_files(folder, concept.include_subdirectories, duplicates)
     usable, skipped = scan_files(files, index)
-    out.update(image_count=len(files), usable=len(usable),
+    skipped += duplicates
+    out.update(image_count=len(files) + len(duplicates), usable=len(usable),
                skipped=[{"path": str(p), "reason": r} for p, r in skipped])
     words, chars, counts, texts = [], [], {}, []
     for info in usable:
@@ -114,12 +118,16 @@ def format_stats(stats: list[dict]) -> str:
             continue
         lines.append(f"  {s['image_count']} image files, {s['usable']} usable, {len(s['skipped'])} skipped, "
                      f"{s['without_caption']} without a caption (missing_caption: {s['missing_caption']})")
+        unreadable = {str(Path(k["path"]).with_suffix("")) for k in s["caption_problems"]}
         for k in s["skipped"]:
-            lines.append(f"    skipped {k['path']}: {k['reason']}")
+            if str(Path(k["path"]).with_suffix("")) not in unreadable:  # listed below with its caption file
+                lines.append(f"    skipped {k['path']}: {k['reason']}")
         if s["without_caption"]:
             more = s["without_caption"] - len(s["without_caption_examples"])
             lines.append(f"    without a caption: {', '.join(Path(p).name for p in s['without_caption_examples'])}"
-                         + (f" and {more} more" if more else ""))
+                         + (f" and {more} more" if more else "")
+                         + ("; training refuses to start until they have one" if s["missing_caption"] == "refuse"
+                            else ""))
         for k in s["caption_problems"]:
             lines.append(f"    caption not readable {k['path']}: {k['reason']}")
         for k in s["guessed_encodings"]:

@@ -43,7 +43,8 @@ def earlier_run_files(workspace: Path, step: int | None = 8, epoch: int = 2, sam
                                                           "run_id": run_id, "files": []}))
     (workspace / "samples").mkdir(exist_ok=True)
     for i in range(samples):
-        Image.new("RGB", (16, 16), "red").save(workspace / "samples" / f"{i}-{step or 0}.png")
+        name = f"step{step or 0:07d}-epoch{epoch:04d}-prompt{i:02d}-seed{i}.png"  # trainer.sampling.sample_path
+        Image.new("RGB", (16, 16), "red").save(workspace / "samples" / name)
     if model is not None:
         model.parent.mkdir(parents=True, exist_ok=True)
         save_file({"w": np.zeros(2, np.float32)}, str(model), metadata={"seachange.run_id": run_id})
