@@ -164,3 +164,14 @@ def test_cli_generates_and_reports_bad_specs(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["images"]["000001"]["seed"] == 10
     bad = subprocess.run(cmd + ["--set", "steps=0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "steps: 0 is below the minimum" in bad.stderr
+
+
+def test_prompts_longer_than_clips_window_are_named(tiny_model_dir, tmp_path):
+    long = "a {red|blue} square, " + ", ".join(f"detail{i}" for i in range(40))
+    spec = tiny_spec(tiny_model_dir, tmp_path / "long", prompts=[long], images_per_prompt=1)
+    finished, events = run(spec)
+    warnings = [e.text for e in events if isinstance(e, ev.Log) and e.level == "warning"]
+    assert finished.outcome == "completed" and len(warnings) == 1
+    assert warnings[0].startswith("2 prompt(s) are longer than CLIP's 75 tokens") and "a red square" in warnings[0]
+    finished, events = run(tiny_spec(tiny_model_dir, tmp_path / "short"))
+    assert not [e for e in events if isinstance(e, ev.Log) and e.level == "warning"]

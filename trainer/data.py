@@ -49,7 +49,7 @@ class Items(list):
 
 
 def file_index(preset: Preset) -> FileIndex:
-    return FileIndex(Path(preset.general.cache_dir).expanduser() / "files.json")
+    return FileIndex(Path(preset.general.cache_dir).expanduser() / "seachange-file-index.json")  # a name no user file has
 
 
 def concept_resolutions(preset: Preset, index: int) -> list[int]:

@@ -12,6 +12,7 @@ from trainer import events as ev
 from trainer.captions import strip_phrases, write_caption
 from trainer.fields import atomic_write_text
 from trainer.errors import InputError
+from trainer.prompts import CHUNK, first_words, over_limit
 from trainer.specs import GenerateDataSpec, spec_to_dict
 from trainer.wildcards import Wildcards, WildcardError, expand_all, expand_random
 
@@ -137,6 +138,12 @@ def generate_data(spec: GenerateDataSpec, emit, commands: queue.Queue | None = N
     move_model(model, device, dtype)
     pipe = make_pipeline(model.unet, model.vae, model.text_encoder, model.tokenizer, model.noise_scheduler.config,
                          spec.sampler)
+    long = over_limit(model.tokenizer, [item.prompt for item in todo], CHUNK)
+    if long:  # the pipeline reads 75 tokens of a prompt: say which prompts lose words, never silently
+        index, count = long[0]
+        emit(ev.Log("warning", f"{len(long)} prompt(s) are longer than CLIP's {CHUNK} tokens; the words past it do "
+                               f"not reach the model (first: \"{first_words(todo[index].prompt)}\", {count} "
+                               "tokens). Their captions keep the whole prompt."))
     emit(ev.Status(f"Generating {len(todo)} of {len(plan)} images into {folder}"))
     for start in range(0, len(todo), spec.batch_size):
         if stop_requested(commands):
