@@ -36,14 +36,18 @@ def sentence(message: str) -> str:
     return reason[:1].upper() + reason[1:] + "." if reason else ""
 
 
-def earlier_run_message(earlier: EarlierRun | None, workspace: Path, refusal: str = "") -> str:
-    """What the question says: what the earlier run left, what Continue and Start over do with it. `refusal` is
-    the engine's message when the run itself refused to start (e.g. another run's model at the output path)."""
+def earlier_run_message(earlier: EarlierRun | None, workspace: Path, refusal: str = "",
+                        allow_continue: bool = True) -> str:
+    """What the question says: what the earlier run left, what Continue (when offered) and Start over do with
+    it. `refusal` is the engine's message when the run itself refused to start (e.g. another run's model at the
+    output path)."""
     said = split_problem(refusal)[0] == "general.workspace_dir" and earlier is not None  # said again below
     parts = [sentence(refusal)] if refusal and not said else []
-    if earlier is not None:
+    if earlier is not None and earlier.in_workspace:
         parts.append(f"{workspace} holds an earlier run: {earlier.summary()}.")
-    if earlier is not None and earlier.backup is not None:
+    elif earlier is not None and not refusal:
+        parts.append(f"The output path holds the model of an earlier run: {earlier.model}.")
+    if earlier is not None and earlier.backup is not None and allow_continue:
         parts.append(f"Continue resumes that run from its latest backup, at step {earlier.backup_step}.")
     model = earlier.model if earlier is not None else None
     archive = f"{workspace / EARLIER_DIR}/<date-time>/"
@@ -75,7 +79,8 @@ def ask_about_earlier_run(dialogs, preset, refusal: str = "", allow_continue: bo
     if resumable and allow_continue:
         options.append(continue_label(earlier))
     options.append(START_OVER)
-    answer = dialogs.choose(EARLIER_TITLE, earlier_run_message(earlier, workspace, refusal), options)
+    answer = dialogs.choose(EARLIER_TITLE, earlier_run_message(earlier, workspace, refusal, allow_continue),
+                            options)
     if answer == START_OVER:
         return {"fresh": True}
     if answer is not None and answer.startswith("Continue"):
@@ -86,13 +91,16 @@ def ask_about_earlier_run(dialogs, preset, refusal: str = "", allow_continue: bo
 def changed_data_message(refusal: str) -> str:
     """The engine's list of what changed, and what resuming on it means."""
     return (f"{sentence(refusal)}\n\n“{RESUME_CHANGED}” continues from the backup on the files as they are "
-            "now: from there on, the data order differs from an uninterrupted run.")
+            f"now: from there on, the data order differs from an uninterrupted run. “{START_OVER}” trains from "
+            "step 0 on them and keeps the earlier run's files, moved aside.")
 
 
 def ask_about_changed_data(dialogs, refusal: str) -> dict | None:
     """After a resume refused with "data_changed": {"resume": "latest", "allow_changed_data": True} when the
-    user accepts the changed data, None when they cancel."""
-    answer = dialogs.choose(CHANGED_TITLE, changed_data_message(refusal), [RESUME_CHANGED])
+    user accepts the changed data, {"fresh": True} when they start over on it, None when they cancel."""
+    answer = dialogs.choose(CHANGED_TITLE, changed_data_message(refusal), [RESUME_CHANGED, START_OVER])
+    if answer == START_OVER:
+        return {"fresh": True}
     return {"resume": "latest", "allow_changed_data": True} if answer == RESUME_CHANGED else None
 
 

@@ -318,6 +318,18 @@ def test_a_model_of_another_run_is_never_replaced(tiny_model_dir, color_concept,
     assert caught.value.refusal == "earlier_run" and (tmp_path / "shared.safetensors").read_bytes() == before
 
 
+def test_a_model_of_another_run_at_the_output_is_named_as_such(tiny_model_dir, color_concept, tmp_path):
+    shared = str(tmp_path / "shared.safetensors")
+    run(quick_preset(tmp_path / "a", tiny_model_dir, color_concept, model={"output_path": shared}))
+    second = quick_preset(tmp_path / "b", tiny_model_dir, color_concept, model={"output_path": shared})
+    with pytest.raises(InputError, match=r"^model\.output_path: .*shared\.safetensors holds the model of an "
+                                         r"earlier run"):
+        run(second)  # the new workspace holds nothing: the message is about the output path
+    run(second, fresh=True)  # b now has a run of its own, and the output holds b's model
+    third = quick_preset(tmp_path / "a", tiny_model_dir, color_concept, model={"output_path": shared})
+    assert "model of another run" in earlier_run(third).summary()  # a's workspace, b's model
+
+
 def test_window_refusal_is_carried_in_run_finished(tiny_model_dir, color_concept, tmp_path):
     preset = quick_preset(tmp_path, tiny_model_dir, color_concept)
     assert session_run(preset)[0].outcome == "completed"
@@ -450,6 +462,10 @@ def test_resume_names_each_changed_setting_and_token_length_breaks_it(tiny_model
         compare_presets(preset, changed)
     changed = quick_preset(tmp_path, tiny_model_dir, color_concept, training={"max_token_length": 150})
     with pytest.raises(InputError, match=r"^training\.max_token_length: changed"):
+        compare_presets(preset, changed)
+    changed = quick_preset(tmp_path, tiny_model_dir, color_concept)
+    changed.concepts.append(changed.concepts[0])
+    with pytest.raises(InputError, match=r"^concepts: added since the backup \(1 concept\(s\) then, 2 now\)"):
         compare_presets(preset, changed)
 
 

@@ -140,12 +140,19 @@ def _flatten(data: dict | list, prefix: str = "") -> dict:
 
 def compare_presets(saved: Preset, current: Preset) -> list[str]:
     """Raise InputError for a change that breaks resume; return the harmless changes (dotted paths)."""
-    old, new = _flatten(preset_to_dict(saved)), _flatten(preset_to_dict(current))
+    saved_dict, current_dict = preset_to_dict(saved), preset_to_dict(current)
+    if len(saved_dict["concepts"]) != len(current_dict["concepts"]):
+        before, now = len(saved_dict["concepts"]), len(current_dict["concepts"])
+        raise InputError(f"concepts: {'added' if now > before else 'removed'} since the backup ({before} concept(s) "
+                         f"then, {now} now); resuming would not continue the same training. Undo the change or "
+                         "start over (--fresh, or Start over in the window)")
+    old, new = _flatten(saved_dict), _flatten(current_dict)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     for key in changed:
         if any(key == b or key.startswith(b + ".") for b in BREAKING):
             raise InputError(f"{key}: changed since the backup ({old.get(key)!r} -> {new.get(key)!r}); "
-                             "resuming would not continue the same training. Undo the change or start fresh")
+                             "resuming would not continue the same training. Undo the change or start over "
+                             "(--fresh, or Start over in the window)")
     return changed
 
 

@@ -283,8 +283,7 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
             if getattr(prompt, side) % 8:
                 problems.append(f"sampling.prompts.{i}.{side}: must be a multiple of 8")
     if preset.training.max_token_length not in MAX_TOKEN_LENGTHS:
-        problems.append(f"training.max_token_length: must be 75, 150 or 225 (CLIP reads 75-token chunks), not "
-                        f"{preset.training.max_token_length}")
+        problems.append(f"training.max_token_length: must be 75, 150 or 225, not {preset.training.max_token_length}")
     if preset.training.zero_terminal_snr and preset.training.prediction_type == "epsilon":
         problems.append("training.zero_terminal_snr: needs prediction v_prediction (an epsilon model cannot "
                         "predict at zero SNR)")

@@ -253,9 +253,9 @@ def make_demo(folder: str | Path, seed: int = 0, vae_seconds: float | None = Non
         from diffusers import DDPMScheduler
         # The demo trains its random UNet for v-prediction with zero terminal SNR (presets/demo.json): its
         # scheduler says so, as a real v-prediction model's does, so the objective is the model's own.
-        components.noise_scheduler = DDPMScheduler.from_config({**components.noise_scheduler.config,
-                                                                "prediction_type": "v_prediction",
-                                                                "rescale_betas_zero_snr": True})
+        components.noise_scheduler = DDPMScheduler.from_config(components.noise_scheduler.config,
+                                                               prediction_type="v_prediction",
+                                                               rescale_betas_zero_snr=True)
         tmp = folder / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_diffusers_folder(components, tmp)

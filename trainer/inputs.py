@@ -22,9 +22,10 @@ def input_report(preset: Preset, items) -> list[ev.Log]:
     if items.guessed_encodings:
         shown = ", ".join(f"{path.name} ({encoding})" for path, encoding in items.guessed_encodings[:5])
         more = len(items.guessed_encodings) - 5
-        logs.append(ev.Log("info", f"{len(items.guessed_encodings)} caption file(s) are in a legacy code page, "
+        count = len(items.guessed_encodings)
+        logs.append(ev.Log("info", f"{count} caption file{'s are' if count > 1 else ' is'} in a legacy code page, "
                                    f"read as detected: {shown}{f' and {more} more' if more > 0 else ''}. If one "
-                                   "reads wrong in `stats`, save it as UTF-8"))
+                                   "reads wrong in the caption editor, save it as UTF-8"))
     what = {"concept_caption": "trained with the concept's caption", "filename": "captioned with their file name"}
     for ci, paths in items.without_caption.items():
         concept = preset.concepts[ci]

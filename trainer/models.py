@@ -113,7 +113,8 @@ def _components(unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, schedule
     from diffusers import DDPMScheduler
 
     prediction_type, source = stated
-    scheduler = DDPMScheduler.from_config({**scheduler_config, "prediction_type": prediction_type})
+    scheduler = DDPMScheduler.from_config(scheduler_config, prediction_type=prediction_type)  # a keyword: a dict
+    # entry is ignored where the config lists the key among its `_use_default_values`
     return SDComponents(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, scheduler, prediction_type, source,
                         bool(scheduler_config.get("rescale_betas_zero_snr", False)))
 

@@ -33,7 +33,8 @@ class EarlierRun:
     """What an earlier run left in a workspace (or at the output path).
 
     backup, backup_step, backup_epoch: its newest complete backup (None without one); samples and saves: how
-    many sample images and periodic saves; model: its final model (a SeaChange model at model.output_path)."""
+    many sample images and periodic saves; model: a SeaChange model at model.output_path, and model_run_id the
+    run that wrote it (another run's when it differs from run_id, the workspace's)."""
     workspace: Path
     run_id: str | None = None
     backup: Path | None = None
@@ -42,6 +43,12 @@ class EarlierRun:
     samples: int = 0
     saves: int = 0
     model: Path | None = None
+    model_run_id: str | None = None
+
+    @property
+    def owns_model(self) -> bool:
+        """Whether the model at the output path is this workspace's run's (or either id is unknown)."""
+        return not (self.run_id and self.model_run_id and self.run_id != self.model_run_id)
 
     @property
     def in_workspace(self) -> bool:
@@ -57,8 +64,10 @@ class EarlierRun:
             parts.append(f"{self.samples} sample image{'s' * (self.samples != 1)}")
         if self.saves:
             parts.append(f"{self.saves} save{'s' * (self.saves != 1)}")
-        if self.model is not None:
+        if self.model is not None and self.owns_model:
             parts.append(f"the model {self.model}")
+        elif self.model is not None:
+            parts.append(f"and at the output path the model of another run, {self.model}")
         return ", ".join(parts)
 
 
@@ -142,8 +151,9 @@ def earlier_run(preset) -> EarlierRun | None:
     found.samples = _count_files(workspace / "samples", SAMPLE_NAME)
     found.saves = _count_files(workspace / "save", SAVE_NAME)
     output = output_file(preset)
-    if output.exists() and model_metadata(output) is not None:
-        found.model = output
+    meta = model_metadata(output) if output.exists() else None
+    if meta is not None:
+        found.model, found.model_run_id = output, meta.get(RUN_ID_KEY)
     if found.backup is None and not found.samples and not found.saves and found.model is None:
         return None
     return found
@@ -311,8 +321,9 @@ def _earlier_run_message(workspace: Path, earlier: EarlierRun) -> str:
     if not earlier.in_workspace:
         return (f"model.output_path: {earlier.model} holds the model of an earlier run, and SeaChange replaces a model "
                 "only for the run that wrote it. Choose another output path, or start over (--fresh: that model "
-                f"is kept, renamed beside itself to {earlier.model.stem}.earlier-<date-time>{earlier.model.suffix})")
+                f"is kept, renamed beside itself to {earlier.model.stem}.earlier-<date-time>{earlier.model.suffix}; "
+                "Start over in the window)")
     how = "--resume latest" if earlier.backup is not None else "--resume PATH (a backup of that run)"
     return (f"general.workspace_dir: {workspace} holds an earlier run ({earlier.summary()}). Continue it ({how}), "
             f"or start over (--fresh: its files are kept, moved to {workspace / EARLIER_DIR}/), or choose another "
-            "workspace")
+            "workspace. The window asks which")

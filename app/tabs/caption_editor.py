@@ -108,8 +108,9 @@ class CaptionEditor(ctk.CTkToplevel):
         self.save_button.grid(row=0, column=2, padx=(0, 10))
         Tooltip(self.save_button, "Write the caption to the image's .txt file (Ctrl+S). Switching to another "
                                   "image saves an edited caption too.")
-        self.state_label = ctk.CTkLabel(buttons, text="", anchor="w", justify="left", wraplength=440)
-        self.state_label.grid(row=0, column=3, sticky="w")
+        self.state_label = ctk.CTkLabel(buttons, text="", anchor="w", justify="left", wraplength=560)
+        self.state_label.grid(row=1, column=0, columnspan=4, sticky="w", pady=(4, 0))  # a row of its own: long
+        # reasons (an undecodable caption, a save that changed the encoding) wrap instead of running off
 
     def _build_replace(self) -> None:
         group = Group(self, "Find and replace in all captions")

@@ -208,11 +208,20 @@ def test_a_resume_refused_for_changed_data_asks_and_resumes(window, sessions, pu
     sessions[-1].finish("failed", CHANGED, bad_input=True, refusal="data_changed")
     wait_for(window, lambda: len(sessions) == 2, "the resume on the changed data")
     title, message, options = window.dialogs.chosen()[1]
-    assert title == CHANGED_TITLE and options == ["Resume with the changed data"]
+    assert title == CHANGED_TITLE and options == ["Resume with the changed data", "Start over"]
     assert message.startswith("The concepts' files changed since step-8")
     assert "removed: 1 (two.png)" in message and "captions edited: 1 (one.txt)" in message
     assert "from there on, the data order differs from an uninterrupted run" in message
     assert sessions[-1].resume == "latest" and sessions[-1].allow_changed_data and not sessions[-1].fresh
+
+
+def test_starting_over_on_changed_data(window, sessions, pump):
+    earlier_run_files(Path(window.preset.general.workspace_dir))
+    window.dialogs.choose_answers = ["Continue", "Start over"]
+    assert window.start()
+    sessions[-1].finish("failed", CHANGED, bad_input=True, refusal="data_changed")
+    wait_for(window, lambda: len(sessions) == 2, "the fresh start")
+    assert sessions[-1].fresh and not sessions[-1].resume and not sessions[-1].allow_changed_data
 
 
 def test_cancelling_the_changed_data_question_leaves_the_message(window, sessions, pump):
