@@ -402,7 +402,8 @@ def test_screenshots_of_the_new_states(window, pump, tmp_path):
         grab(dialog, pump, "real_inputs_dialog_earlier_run")
     finally:
         dialog.answer(None)
-    dialog = ChoiceDialog(window, CHANGED_TITLE, changed_data_message(CHANGED), ["Resume with the changed data"])
+    dialog = ChoiceDialog(window, CHANGED_TITLE, changed_data_message(CHANGED),
+                          ["Resume with the changed data", "Start over"])
     try:
         grab(dialog, pump, "real_inputs_dialog_changed_data")
     finally:
