@@ -252,6 +252,7 @@ class ImageCaptions:
 
     @property
     def guessed(self) -> bool:
+        """Whether the caption's encoding was detected (no BOM, not UTF-8), so a misreading is possible."""
         return self.guessed_encoding is not None
 
 

@@ -49,7 +49,8 @@ class Items(list):
 
 
 def file_index(preset: Preset) -> FileIndex:
-    return FileIndex(Path(preset.general.cache_dir).expanduser() / "seachange-file-index.json")  # a name no user file has
+    # a name no user file has: the cache folder may be one of the user's folders
+    return FileIndex(Path(preset.general.cache_dir).expanduser() / "seachange-file-index.json")
 
 
 def concept_resolutions(preset: Preset, index: int) -> list[int]:

@@ -16,8 +16,9 @@ def names(paths: list[Path], first: int = 5) -> str:
 
 
 def input_report(preset: Preset, items) -> list[ev.Log]:
-    """`items`: data.collect_items' result. What the run says before training about its inputs: every file left out with its reason, and per concept
-    the images without a usable caption and what is done with them (never silent)."""
+    """What the run says before training about its inputs (`items`: data.collect_items' result): every file
+    left out with its reason, captions read in a detected code page, and per concept the images without a
+    usable caption and what is done with them (never silent)."""
     logs = [ev.Log("warning", f"Skipped {path}: {reason}") for path, reason in items.skipped]
     if items.guessed_encodings:
         shown = ", ".join(f"{path.name} ({encoding})" for path, encoding in items.guessed_encodings[:5])
@@ -68,6 +69,7 @@ def long_caption_report(preset: Preset, items: list, tokenizer) -> list[ev.Log]:
 
 
 def caption_hash(lines: tuple[str, ...]) -> str:
+    """A short hex hash of an image's caption lines (UTF-8, joined by newlines): edits show, line ends do not."""
     return hashlib.blake2b("\n".join(lines).encode("utf-8"), digest_size=12).hexdigest()
 
 

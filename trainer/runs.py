@@ -96,6 +96,7 @@ def write_run_file(workspace: Path, run_id: str) -> None:
 
 
 def new_run_id() -> str:
+    """A new run's id: 32 hex digits (uuid4)."""
     return uuid.uuid4().hex
 
 
@@ -160,6 +161,7 @@ def earlier_run(preset) -> EarlierRun | None:
 
 
 def backup_root(preset) -> Path:
+    """WORKSPACE/backup, where a run's backups go."""
     return Path(preset.general.workspace_dir).expanduser() / "backup"
 
 
@@ -277,7 +279,8 @@ def check_output(preset, run_id: str | None, resuming: bool) -> None:
                      "to move it aside", refusal="earlier_run")
 
 
-def claim_workspace(preset, resume: str | None, fresh: bool, emit, main_process: bool = True) -> tuple[str, Path | None]:
+def claim_workspace(preset, resume: str | None, fresh: bool, emit,
+                    main_process: bool = True) -> tuple[str, Path | None]:
     """Before anything heavy: decide which run this is and make sure it overwrites nothing of another run.
 
     Resuming (resume 'latest' or a backup folder) continues that backup's run. Otherwise an earlier run's files
