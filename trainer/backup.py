@@ -25,7 +25,7 @@ STATE = "state.pt"
 
 # Fields whose change makes a backup's state meaningless for this preset (resume is refused, naming the field).
 BREAKING = (
-    "model.base_model", "model.base_config", "concepts", "general.seed",
+    "model.base_model", "model.base_config", "model.load_ema", "concepts", "general.seed",
     "training.optimizer", "training.batch_size", "training.gradient_accumulation_steps", "training.resolution",
     "training.train_unet", "training.train_text_encoder", "training.ema", "training.mixed_precision",
     "training.prediction_type", "training.zero_terminal_snr", "training.lr_scheduler",

@@ -44,6 +44,9 @@ class ModelConfig:
                           "or a .ckpt file.", kind="path")
     base_config: str = opt("", "Base config", "Optional diffusers config folder for a single-file model whose "
                            "shapes are not SD 1.5's. Empty uses the bundled SD 1.5 configs.", kind="dir")
+    load_ema: bool = opt(False, "Start from EMA weights", "For a single file that holds both raw and EMA weights "
+                         "(model_ema.*): start from the EMA weights instead of the raw ones (the raw ones are "
+                         "usually right for fine-tuning).")
     output_path: str = opt("workspace/run/model.safetensors", "Output", "Where the final model is written: "
                            "a .safetensors file, or a folder for the diffusers format.", kind="path")
     output_format: str = opt("single_file", "Output format", "single_file: one .safetensors that A1111, "
@@ -51,6 +54,8 @@ class ModelConfig:
                              choices=("single_file", "diffusers"))
     output_dtype: str = opt("float16", "Output precision", "Precision of the saved weights.",
                             choices=("float16", "bfloat16", "float32"))
+    embed_preset: bool = opt(True, "Embed the preset", "Write the run's preset into each saved model's metadata "
+                             "(paths as the workspace sees them, never your home folder); off writes none.")
 
 
 @dataclass
