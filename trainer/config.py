@@ -1,9 +1,10 @@
 """The preset: one dataclass tree (schema, form metadata, JSON, migrations, validation). No UI here."""
 from __future__ import annotations
 
+import copy
 import json
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_problems, opt, read_json_file,
@@ -247,6 +248,41 @@ def load_preset(path: str | Path) -> Preset:
 
 
 # ---- writing -----------------------------------------------------------------------------------------
+
+PATH_KINDS = ("path", "dir", "file")
+
+
+def portable_preset(preset: Preset) -> Preset:
+    """A copy of the preset for files that travel (a saved model's metadata): every path field (metadata kind
+    path, dir or file) that is absolute (after ~ is expanded) becomes relative to the workspace when it lies in
+    it, else its last part only, so no home folder, image folder or user name leaves with a model. Relative paths
+    stay as they are; the workspace itself becomes its last part."""
+    out = copy.deepcopy(preset)
+    root = Path(preset.general.workspace_dir).expanduser().absolute()
+
+    def portable(value: str) -> str:
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            return value
+        try:
+            return str(path.absolute().relative_to(root)) if path.absolute() != root else root.name
+        except ValueError:
+            return path.name
+
+    def visit(obj) -> None:
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                visit(value)
+            elif isinstance(value, list):
+                for item in value:
+                    if is_dataclass(item):
+                        visit(item)
+            elif f.metadata.get("kind") in PATH_KINDS and isinstance(value, str) and value:
+                setattr(obj, f.name, portable(value))
+    visit(out)
+    return out
+
 
 def preset_to_dict(preset: Preset) -> dict:
     return {"version": VERSION, **asdict(preset)}

@@ -16,12 +16,15 @@ import torch
 
 from trainer import events as ev
 from trainer.backup import Position, prune_backups, rng_state, write_backup
-from trainer.config import Preset, preset_to_json
+from trainer.config import Preset, portable_preset, preset_to_json
 from trainer.ema import EMA
 from trainer.errors import RunFailure, plain_text
 from trainer.models import SDComponents, save_model
 from trainer.runs import RUN_ID_KEY, backup_root
 from trainer.sampling import generate, make_pipeline, sample_path
+
+
+MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}  # as kohya's sai_model_spec.py spells them
 
 
 class Run:
@@ -96,17 +99,20 @@ class Run:
         if not self.acc.is_main_process:
             return path
         self.emit(ev.Status(f"Saving {path}"))
+        size = self.preset.training.resolution.split(",")[0].strip()
         metadata = {
-            "seachange.preset": preset_to_json(self.preset), "seachange.step": str(step),
+            "seachange.step": str(step),
             "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
             "modelspec.implementation": "https://github.com/CompVis/stable-diffusion",
             "modelspec.title": path.stem, "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "modelspec.resolution": self.preset.training.resolution.split(",")[0].strip(),
-            "modelspec.prediction_type": self.prediction_type,
+            "modelspec.resolution": f"{size}x{size}",  # kohya's sai_model_spec: "WxH"
+            "modelspec.prediction_type": MODELSPEC_PREDICTION[self.prediction_type],  # kohya's "epsilon" / "v"
             "seachange.prediction_type": self.prediction_type,
             "seachange.max_token_length": str(self.preset.training.max_token_length),
             RUN_ID_KEY: self.run_id,
         }
+        if self.preset.model.embed_preset:  # paths relative to the workspace or their last part only
+            metadata["seachange.preset"] = preset_to_json(portable_preset(self.preset))
         if self.ema:
             self.ema.swap_in()
         try:

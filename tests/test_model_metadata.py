@@ -1,0 +1,50 @@
+"""What a saved model says about itself (issue 13, point 7): modelspec keys as kohya's sai_model_spec writes them,
+and an embedded preset that carries no home folder or image folder (or none at all)."""
+from __future__ import annotations
+
+import json
+import queue
+from pathlib import Path
+
+from safetensors import safe_open
+
+from tiny_presets import make_preset
+from trainer.config import portable_preset, preset_to_json
+from trainer.loop import train
+
+
+def metadata_of(path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_portable_preset_keeps_no_absolute_path(tmp_path):
+    home = Path.home()
+    preset = make_preset(tmp_path, home / "models" / "base.safetensors", home / "images" / "cats")
+    preset.model.output_path = str(tmp_path / "ws" / "out" / "model.safetensors")
+    preset.model.base_config = "configs/sd15"  # relative: kept as written
+    shared = portable_preset(preset)
+    assert shared.model.base_model == "base.safetensors" and shared.concepts[0].path == "cats"
+    assert shared.model.output_path == str(Path("out") / "model.safetensors")  # inside the workspace
+    assert shared.general.workspace_dir == "ws" and shared.model.base_config == "configs/sd15"
+    assert preset.model.base_model == str(home / "models" / "base.safetensors")  # the run's own copy untouched
+    text = preset_to_json(shared)
+    assert str(tmp_path) not in text and str(home) not in text
+
+
+def test_saved_model_metadata_follows_modelspec_and_embeds_a_portable_preset(tiny_model_dir, color_concept,
+                                                                              tmp_path):
+    preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={"max_steps": 1, "resolution": "32",
+                                                                            "prediction_type": "v_prediction"})
+    finished = train(preset, lambda e: None, queue.Queue())
+    meta = metadata_of(finished.output_path)
+    assert meta["modelspec.resolution"] == "32x32" and meta["modelspec.prediction_type"] == "v"
+    assert meta["modelspec.title"] == "out"
+    embedded = meta["seachange.preset"]
+    assert str(tmp_path) not in embedded and json.loads(embedded)["concepts"][0]["path"] == color_concept.name
+
+    preset = make_preset(tmp_path / "b", tiny_model_dir, color_concept, training={"max_steps": 1},
+                         model={"embed_preset": False})
+    meta = metadata_of(train(preset, lambda e: None, queue.Queue()).output_path)
+    assert "seachange.preset" not in meta and meta["modelspec.prediction_type"] == "epsilon"
+    assert meta["seachange.run_id"]  # the run is still known: its model is only replaced by that run
