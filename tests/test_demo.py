@@ -65,6 +65,8 @@ def test_make_demo_writes_a_loadable_model_and_images_and_is_idempotent(tmp_path
     assert 0.5 < float(latents.std()) < 2.0  # recalibrated after the fit: about unit variance
     # the objective presets/demo.json trains is the model's own: no warning about a contradicting choice
     assert model.prediction_type == "v_prediction" and model.zero_terminal_snr
+    from trainer.fields import umask_mode  # readable as the user's umask says (safetensors alone writes 0600)
+    assert {p.stat().st_mode & 0o777 for p in (folder / "model").rglob("*") if p.is_file()} == {umask_mode()}
 
     stamps = {p: p.stat().st_mtime_ns for p in (folder / "model").rglob("*") if p.is_file()}
     stamps.update({p: p.stat().st_mtime_ns for p in images})

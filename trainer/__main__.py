@@ -151,10 +151,12 @@ def cmd_convert(args) -> int:
     from trainer.errors import plain_text
     from trainer.models import ModelLoadError, load_model, save_model
     try:
-        components = load_model(args.source, args.base_config)
-    except ModelLoadError as e:
-        print(f"error: {plain_text(str(e))}", file=sys.stderr)
+        components = load_model(args.source, args.base_config, load_ema=args.ema)
+    except ModelLoadError as e:  # here the setting is the --ema option
+        print(f"error: {plain_text(str(e)).replace('model.load_ema', '--ema')}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if components.weights_note:
+        print(f"loaded the {components.weights_note.replace('model.load_ema', '--ema')}")
     metadata = {"modelspec.title": args.title or "", "modelspec.prediction_type": components.prediction_type,
                 "seachange.prediction_type": components.prediction_type}
     written = save_model(components, args.dest, args.format, args.dtype, metadata)
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     p.add_argument("--base-config", default=None, help="diffusers config folder for a non-SD-1.5 single file")
     p.add_argument("--title", default=None)
+    p.add_argument("--ema", action="store_true", help="write the EMA UNet weights of a file that holds raw and "
+                   "EMA ones (default: the raw ones)")
     p.set_defaults(func=cmd_convert)
     args = parser.parse_args(argv)
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from trainer.config import Preset, preset_from_dict, preset_to_dict, preset_to_json
-from trainer.fields import atomic_write_text
+from trainer.fields import atomic_write_text, give_umask_mode
 from trainer.errors import InputError, plain_text
 from trainer.runs import MANIFEST, complete_backups
 
@@ -107,6 +107,7 @@ def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Pres
                     "num_processes": num_processes, "run_id": run_id, "files": files,
                     "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
+        give_umask_mode(tmp)  # save_file creates 0600 whatever the umask
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

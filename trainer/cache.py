@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from trainer import events as ev
+from trainer.fields import umask_mode
 
 CACHE_VERSION = 1
 
@@ -107,6 +108,7 @@ class TensorCache:
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
             save_file(tensors, str(tmp), metadata={"key": key, "checksum": checksum(tensors)})
+            os.chmod(tmp, umask_mode())  # save_file creates 0600 whatever the umask
             os.replace(tmp, path)
         finally:
             if tmp.exists():
@@ -245,7 +247,7 @@ def fill_caches(preset, emit, progress=None) -> dict:
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = frozen_dtype(preset.training.mixed_precision, device)
     emit(ev.Status(f"Loading {preset.model.base_model}"))
-    c = load_model(preset.model.base_model, preset.model.base_config or None)
+    c = load_model(preset.model.base_model, preset.model.base_config or None, load_ema=preset.model.load_ema)
     c.vae.requires_grad_(False).eval().to(device, dtype)
     encode_text = not preset.training.train_text_encoder
     if encode_text:

@@ -321,23 +321,10 @@ def fixed_captions(lines: tuple[str, ...], concept) -> set[str]:
 
 # ---- editing captions (the window's caption editor, generate-data) --------------------------------------
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over the target; a file that is
-    there keeps its permissions, and a symlinked caption is written where the link points."""
-    path = Path(os.path.realpath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _write_through_link(path: Path, data: bytes) -> None:
+    """fields.atomic_write_bytes where a symlinked caption points (the link itself stays a link)."""
+    from trainer.fields import atomic_write_bytes
+    atomic_write_bytes(Path(os.path.realpath(path)), data)
 
 
 def encode_caption(old: CaptionFile, text: str) -> tuple[bytes, str | None]:
@@ -368,7 +355,7 @@ def save_caption(image: Path, text: str) -> tuple[Path, str | None]:
         data, note = encode_caption(old, text)
     except ValueError as e:
         raise type(e)(f"{txt}: {e}") from None
-    _atomic_write_bytes(txt, data)
+    _write_through_link(txt, data)
     return txt, note
 
 
@@ -427,7 +414,7 @@ def find_replace_captions(images: list[Path], find: str, replace: str, whole_wor
         if note:
             changed.notes.append((txt, note))
         if not dry_run:
-            _atomic_write_bytes(txt, data)
+            _write_through_link(txt, data)
     return changed
 
 

@@ -144,6 +144,8 @@ def generate_cells(spec: CompareSpec, emit, commands):
     for c, entry in enumerate(spec.models):
         emit(ev.Status(f"Loading {columns[c]} ({entry.path})"))
         model = load_model(entry.path, spec.base_config or None)
+        if model.weights_note:
+            emit(ev.Log("info", f"{columns[c]}: loaded the {model.weights_note}"))
         move_model(model, device, dtype)
         pipe = make_pipeline(model.unet, model.vae, model.text_encoder, model.tokenizer,
                              model.noise_scheduler.config, rows[0].sampler)

@@ -176,3 +176,50 @@ def original_to_diffusers(original_sd: Mapping[str, Any], unet_keys: Iterable[st
             part[diffusers_key] = tensor
         results.append(part)
     return results[0], results[1], results[2]
+
+
+# Older single files (and diffusers' conversion script run on a transformers-5 folder) keep the CLIP text model
+# one level up, without `text_model.`; A1111 (sd_models checkpoint_dict_replacements) and ComfyUI rename them.
+LEGACY_TEXT_ENCODER_PREFIX = "cond_stage_model.transformer."
+LEGACY_TEXT_ENCODER_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
+EMA_PREFIX = "model_ema."
+EMA_BOOKKEEPING = ("model_ema.num_updates", "model_ema.decay")
+
+
+def with_text_model_prefix(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """`checkpoint` with `cond_stage_model.transformer.{embeddings,encoder,final_layer_norm}.*` renamed to
+    `cond_stage_model.transformer.text_model.*` (the layout A1111, ComfyUI and from_single_file read); other keys
+    and the tensors unchanged. Raises ValueError naming a key present under both names (which one is meant?)."""
+    out: dict[str, Any] = {}
+    for key, tensor in checkpoint.items():
+        rest = key[len(LEGACY_TEXT_ENCODER_PREFIX):] if key.startswith(LEGACY_TEXT_ENCODER_PREFIX) else ""
+        if rest.startswith(LEGACY_TEXT_ENCODER_PARTS):
+            key = TEXT_ENCODER_PREFIX + rest
+            if key in checkpoint:
+                raise ValueError(f"the text encoder weight {key} is in the file twice, with and without "
+                                 "`text_model.`; keep one of them")
+        out[key] = tensor
+    return out
+
+
+def ema_key(unet_key_: str) -> str:
+    """The name of the EMA copy of one original-layout UNet key, as the original LDM code (LitEma) writes it:
+    `model_ema.` + the name below `model.` with its dots removed, e.g. model.diffusion_model.out.2.bias →
+    model_ema.diffusion_modelout2bias."""
+    return EMA_PREFIX + unet_key_.removeprefix("model.").replace(".", "")
+
+
+def has_ema_weights(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether the file holds EMA weights (`model_ema.*` beyond the num_updates and decay counters)."""
+    return any(key.startswith(EMA_PREFIX) and key not in EMA_BOOKKEEPING for key in checkpoint)
+
+
+def unet_weights(checkpoint: Mapping[str, Any], use_ema: bool) -> dict[str, Any]:
+    """`checkpoint` without its `model_ema.*` keys; with `use_ema`, every `model.diffusion_model.*` tensor is
+    replaced by its EMA copy. Raises KeyError naming the UNet keys that have no EMA copy (use_ema only)."""
+    if use_ema:
+        missing = [key for key in checkpoint if key.startswith(UNET_PREFIX) and ema_key(key) not in checkpoint]
+        if missing:
+            raise KeyError(f"{len(missing)} UNet weights have no EMA copy, e.g. {', '.join(missing[:3])}")
+    return {key: checkpoint[ema_key(key)] if use_ema and key.startswith(UNET_PREFIX) else tensor
+            for key, tensor in checkpoint.items() if not key.startswith(EMA_PREFIX)}

@@ -173,12 +173,14 @@ def save_diffusers_folder(components: SDComponents, folder: str | Path) -> Path:
     """Write the components as a diffusers folder (model_index.json + one subfolder each)."""
     from diffusers import StableDiffusionPipeline
 
+    from trainer.fields import give_umask_mode
     pipe = StableDiffusionPipeline(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
         unet=components.unet, scheduler=components.noise_scheduler, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder))
+    give_umask_mode(Path(folder))  # safetensors writes 0600 whatever the umask
     return Path(folder)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
 import typing
 from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
@@ -108,20 +109,72 @@ def read_json_file(path: str | Path, what: str) -> Any:
         raise ConfigError(f"{what}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over the target."""
+_UMASK_LOCK = threading.Lock()
+
+
+def process_umask() -> int:
+    """The process's file-creation mask (e.g. 0o022), read without changing it where the system allows:
+    Linux's /proc/self/status "Umask:" line (kernel 4.7+); elsewhere os.umask is set to 0o077 (so a file
+    another thread creates meanwhile is, at worst, more private) and restored at once, under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode the user's umask gives a new file (0o666 less the mask: 0o644 with umask 022, 0o600 with 077),
+    or a new folder with directory=True (0o777 less the mask)."""
+    return (0o777 if directory else 0o666) & ~process_umask()
+
+
+def give_umask_mode(path: str | Path) -> None:
+    """Set a file SeaChange created (or every file and folder under a folder it created) to the umask's mode.
+    Needed where a library creates files 0600 whatever the umask (safetensors' save_file, tempfile.mkstemp),
+    so that a ComfyUI or A1111 server running as another user can read what SeaChange writes."""
+    path = Path(path)
+    file_mode, dir_mode = umask_mode(), umask_mode(directory=True)
+    if not path.is_dir():
+        os.chmod(path, file_mode)
+        return
+    os.chmod(path, dir_mode)
+    for folder, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(folder, name), file_mode)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename over the target. A new file gets the
+    umask's mode; a file that is already there keeps its own permissions."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else umask_mode()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text via a temporary file in the same folder, fsync, then rename over the target (see
+    atomic_write_bytes: a new file gets the umask's mode, a file already there keeps its own)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def field_problems(obj, path: str) -> list[str]:

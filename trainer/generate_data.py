@@ -135,6 +135,8 @@ def generate_data(spec: GenerateDataSpec, emit, commands: queue.Queue | None = N
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     model = load_model(spec.base_model, spec.base_config or None)
+    if model.weights_note:
+        emit(ev.Log("info", f"Loaded the {model.weights_note}"))
     move_model(model, device, dtype)
     pipe = make_pipeline(model.unet, model.vae, model.text_encoder, model.tokenizer, model.noise_scheduler.config,
                          spec.sampler)

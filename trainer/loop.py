@@ -213,7 +213,9 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
 
     # 3. Load the model offline. The VAE (and the text encoder when not trained) only runs forward.
     emit(ev.Status(f"Loading {preset.model.base_model}"))
-    c = load_model(preset.model.base_model, preset.model.base_config or None)
+    c = load_model(preset.model.base_model, preset.model.base_config or None, load_ema=preset.model.load_ema)
+    if c.weights_note:
+        emit(ev.Log("info", f"Loaded the {c.weights_note}"))
     prediction_type = check_model_inputs(preset, items, c, emit)
     c.noise_scheduler = losses.configure_noise_scheduler(dict(c.noise_scheduler.config), prediction_type,
                                                          t.zero_terminal_snr)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer import convert, objective
+from trainer.checkpoint_pickle import checkpoint_safe_globals, pickle_refusal_detail
 
 BUNDLED_SD15 = Path(__file__).parent / "assets" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors",)
@@ -30,6 +31,7 @@ class SDComponents:
     prediction_type: str = "epsilon"  # the base model's own objective: "epsilon" | "v_prediction"
     prediction_source: str = "default"  # where that came from, in a few words (a config, a metadata key, a .yaml)
     zero_terminal_snr: bool = False  # its scheduler config rescales the betas to zero terminal SNR
+    weights_note: str = ""  # which UNet weights were loaded when the file holds raw and EMA ones; "" otherwise
 
 
 class ModelLoadError(ValueError):
@@ -39,19 +41,26 @@ class ModelLoadError(ValueError):
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def load_model(base_model: str, base_config: str | None = None) -> SDComponents:
+def load_model(base_model: str, base_config: str | None = None, *, load_ema: bool = False) -> SDComponents:
     """SD 1.5 components (float32, CPU, eval mode) from a diffusers folder, an original-layout .safetensors or a
     .ckpt, with the model's own objective (prediction_type, prediction_source, zero_terminal_snr; see
     trainer/objective.py for the markers read). Single files take their configs from `base_config` (a diffusers
-    folder) or the bundled SD 1.5 ones. Never touches the network. Raises ModelLoadError naming the path and the
-    problem, before any weights are read for a UNet the training cannot feed (inpainting, edit models) or a
-    marker that cannot be read."""
+    folder) or the bundled SD 1.5 ones; text-encoder keys without `text_model.` (older files) are read as
+    A1111 and ComfyUI read them. A file with raw and EMA UNet weights (`model_ema.*`, the original LDM layout)
+    gives the raw ones, or with `load_ema` (the preset's model.load_ema) the EMA ones; `weights_note` says which.
+    A Lightning .ckpt loads with only the harmless globals A1111 and ComfyUI allow. Never touches the network.
+    Raises ModelLoadError naming the path and the problem, before any weights are read for a UNet the training
+    cannot feed (inpainting, edit models) or a marker that cannot be read; also for `load_ema` on a model
+    without EMA weights."""
     path = Path(base_model).expanduser()
     if not str(base_model).strip():
         raise ModelLoadError("no base model given")
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or folder")
     if path.is_dir():
+        if load_ema:
+            raise ModelLoadError(f"{path}: model.load_ema is on, but a diffusers folder holds no EMA weights "
+                                 "(only single files may: model_ema.* keys); turn model.load_ema off")
         return _load_diffusers_folder(path)
     config_dir = _config_dir(base_config)
     suffix = path.suffix.lower()
@@ -71,7 +80,33 @@ def load_model(base_model: str, base_config: str | None = None) -> SDComponents:
         _check_channels(path, first_conv.shape[1] if first_conv is not None and first_conv.ndim == 4 else None,
                         config_dir)
         stated = stated or _marker(objective.from_metadata, {}, checkpoint.keys(), path)
-    return _load_single_file(path, checkpoint, config_dir, stated)
+    checkpoint, note = _chosen_weights(path, checkpoint, load_ema)
+    components = _load_single_file(path, checkpoint, config_dir, stated)
+    components.weights_note = note
+    return components
+
+
+EMA_NOTE = "raw weights (the file also holds EMA weights; model.load_ema starts from those)"
+EMA_LOADED_NOTE = "EMA weights (model.load_ema; the file also holds raw weights)"
+
+
+def _chosen_weights(path: Path, checkpoint: dict, load_ema: bool) -> tuple[dict, str]:
+    """The checkpoint in the layout the converters read (text encoder under `text_model.`, no `model_ema.*`
+    keys, the UNet raw or EMA as asked) and the note on which UNet weights those are ("" for a plain file)."""
+    try:
+        checkpoint = convert.with_text_model_prefix(checkpoint)
+    except ValueError as error:
+        raise ModelLoadError(f"{path}: {error}") from error
+    has_ema = convert.has_ema_weights(checkpoint)
+    if load_ema and not has_ema:
+        raise ModelLoadError(f"{path}: model.load_ema is on, but the file holds no EMA weights (no model_ema.* "
+                             "keys); turn model.load_ema off to load its weights")
+    try:
+        chosen = convert.unet_weights(checkpoint, use_ema=load_ema)
+    except KeyError as error:
+        raise ModelLoadError(f"{path}: model.load_ema is on, but the file's EMA weights are incomplete: "
+                             f"{error.args[0]}; turn model.load_ema off to load the raw weights") from error
+    return chosen, (EMA_LOADED_NOTE if load_ema else EMA_NOTE) if has_ema else ""
 
 
 def _config_dir(base_config: str | None) -> Path:
@@ -186,7 +221,8 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def _read_pickle_checkpoint(path: Path) -> dict:
-    """A .ckpt read with weights_only=True: plain tensors and containers only, never arbitrary code."""
+    """A .ckpt read with weights_only=True: tensors, containers, and the harmless bookkeeping of Lightning
+    training checkpoints (checkpoint_pickle.checkpoint_safe_globals), never arbitrary code. Returns the tensors of its state dict."""
     import pickle
 
     import torch
@@ -194,12 +230,13 @@ def _read_pickle_checkpoint(path: Path) -> dict:
     try:
         with warnings.catch_warnings():  # torch warns before refusing; the refusal below says it all
             warnings.simplefilter("ignore")
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(checkpoint_safe_globals()):
+                data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ModelLoadError(
             f"{path}: refused: this .ckpt holds Python objects or code beyond plain tensors (unsafe pickle), "
             "and SeaChange only loads weights. Convert it to .safetensors with a tool you trust. "
-            f"Detail: {_first_line(error)}") from error
+            f"Detail: {pickle_refusal_detail(error)}") from error
     except Exception as error:
         raise ModelLoadError(f"{path}: not a readable .ckpt (corrupt or truncated?): {_first_line(error)}") from error
     while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
@@ -328,6 +365,8 @@ def _converted(state_dict: dict, dtype_name: str) -> dict:
 def _save_single_file(components: SDComponents, path: Path, dtype: str, metadata: dict[str, str]) -> Path:
     from safetensors.torch import save_file
 
+    from trainer.fields import give_umask_mode
+
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder; cannot write a single-file model there")
     state_dict = convert.diffusers_to_original(
@@ -339,6 +378,7 @@ def _save_single_file(components: SDComponents, path: Path, dtype: str, metadata
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         save_file(state_dict, str(tmp), metadata=header)
+        give_umask_mode(tmp)  # save_file creates 0600 whatever the umask
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -346,6 +386,8 @@ def _save_single_file(components: SDComponents, path: Path, dtype: str, metadata
 
 
 def _save_diffusers_folder(components: SDComponents, path: Path, dtype: str, metadata: dict[str, str]) -> Path:
+    from trainer.fields import give_umask_mode
+
     if path.exists() and not _replaceable(path):
         raise FileExistsError(f"{path}: exists and is not a diffusers model folder; not overwriting it")
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -353,6 +395,7 @@ def _save_diffusers_folder(components: SDComponents, path: Path, dtype: str, met
         tmp.mkdir()
         _write_diffusers_components(components, tmp, dtype)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        give_umask_mode(tmp)  # save_pretrained writes weights through safetensors' save_file: 0600
         old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old") if path.exists() else None
         if old:
             os.replace(path, old)

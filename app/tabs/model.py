@@ -4,8 +4,8 @@ from __future__ import annotations
 from app.tabs.common import Tab, scroll_area
 
 GROUPS = [
-    ("Base model", ["base_model", "base_config"]),
-    ("Output", ["output_path", "output_format", "output_dtype"]),
+    ("Base model", ["base_model", "base_config", "load_ema"]),
+    ("Output", ["output_path", "output_format", "output_dtype", "embed_preset"]),
 ]
 
 
