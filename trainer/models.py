@@ -417,6 +417,7 @@ def _write_diffusers_components(components: SDComponents, folder: Path, dtype: s
 
     for name in ("unet", "vae", "text_encoder"):
         _copy_in_dtype(getattr(components, name), dtype).save_pretrained(folder / name, safe_serialization=True)
+    _text_model_keys(folder / "text_encoder")
     components.tokenizer.save_pretrained(folder / "tokenizer")
     components.noise_scheduler.save_pretrained(folder / "scheduler")
 
@@ -428,6 +429,28 @@ def _write_diffusers_components(components: SDComponents, folder: Path, dtype: s
              "scheduler": entry(components.noise_scheduler), "text_encoder": entry(components.text_encoder),
              "tokenizer": entry(components.tokenizer), "unet": entry(components.unet), "vae": entry(components.vae)}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _text_model_keys(folder: Path) -> None:
+    """Rename a saved CLIP text encoder's weights to the `text_model.*` names every reader accepts. transformers 5
+    writes `embeddings.*`, `encoder.*`, `final_layer_norm.*`; transformers 4.30 (A1111's pin) and ComfyUI's
+    diffusers loader then find none of their names and run a randomly initialised CLIP with only a warning."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    renamed = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            metadata = f.metadata() or {"format": "pt"}
+            tensors = {key if key.startswith("text_model.") else f"text_model.{key}": f.get_tensor(key)
+                       for key in f.keys()}
+            renamed.update({key: file.name for key in tensors})
+        save_file(tensors, str(file), metadata=metadata)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # a sharded save names each weight's file
+        data = json.loads(index.read_text(encoding="utf-8"))
+        data["weight_map"] = renamed
+        index.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _copy_in_dtype(module: Any, dtype: str) -> Any:
