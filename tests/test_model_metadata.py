@@ -48,3 +48,24 @@ def test_saved_model_metadata_follows_modelspec_and_embeds_a_portable_preset(tin
     meta = metadata_of(train(preset, lambda e: None, queue.Queue()).output_path)
     assert "seachange.preset" not in meta and meta["modelspec.prediction_type"] == "epsilon"
     assert meta["seachange.run_id"]  # the run is still known: its model is only replaced by that run
+
+
+def test_v_prediction_single_files_get_an_a1111_config_and_say_how_to_sample(tiny_model_dir, color_concept,
+                                                                               tmp_path):
+    import yaml
+    from trainer.objective import from_yaml
+    preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={
+        "max_steps": 1, "prediction_type": "v_prediction", "zero_terminal_snr": True})
+    finished = train(preset, lambda e: None, queue.Queue())
+    sidecar = Path(finished.output_path).with_suffix(".yaml")
+    config = yaml.safe_load(sidecar.read_text())  # what A1111 reads: the v1 inference config, v-parameterised
+    assert config["model"]["params"]["parameterization"] == "v"
+    assert config["model"]["params"]["unet_config"]["params"]["context_dim"] == 768
+    assert from_yaml(sidecar)[0] == "v_prediction"
+    assert "ModelSamplingDiscrete" in finished.message and "zsnr on" in finished.message
+
+    # an epsilon model needs none, and the earlier run's one is not left to mislead A1111
+    preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={"max_steps": 1})
+    finished = train(preset, lambda e: None, queue.Queue(), fresh=True)
+    assert not Path(finished.output_path).with_suffix(".yaml").exists()
+    assert "ModelSamplingDiscrete" not in finished.message

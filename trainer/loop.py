@@ -484,6 +484,10 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
         accelerator.wait_for_everyone()  # several processes end together, once the main one has saved
         elapsed = time.monotonic() - started
         message = f"{outcome} after {step} steps in {elapsed:.0f} s; model written to {output}"
+        if prediction_type == "v_prediction":  # ComfyUI reads no objective from an SD 1.5 file
+            message += (". It predicts v: in ComfyUI load it through a ModelSamplingDiscrete node set to "
+                        f"v_prediction{' with zsnr on' if t.zero_terminal_snr else ''} (A1111 reads the .yaml beside "
+                        "a single file, diffusers the scheduler config)")
         emit(ev.Log("info", message))
         return ev.RunFinished(outcome, message, str(output), step)
     finally:

@@ -17,6 +17,7 @@ import torch
 from trainer import events as ev
 from trainer.backup import Position, prune_backups, rng_state, write_backup
 from trainer.config import Preset, portable_preset, preset_to_json
+from trainer.fields import atomic_write_text
 from trainer.ema import EMA
 from trainer.errors import RunFailure, plain_text
 from trainer.models import SDComponents, save_model
@@ -121,6 +122,10 @@ class Run:
         finally:
             if self.ema:
                 self.ema.swap_out()
+        if self.preset.model.output_format == "single_file" and not write_a1111_config(written, self.prediction_type) \
+                and self.prediction_type == "v_prediction":
+            self.emit(ev.Log("warning", f"{written.with_suffix('.yaml')} is not SeaChange's, so it was left as it is: "
+                                        "A1111 reads that config for this v-prediction model"))
         self._note_written(kind, written)
         self.emit(ev.CheckpointWritten(kind, str(written), step))
         return written
@@ -239,3 +244,26 @@ class Run:
 
 class FinalSaveFailed(RunFailure):
     """The final model could not be written; the message says where the trained state was kept instead."""
+
+
+A1111_CONFIG = Path(__file__).parent / "assets" / "sd15" / "v1-inference.yaml"  # the original v1-inference.yaml
+A1111_MARK = "# Written by SeaChange beside its model: "
+
+
+def write_a1111_config(model: Path, prediction_type: str) -> Path | None:
+    """The A1111 config beside a single-file model, NAME.yaml: A1111 reads no objective from an SD 1.x file and
+    builds it from this file when it is there (modules/sd_models_config.py). For v-prediction: the v1 inference
+    config with `parameterization: "v"`; for epsilon none is needed, and one SeaChange wrote earlier is removed.
+    A .yaml there that SeaChange did not write is left alone. Returns the file written, or None."""
+    sidecar = model.with_suffix(".yaml")
+    ours = sidecar.is_file() and sidecar.read_text(encoding="utf-8", errors="replace").startswith(A1111_MARK)
+    if sidecar.exists() and not ours:
+        return None
+    if prediction_type != "v_prediction":
+        if ours:
+            sidecar.unlink()
+        return None
+    text = A1111_CONFIG.read_text(encoding="utf-8").replace(
+        "    use_ema: False\n", '    use_ema: False\n    parameterization: "v"\n', 1)
+    atomic_write_text(sidecar, f"{A1111_MARK}{model.name} predicts v (v-prediction).\n{text}")
+    return sidecar
