@@ -51,3 +51,16 @@ def test_diffusers_folder_text_encoder_uses_text_model_names(tiny_model_dir, tmp
     for reloaded in (CLIPTextModel.from_pretrained(folder / "text_encoder"), load_model(str(folder)).text_encoder):
         want, got = original.text_encoder.state_dict(), reloaded.state_dict()
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_single_file_seachange_wrote_loads_back_without_base_config(tiny_model_dir, tmp_path):
+    """The tiny model's shapes are not SD 1.5's: its file carries its configs (seachange.configs), so it loads
+    with no extra setting, weights identical (issue 13, point 4)."""
+    original = load_model(str(tiny_model_dir))
+    path = save_model(original, tmp_path / "tiny.safetensors", "single_file", "float32", {})
+    reloaded = load_model(str(path))
+    for part in ("unet", "vae", "text_encoder"):
+        want, got = getattr(original, part).state_dict(), getattr(reloaded, part).state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want), part
+    assert reloaded.unet.config.block_out_channels == original.unet.config.block_out_channels
+

@@ -69,3 +69,21 @@ def test_v_prediction_single_files_get_an_a1111_config_and_say_how_to_sample(tin
     finished = train(preset, lambda e: None, queue.Queue(), fresh=True)
     assert not Path(finished.output_path).with_suffix(".yaml").exists()
     assert "ModelSamplingDiscrete" not in finished.message
+
+
+def test_convert_titles_the_file_and_keeps_a_v_models_markers(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    import yaml
+    from trainer.__main__ import main as cli_main
+    v_model = tmp_path / "v_model"
+    shutil.copytree(tiny_model_dir, v_model)
+    config = v_model / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction"}))
+    assert cli_main(["convert", str(v_model), str(tmp_path / "mine.safetensors"), "--dtype", "float32"]) == 0
+    meta = metadata_of(tmp_path / "mine.safetensors")
+    assert meta["modelspec.title"] == "mine" and meta["modelspec.prediction_type"] == "v"
+    assert yaml.safe_load((tmp_path / "mine.yaml").read_text())["model"]["params"]["parameterization"] == "v"
+    assert cli_main(["convert", str(tiny_model_dir), str(tmp_path / "eps.safetensors")]) == 0
+    assert metadata_of(tmp_path / "eps.safetensors")["modelspec.prediction_type"] == "epsilon"
+    assert not (tmp_path / "eps.yaml").exists()

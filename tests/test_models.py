@@ -179,10 +179,12 @@ def test_load_errors_name_the_path(tmp_path, tiny_single_file, tiny_model_dir):
 
 
 def test_wrong_layout_or_shapes_are_refused(tmp_path, tiny_single_file, tiny_model_dir):
-    with pytest.raises(ModelLoadError, match="not a Stable Diffusion 1.x checkpoint") as info:
-        load_model(str(tiny_single_file))  # tiny weights against the bundled full-size SD 1.5 configs
-    assert str(tiny_single_file) in str(info.value)
     state_dict = load_file(str(tiny_single_file))
+    foreign = tmp_path / "foreign.safetensors"  # the tiny weights without the configs SeaChange's files carry
+    save_file(state_dict, str(foreign))
+    with pytest.raises(ModelLoadError, match="not a Stable Diffusion 1.x checkpoint") as info:
+        load_model(str(foreign))  # tiny weights against the bundled full-size SD 1.5 configs
+    assert str(foreign) in str(info.value)
     key = convert.UNET_PREFIX + "input_blocks.0.0.weight"
     state_dict[key] = torch.zeros(7, 4, 3, 3)
     save_file(state_dict, str(tmp_path / "bad.safetensors"))

@@ -157,10 +157,16 @@ def cmd_convert(args) -> int:
         return EXIT_BAD_INPUT
     if components.weights_note:
         print(f"loaded the {components.weights_note.replace('model.load_ema', '--ema')}")
-    metadata = {"modelspec.title": args.title or "", "modelspec.prediction_type": components.prediction_type,
+    from pathlib import Path
+
+    from trainer.outputs import MODELSPEC_PREDICTION, write_a1111_config
+    title = args.title or Path(args.dest).name.removesuffix(".safetensors")  # the file's stem, as a run writes it
+    metadata = {"modelspec.title": title, "modelspec.prediction_type": MODELSPEC_PREDICTION[components.prediction_type],
                 "seachange.prediction_type": components.prediction_type}
     written = save_model(components, args.dest, args.format, args.dtype, metadata)
     print(f"written {written}")
+    if args.format == "single_file" and write_a1111_config(written, components.prediction_type):
+        print(f"written {written.with_suffix('.yaml')} (A1111 reads it: the model predicts v)")
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -62,15 +63,23 @@ def load_model(base_model: str, base_config: str | None = None, *, load_ema: boo
             raise ModelLoadError(f"{path}: model.load_ema is on, but a diffusers folder holds no EMA weights "
                                  "(only single files may: model_ema.* keys); turn model.load_ema off")
         return _load_diffusers_folder(path)
-    config_dir = _config_dir(base_config)
     suffix = path.suffix.lower()
     if suffix not in SINGLE_FILE_SUFFIXES + PICKLE_SUFFIXES:
         raise ModelLoadError(f"{path}: unknown model file type {path.suffix!r}; use a diffusers folder, "
                              "a .safetensors or a .ckpt")
+    with tempfile.TemporaryDirectory(prefix="seachange-configs-") as scratch:
+        return _load_file(path, suffix, base_config, load_ema, Path(scratch))
+
+
+def _load_file(path: Path, suffix: str, base_config: str | None, load_ema: bool, scratch: Path) -> SDComponents:
+    """load_model for a single file or .ckpt; `scratch` holds the configs a SeaChange file carries, if used."""
+    header = _safetensors_header(path) if suffix in SINGLE_FILE_SUFFIXES else None
+    embedded = header[0].get(CONFIGS_KEY) if header and not base_config else None
+    config_dir = _write_configs(path, embedded, scratch) if embedded else _config_dir(base_config)
     sidecar = objective.sidecar_yaml(path)  # A1111 obeys the .yaml beside the file, so it wins over metadata
     stated = _marker(objective.from_yaml, sidecar) if sidecar.exists() else None
-    if suffix in SINGLE_FILE_SUFFIXES:
-        metadata, keys, in_channels = _safetensors_header(path)
+    if header is not None:
+        metadata, keys, in_channels = header
         _check_channels(path, in_channels, config_dir)
         stated = stated or _marker(objective.from_metadata, metadata, keys, path)
         checkpoint = _read_safetensors(path)
@@ -84,6 +93,33 @@ def load_model(base_model: str, base_config: str | None = None, *, load_ema: boo
     components = _load_single_file(path, checkpoint, config_dir, stated)
     components.weights_note = note
     return components
+
+
+CONFIGS_KEY = "seachange.configs"  # the diffusers configs of a single file SeaChange wrote: {part: JSON string}
+CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                "scheduler": "scheduler_config.json"}
+
+
+def _write_configs(path: Path, embedded: str, folder: Path) -> Path:
+    """The diffusers config folder a SeaChange file carries in its metadata (CONFIGS_KEY), written to `folder`:
+    its own model loads back with no base_config, whatever its shapes. ModelLoadError if it cannot be read."""
+    try:
+        configs = json.loads(embedded)
+        for part, name in CONFIG_FILES.items():
+            (folder / part).mkdir()
+            (folder / part / name).write_text(configs[part], encoding="utf-8")
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise ModelLoadError(f"{path}: its {CONFIGS_KEY} metadata cannot be read ({_first_line(error)}); "
+                             "set model.base_config to the diffusers folder it was made from") from error
+    return folder
+
+
+def _configs_of(components: SDComponents) -> str:
+    """CONFIGS_KEY's value: each part's diffusers config, as its own save_pretrained would write it."""
+    parts = {"unet": components.unet, "vae": components.vae, "text_encoder": components.text_encoder,
+             "scheduler": components.noise_scheduler}
+    return json.dumps({part: module.config.to_json_string() if hasattr(module.config, "to_json_string")
+                       else module.to_json_string() for part, module in parts.items()})
 
 
 EMA_NOTE = "raw weights (the file also holds EMA weights; model.load_ema starts from those)"
@@ -374,7 +410,8 @@ def _save_single_file(components: SDComponents, path: Path, dtype: str, metadata
         _converted(components.text_encoder.state_dict(), dtype), components.unet.config, components.vae.config)
     state_dict = {key: value.contiguous() for key, value in state_dict.items()}
     header = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
-              "modelspec.implementation": "https://github.com/CompVis/stable-diffusion", **metadata}
+              "modelspec.implementation": "https://github.com/CompVis/stable-diffusion",
+              CONFIGS_KEY: _configs_of(components), **metadata}
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         save_file(state_dict, str(tmp), metadata=header)
