@@ -87,3 +87,15 @@ def test_convert_titles_the_file_and_keeps_a_v_models_markers(tiny_model_dir, tm
     assert cli_main(["convert", str(tiny_model_dir), str(tmp_path / "eps.safetensors")]) == 0
     assert metadata_of(tmp_path / "eps.safetensors")["modelspec.prediction_type"] == "epsilon"
     assert not (tmp_path / "eps.yaml").exists()
+
+
+def test_a_v_prediction_diffusers_folder_states_it_in_its_scheduler_config(tiny_model_dir, color_concept, tmp_path):
+    preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={
+        "max_steps": 1, "prediction_type": "v_prediction", "zero_terminal_snr": True},
+        model={"output_path": str(tmp_path / "folder"), "output_format": "diffusers"})
+    finished = train(preset, lambda e: None, queue.Queue())
+    config = json.loads((Path(finished.output_path) / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"] is True
+    from trainer.models import load_model
+    reloaded = load_model(finished.output_path)
+    assert reloaded.prediction_type == "v_prediction" and reloaded.zero_terminal_snr
