@@ -201,11 +201,16 @@ CHANGED = ("backup.resume: the concepts' files changed since step-8 was written 
            "edited: 1 (one.txt)). Resuming with other data does not continue the same training")
 
 
-def test_a_resume_refused_for_changed_data_asks_and_resumes(window, sessions, pump):
+def refuse_for_changed_data(window, sessions, answer) -> None:
+    """Start, Continue, and the engine refuses the resume because the data changed; `answer` the question."""
     earlier_run_files(Path(window.preset.general.workspace_dir))
-    window.dialogs.choose_answers = ["Continue", "Resume with the changed data"]
+    window.dialogs.choose_answers = ["Continue", answer]
     assert window.start()
     sessions[-1].finish("failed", CHANGED, bad_input=True, refusal="data_changed")
+
+
+def test_a_resume_refused_for_changed_data_asks_and_resumes(window, sessions, pump):
+    refuse_for_changed_data(window, sessions, "Resume with the changed data")
     wait_for(window, lambda: len(sessions) == 2, "the resume on the changed data")
     title, message, options = window.dialogs.chosen()[1]
     assert title == CHANGED_TITLE and options == ["Resume with the changed data", "Start over"]
@@ -216,19 +221,13 @@ def test_a_resume_refused_for_changed_data_asks_and_resumes(window, sessions, pu
 
 
 def test_starting_over_on_changed_data(window, sessions, pump):
-    earlier_run_files(Path(window.preset.general.workspace_dir))
-    window.dialogs.choose_answers = ["Continue", "Start over"]
-    assert window.start()
-    sessions[-1].finish("failed", CHANGED, bad_input=True, refusal="data_changed")
+    refuse_for_changed_data(window, sessions, "Start over")
     wait_for(window, lambda: len(sessions) == 2, "the fresh start")
     assert sessions[-1].fresh and not sessions[-1].resume and not sessions[-1].allow_changed_data
 
 
 def test_cancelling_the_changed_data_question_leaves_the_message(window, sessions, pump):
-    earlier_run_files(Path(window.preset.general.workspace_dir))
-    window.dialogs.choose_answers = ["Continue", None]
-    assert window.start()
-    sessions[-1].finish("failed", CHANGED, bad_input=True, refusal="data_changed")
+    refuse_for_changed_data(window, sessions, None)
     pump(window, 0.3)
     assert len(sessions) == 1 and len(window.dialogs.chosen()) == 2
     message = window.bottom.message
