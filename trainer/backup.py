@@ -19,7 +19,7 @@ import torch
 from trainer.config import Preset, preset_from_dict, preset_to_dict, preset_to_json
 from trainer.fields import atomic_write_text, give_umask_mode
 from trainer.errors import InputError, plain_text
-from trainer.runs import MANIFEST, complete_backups
+from trainer.runs import MANIFEST, complete_backups, safetensors_header
 
 STATE = "state.pt"
 
@@ -227,11 +227,7 @@ def load_backup(folder: Path) -> tuple[dict, dict]:
 # ---- disk and folder checks before anything heavy loads -------------------------------------------------
 
 def _safetensors_params(path: Path) -> int:
-    with open(path, "rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        if not 0 < size <= min(path.stat().st_size - 8, 100 * 2**20):
-            raise ValueError(f"{path} has no safetensors header")
-        header = json.loads(fh.read(size))
+    header = safetensors_header(path)
     total = 0
     for key, info in header.items():
         if key != "__metadata__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -73,6 +73,43 @@ def scan_concept(concept: ConceptConfig, index: FileIndex) -> tuple[list, list[t
     return usable, skipped + duplicates
 
 
+@dataclass
+class SortedCaptions:
+    """A concept's usable images sorted by their captions (sort_captions).
+
+    kept: (ImageInfo, captions.ImageCaptions) of the images trained on; skipped: (image, reason) of those left
+    out (an undecodable caption file, or no caption under missing_caption "skip"); missing: the images without a
+    usable caption (kept or skipped as the concept says); guessed: (caption file, encoding) of captions read in
+    a detected code page; problems: (caption file, reason) of caption files that cannot be decoded."""
+    kept: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    guessed: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+
+
+def sort_captions(usable: list, concept: ConceptConfig) -> SortedCaptions:
+    """Read each usable image's captions (captions.caption_lines) and sort the images: what training does with
+    them, and what `stats` and the run report about them. One reading for both, so they never disagree."""
+    out = SortedCaptions()
+    for info in usable:
+        found = caption_lines(info.path, concept)
+        txt = info.path.with_suffix(".txt")
+        if found.missing:
+            out.missing.append(info.path)
+        if found.guessed:
+            out.guessed.append((txt, found.guessed_encoding))
+        if found.problem:
+            out.problems.append((txt, found.problem))
+            out.skipped.append((info.path, f"caption file {txt.name}: {found.problem}"))
+        elif found.skip:
+            out.skipped.append((info.path, "no caption (missing or empty .txt) and the concept's missing_caption "
+                                           "is skip"))
+        else:
+            out.kept.append((info, found))
+    return out
+
+
 def collect_items(preset: Preset) -> Items:
     """Every usable image of every enabled concept. Each file is fully decoded once (remembered in the cache
     folder by size and mtime); unreadable ones are skipped with a reason. A missing folder or a concept without
@@ -84,21 +121,12 @@ def collect_items(preset: Preset) -> Items:
             continue
         usable, skipped = scan_concept(concept, index)
         concept_resolutions(preset, ci)
-        missing, kept = [], []
-        for info in usable:
-            found = caption_lines(info.path, concept)
-            if found.missing:
-                missing.append(info.path)
-            if found.guessed:
-                items.guessed_encodings.append((info.path.with_suffix(".txt"), found.guessed_encoding))
-            if found.problem:
-                skipped.append((info.path, f"caption file {info.path.with_suffix('.txt').name}: {found.problem}"))
-            elif found.skip:
-                skipped.append((info.path, "no caption (missing or empty .txt) and the concept's missing_caption "
-                                           "is skip"))
-            else:
-                kept.append(ImageItem(info.path, ci, info.digest, info.width, info.height, found.lines,
-                                      found.has_txt))
+        sorted_ = sort_captions(usable, concept)
+        skipped += sorted_.skipped
+        missing = sorted_.missing
+        items.guessed_encodings += sorted_.guessed
+        kept = [ImageItem(info.path, ci, info.digest, info.width, info.height, found.lines, found.has_txt)
+                for info, found in sorted_.kept]
         if missing and concept.missing_caption == "refuse":
             raise InputError(f"concepts.{ci}.missing_caption: {len(missing)} image(s) of concept {concept.name!r} "
                              f"have no caption (missing or empty .txt): {names(missing)}. Write their captions, "
@@ -165,7 +193,6 @@ class EpochPlan:
     def __init__(self, preset: Preset, items: list[ImageItem], process_index: int = 0, num_processes: int = 1):
         self.preset, self.items = preset, list(items)
         self.process_index, self.num_processes = process_index, num_processes
-        self.skipped = list(getattr(items, "skipped", []))
         t, self.seed = preset.training, preset.general.seed
         self.batch_size, self.accumulation = t.batch_size, t.gradient_accumulation_steps
         self.bucketing, self.workers = t.aspect_bucketing, preset.general.dataloader_workers

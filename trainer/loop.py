@@ -56,12 +56,28 @@ def check_inputs(preset: Preset, emit: Callable) -> list:
     return collect_items(preset)
 
 
+def check_resume(folder: Path | None, preset: Preset, num_processes: int, dataset: dict, allow_changed_data: bool,
+                 emit: Callable) -> Position:
+    """Where the run starts: step 0, or the position of the backup in `folder` once backup.check_backup accepts
+    it (InputError otherwise, before the model loads); what changed since the backup is said in the log."""
+    if folder is None:
+        return Position(0, 0, 0)
+    start, harmless, data_notes = check_backup(folder, preset, num_processes, dataset, allow_changed_data)
+    if harmless:
+        emit(ev.Log("info", f"Changed since the backup (harmless): {', '.join(harmless)}"))
+    for note in data_notes:
+        emit(ev.Log("warning", note))
+    return start
+
+
 def check_model_inputs(preset: Preset, items: list, c, emit: Callable) -> str:
-    """Once the model is loaded: the objective to train (training.prediction_type resolved against the base
+    """Once the model is loaded: which weights were loaded, the objective to train (training.prediction_type resolved against the base
     model's own, with a warning when they differ) and the texts longer than its tokenizer's window (captions,
     sample prompts), said once in the log. Returns the objective; InputError if zero-terminal SNR is asked of
     an epsilon objective."""
     t = preset.training
+    if c.weights_note:  # raw or EMA weights, when the file holds both
+        emit(ev.Log("info", f"Loaded the {c.weights_note}"))
     prediction_type, warning = resolve_prediction_type(t.prediction_type, c)
     how = f"the base model's own ({c.prediction_source})" if t.prediction_type == "auto" else "as chosen"
     emit(ev.Log("info", f"Training objective: {prediction_type}, {how}"))
@@ -196,9 +212,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
         items = check_inputs(preset, emit)
         run_id, backup_folder = claim_workspace(preset, resume, fresh, emit, accelerator.is_main_process)
     dataset = dataset_record(items)
-    if backup_folder is not None:
-        start, harmless, data_notes = check_backup(backup_folder, preset, accelerator.num_processes, dataset,
-                                                   allow_changed_data)
+    start = check_resume(backup_folder, preset, accelerator.num_processes, dataset, allow_changed_data, emit)
     for log in input_report(preset, items):
         emit(log)
     workspace = Path(preset.general.workspace_dir).expanduser()
@@ -214,8 +228,6 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     # 3. Load the model offline. The VAE (and the text encoder when not trained) only runs forward.
     emit(ev.Status(f"Loading {preset.model.base_model}"))
     c = load_model(preset.model.base_model, preset.model.base_config or None, load_ema=preset.model.load_ema)
-    if c.weights_note:
-        emit(ev.Log("info", f"Loaded the {c.weights_note}"))
     prediction_type = check_model_inputs(preset, items, c, emit)
     c.noise_scheduler = losses.configure_noise_scheduler(dict(c.noise_scheduler.config), prediction_type,
                                                          t.zero_terminal_snr)
@@ -281,16 +293,9 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
 
     # 5. Resume: weights, optimizer, LR schedule, grad scaler, EMA, RNGs and the position inside the epoch.
     extra = {"smooth": None, "nan_skipped": 0}
-    if backup_folder is None:
-        start = Position(0, 0, 0)
-    else:
-        folder = backup_folder
-        tensors, state = load_backup(folder)
-        if harmless:
-            emit(ev.Log("info", f"Changed since the backup (harmless): {', '.join(harmless)}"))
-        for note in data_notes:
-            emit(ev.Log("warning", note))
-        if data_notes and start.epoch_step >= plan.epoch_steps(start.epoch):  # fewer images: the epoch is over
+    if backup_folder is not None:
+        tensors, state = load_backup(backup_folder)
+        if start.epoch_step >= plan.epoch_steps(start.epoch):  # resumed on fewer images: that epoch is over
             start = Position(start.step, start.epoch + 1, 0)
         if "unet" in tensors:
             accelerator.unwrap_model(c.unet, keep_torch_compile=False).load_state_dict(tensors["unet"])
@@ -304,7 +309,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
             run.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         extra = {"smooth": state.get("smooth"), "nan_skipped": state.get("nan_skipped", 0)}
-        emit(ev.Log("info", f"Resumed from {folder} at step {start.step} (epoch {start.epoch}, "
+        emit(ev.Log("info", f"Resumed from {backup_folder} at step {start.step} (epoch {start.epoch}, "
                             f"{start.epoch_step} steps into it)"))
 
     b = preset.backup
@@ -483,16 +488,22 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
         output = run.save_final(here, optimizer, lr_scheduler, {**extra, "smooth": smooth})
         accelerator.wait_for_everyone()  # several processes end together, once the main one has saved
         elapsed = time.monotonic() - started
-        message = f"{outcome} after {step} steps in {elapsed:.0f} s; model written to {output}"
-        if prediction_type == "v_prediction":  # ComfyUI reads no objective from an SD 1.5 file
-            message += (". It predicts v: in ComfyUI load it through a ModelSamplingDiscrete node set to "
-                        f"v_prediction{' with zsnr on' if t.zero_terminal_snr else ''} (A1111 reads the .yaml beside "
-                        "a single file, diffusers the scheduler config)")
+        message = (f"{outcome} after {step} steps in {elapsed:.0f} s; model written to {output}"
+                   + sampling_hint(prediction_type, t.zero_terminal_snr))
         emit(ev.Log("info", message))
         return ev.RunFinished(outcome, message, str(output), step)
     finally:
         run.close()
         accelerator.free_memory()
+
+
+def sampling_hint(prediction_type: str, zero_terminal_snr: bool) -> str:
+    """What the final message adds for a v-prediction model: ComfyUI reads no objective from an SD 1.5 file."""
+    if prediction_type != "v_prediction":
+        return ""
+    return (". It predicts v: in ComfyUI load it through a ModelSamplingDiscrete node set to v_prediction"
+            f"{' with zsnr on' if zero_terminal_snr else ''} (A1111 reads the .yaml beside a single file, diffusers "
+            "the scheduler config)")
 
 
 def report_steps(pending: list, deferred: bool, smooth, extra: dict, skip_nan_steps: int, totals: tuple,

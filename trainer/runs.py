@@ -100,6 +100,19 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a .safetensors file (tensor names -> dtype, shape, offsets; "__metadata__"), read
+    without torch or the tensors. Raises ValueError when the file has no such header, OSError when unreadable."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if not 0 < size <= min(Path(path).stat().st_size - 8, 100 * 2**20):
+            raise ValueError(f"{path} has no safetensors header")
+        header = json.loads(fh.read(size))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has no safetensors header")
+    return header
+
+
 def model_metadata(path: Path) -> dict | None:
     """The SeaChange metadata of a model file or diffusers folder, or None when `path` holds no SeaChange model
     (a file SeaChange did not write, or an unreadable one). Reads only the safetensors header."""
@@ -111,14 +124,10 @@ def model_metadata(path: Path) -> dict | None:
             return None
         return data if isinstance(data, dict) and (path / "model_index.json").is_file() else None
     try:
-        with open(path, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            if not 0 < size <= min(path.stat().st_size - 8, 100 * 2**20):
-                return None
-            header = json.loads(fh.read(size))
+        header = safetensors_header(path)
     except (OSError, ValueError):
         return None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    meta = header.get("__metadata__")
     if not isinstance(meta, dict) or not (RUN_ID_KEY in meta or PRESET_KEY in meta):
         return None
     return meta

@@ -5,10 +5,8 @@ import functools
 from pathlib import Path
 
 from trainer.buckets import bucket_name, bucket_sizes, nearest_bucket
-from trainer.captions import caption_lines
 from trainer.config import Preset, built_by_demo, parse_resolutions
-from trainer.images import list_image_files, scan_files
-from trainer.data import file_index
+from trainer.data import file_index, scan_concept, sort_captions
 from trainer.inputs import long_captions
 
 
@@ -55,29 +53,16 @@ def _one_concept(preset: Preset, concept, index, tokenizer) -> dict:
         out["resolutions"] = parse_resolutions(concept.resolution.strip() or preset.training.resolution)
     except ValueError as e:
         out["error"] = f"resolution: {e}"
-    duplicates: list = []
-    files = list_image_files(folder, concept.include_subdirectories, duplicates)
-    usable, skipped = scan_files(files, index)
-    skipped += duplicates
-    out.update(image_count=len(files) + len(duplicates), usable=len(usable),
-               skipped=[{"path": str(p), "reason": r} for p, r in skipped])
+    usable, skipped = scan_concept(concept, index)  # together: every image file found
+    sorted_ = sort_captions(usable, concept)
+    out.update(image_count=len(usable) + len(skipped), usable=len(sorted_.kept),
+               skipped=[{"path": str(p), "reason": r} for p, r in skipped + sorted_.skipped],
+               without_caption=len(sorted_.missing),
+               without_caption_examples=[str(p) for p in sorted_.missing[:EXAMPLES]],
+               guessed_encodings=[{"path": str(p), "encoding": e} for p, e in sorted_.guessed],
+               caption_problems=[{"path": str(p), "reason": r} for p, r in sorted_.problems])
     words, chars, counts, texts = [], [], {}, []
-    for info in usable:
-        found = caption_lines(info.path, concept)
-        if found.missing:
-            out["without_caption"] += 1
-            if len(out["without_caption_examples"]) < EXAMPLES:
-                out["without_caption_examples"].append(str(info.path))
-        if found.guessed:
-            out["guessed_encodings"].append({"path": str(info.path.with_suffix(".txt")),
-                                             "encoding": found.guessed_encoding})
-        if found.problem:
-            out["caption_problems"].append({"path": str(info.path.with_suffix(".txt")), "reason": found.problem})
-        if found.skip:
-            out["usable"] -= 1
-            out["skipped"].append({"path": str(info.path), "reason": f"caption file: {found.problem}" if
-                                   found.problem else "no caption, and the concept skips such images"})
-            continue
+    for info, found in sorted_.kept:
         lines = found.lines
         texts.append((info.path, lines))
         words += [len(line.split()) for line in lines]
