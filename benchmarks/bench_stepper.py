@@ -62,14 +62,14 @@ def main() -> int:
                "plain_step_ms": median_ms(lambda: (plain.step(), plain.zero_grad(set_to_none=True)), params)}
         for label, bucket in (("bucketed_ms", max(1, optim.Stepper.BUCKET // args.scale)), ("per_weight_ms", 1)):
             params = make()
-            stepper = optim.Stepper(name, [{"params": params}], 1e-5, 1e-2, master=True)
+            stepper = optim.Stepper(name, [{"params": params}], 1e-5, 1e-2, master_weights=True)
             stepper.BUCKET = bucket
             order = list(reversed(params))  # roughly the order in which backward completes them
 
             def fused_step():
                 for p in order:
                     stepper._add(p)
-                stepper.finish()
+                stepper._finish()
             row[label] = median_ms(fused_step, params)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -143,10 +143,11 @@ def cli_preset(tmp_path, model, concept, **backup) -> Path:
     return path
 
 
-def start_cli(preset_path, env=None, *extra):
-    cmd = [sys.executable, "-m", "trainer", "train", str(preset_path), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+def start_cli(preset_path, probe=(), *extra):
+    """`python -m trainer train PRESET ...`, or through tests/train_probe.py with its options `probe`."""
+    head = [str(Path(__file__).parent / "train_probe.py"), *probe] if probe else ["-m", "trainer"]
+    cmd = [sys.executable, *head, "train", str(preset_path), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(condition, timeout=120.0):
@@ -162,8 +163,8 @@ def wait_for(condition, timeout=120.0):
 def test_resume_after_sigkill_is_exact(moment, tiny_model_dir, color_concept, tmp_path, uninterrupted):
     preset_path = cli_preset(tmp_path, tiny_model_dir, color_concept, backup_unit="steps", backup_every=3)
     backups = tmp_path / "ws" / "backup"
-    env = {"SEACHANGE_TEST_BACKUP_PAUSE": "1.5"} if moment == "mid-backup" else {}
-    child = start_cli(preset_path, env, "--quiet")
+    probe = ("--slow-backup-files", "1.5") if moment == "mid-backup" else ()
+    child = start_cli(preset_path, probe, "--quiet")
     try:
         if moment == "mid-step":
             assert wait_for(lambda: complete_backups(backups)), child.stderr and child.communicate()[1][-2000:]
@@ -175,7 +176,7 @@ def test_resume_after_sigkill_is_exact(moment, tiny_model_dir, color_concept, tm
     assert child.returncode == -signal.SIGKILL
     if moment == "mid-backup":
         assert list(backups.glob(".*.tmp-*")) and len(complete_backups(backups)) == 1
-    resumed = start_cli(preset_path, {}, "--resume", "latest")
+    resumed = start_cli(preset_path, (), "--resume", "latest")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     assert "Resumed from" in err
@@ -214,7 +215,7 @@ def test_nan_loss_fails_naming_the_step_and_keeps_the_backup(tiny_model_dir, col
                                                              monkeypatch):
     preset = preset_for(tmp_path, tiny_model_dir, color_concept, backup_unit="steps", backup_every=1)
     nan_at(monkeypatch, {3})
-    from trainer.loop import NonFiniteLoss
+    from trainer.errors import NonFiniteLoss
     with pytest.raises(NonFiniteLoss, match="at step 3; the weights were not updated") as e:
         run(preset)
     assert "learning rate too high" in str(e.value)

@@ -96,11 +96,11 @@ def test_each_image_lands_in_its_nearest_bucket(tmp_path):
     plan = plan_for(preset_for(tmp_path, mixed_folder(tmp_path / "imgs"), training={"resolution": "64"}))
     sizes = bucket_sizes(64)
     for step in plan.layout(0):
-        for spec in step:
-            for idx in spec.items:
+        for planned in step:
+            for idx in planned.items:
                 item = plan.items[idx]
                 best = min(abs(math.log(w / h) - math.log(item.width / item.height)) for w, h in sizes)
-                assert abs(math.log(spec.size[0] / spec.size[1]) - math.log(item.width / item.height)) == best
+                assert abs(math.log(planned.size[0] / planned.size[1]) - math.log(item.width / item.height)) == best
     assert nearest_bucket(1000, 10, sizes) == (128, 32)  # beyond 4:1 goes to the widest bucket
 
 
@@ -185,9 +185,9 @@ def test_multiple_resolutions_are_picked_per_image_per_epoch(tmp_path):
     for e in range(3):
         sizes = {}
         for step in plan.layout(e):
-            for spec in step:
-                for idx in spec.items:
-                    assert sizes.setdefault(idx, spec.size) == spec.size  # one size per image per epoch
+            for planned in step:
+                for idx in planned.items:
+                    assert sizes.setdefault(idx, planned.size) == planned.size  # one size per image per epoch
         per_image |= set(sizes.values())
     assert per_image == {(32, 32), (64, 64)}
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from trainer import convert
 from trainer.__main__ import main
-from trainer.models import EMA_LOADED_NOTE, EMA_NOTE, ModelLoadError, SDComponents, load_model, save_model
+from trainer.errors import ModelLoadError
+from trainer.models import EMA_LOADED_NOTE, EMA_NOTE, SDComponents, load_model, save_model
 
 PARTS = ("unet", "vae", "text_encoder")
 LIGHTNING_MODULES = ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint")

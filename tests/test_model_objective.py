@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainer.config import Preset, preset_to_json
-from trainer.models import FIRST_CONV, ModelLoadError, SDComponents, load_model, save_model
+from trainer.errors import ModelLoadError
+from trainer.models import FIRST_CONV, SDComponents, load_model, save_model
 from trainer.objective import resolve_prediction_type
 
 

@@ -27,6 +27,7 @@ from trainer.errors import InputError
 # 6 wide images (bucket 40x24 at 32 px) and 3 square ones (32x32): with batch 2 and two processes an epoch has
 # 5 micro-batches, so its last optimizer step holds one, and the second process trains on padding there.
 SIZES = [(48, 32)] * 6 + [(32, 32)] * 3
+PROBE = Path(__file__).parent / "train_probe.py"
 TRAINING = {"epochs": 2, "batch_size": 2, "optimizer": "adamw", "lr_scheduler": "cosine", "lr_warmup_steps": 1}
 
 
@@ -53,11 +54,12 @@ def free_port() -> int:
 def launch_args(preset_path: Path, dump: Path, *extra) -> dict:
     """Popen arguments of `accelerate launch` with two processes. On a machine without GPUs `--cpu` starts only
     one process (several need mpirun), but `--multi_gpu` starts two through torchrun, and a preset on the CPU
-    makes them talk over gloo. SEACHANGE_TEST_RANK_DUMP makes each process write dump/rank<N>.json."""
+    makes them talk over gloo. Through tests/train_probe.py each process writes dump/rank<N>.json."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "-m", "trainer", "train", str(preset_path), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SEACHANGE_TEST_RANK_DUMP": str(dump)}
+           "--main_process_port", str(free_port()), str(PROBE), "--rank-dump", str(dump), "train", str(preset_path),
+           *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return {"args": cmd, "env": env}
 
 

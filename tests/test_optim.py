@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.optim import LR_SCHEDULERS, OPTIMIZERS, current_lr, make_lr_scheduler, make_optimizer
+from trainer.config import LR_SCHEDULERS, OPTIMIZERS
+from trainer.optim import current_lr, make_lr_scheduler, make_optimizer
 
 # A learning rate that suits each optimizer on the test quadratic (Prodigy finds its own step size from lr=1).
 TEST_LR = {"adamw": 0.05, "adamw8bit": 0.05, "adafactor": 0.05, "lion": 0.02, "prodigy": 1.0, "sgd": 0.05}
@@ -123,8 +124,12 @@ def test_lr_scheduler_scales_each_groups_lr():
 
 def test_lr_scheduler_edge_cases():
     assert _lrs("constant", warmup=0, total=5) == pytest.approx([1.0] * 6)
-    clamped = _lrs("linear", warmup=50, total=10)  # warmup longer than the run is clamped to it
-    assert all(0 <= lr <= 1 for lr in clamped)
+    # A warmup longer than the run is clamped to it: the ramp spans the run and the full lr comes at its end
+    # (unclamped, 50 warmup steps over a 10-step run would stop at a fifth of it).
+    ramp = [step / 10 for step in range(10)]
+    assert _lrs("constant", warmup=50, total=10) == pytest.approx(ramp + [1.0])
+    assert _lrs("linear", warmup=50, total=10) == pytest.approx(ramp + [0.0])
+    assert _lrs("linear", warmup=-5, total=10) == pytest.approx(_lrs("linear", warmup=0, total=10))  # none
     with pytest.raises(ValueError, match="cosine_with_restarts"):
         make_lr_scheduler("piecewise_constant", torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), 0, 10)
     with pytest.raises(ValueError, match="at least 1"):

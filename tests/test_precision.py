@@ -43,20 +43,18 @@ def test_fused_back_pass_steps_equal_one_optimizer_step_and_bound_waiting_gradie
     the weight that fills it) of gradients ever waits."""
     plain, fused = small_model(), small_model()
     x = torch.randn(8, 3, 6, 6)
-    ref = Stepper(optimizer, [{"params": list(plain.parameters())}], 1e-3, 0.01, master=False)
-    hooked = Stepper(optimizer, [{"params": list(fused.parameters())}], 1e-3, 0.01, master=False)
+    ref = Stepper(optimizer, [{"params": list(plain.parameters())}], 1e-3, 0.01)
+    hooked = Stepper(optimizer, [{"params": list(fused.parameters())}], 1e-3, 0.01, fused_backward=True)
     hooked.BUCKET = 100_000
-    hooked.attach()
     waiting = []
     for p in fused.parameters():
         p.register_post_accumulate_grad_hook(
             lambda _: waiting.append(sum(q.numel() for q in fused.parameters() if q.grad is not None)))
     for _ in range(3):
-        plain(x).pow(2).mean().backward()
-        ref.step()
-        fused(x).pow(2).mean().backward()
+        ref.step(ref.backward(plain(x).pow(2).mean(), 1.0))
+        loss = hooked.backward(fused(x).pow(2).mean(), 1.0)
         assert fused[4].weight.grad is None  # 90,000 elements: stepped and freed during backward
-        hooked.finish()
+        assert hooked.step(loss)[1]  # the last bucket
         assert all(p.grad is None for p in fused.parameters())
     assert max(waiting) <= hooked.BUCKET + 90_300, max(waiting)
     for a, b in zip(plain.parameters(), fused.parameters()):
@@ -74,17 +72,16 @@ def test_bf16_master_step_is_the_float32_step_rounded_either_way(optimizer, fuse
     reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     model_before = {k: v.detach().float().clone() for k, v in model.named_parameters()}
     x = torch.randn(8, 3, 6, 6)
-    master = Stepper(optimizer, [{"params": list(model.parameters())}], 1e-2, 0.01, master=True)
-    master.BUCKET = 100_000
-    ref = Stepper(optimizer, [{"params": list(reference.parameters())}], 1e-2, 0.01, master=False)
-    for p, q in zip(model.parameters(), reference.parameters()):  # runs before the stepper's own hook
+    for p, q in zip(model.parameters(), reference.parameters()):  # registered first: runs before the stepper's
         p.register_post_accumulate_grad_hook(lambda p, q=q: setattr(q, "grad", p.grad.float()))
-    if fused_back_pass:
-        master.attach()
+    master = Stepper(optimizer, [{"params": list(model.parameters())}], 1e-2, 0.01, master_weights=True,
+                     fused_backward=fused_back_pass)
+    master.BUCKET = 100_000
+    ref = Stepper(optimizer, [{"params": list(reference.parameters())}], 1e-2, 0.01)
     with torch.autocast("cpu", torch.bfloat16):
-        model(x.bfloat16()).float().pow(2).mean().backward()
-    master.finish() if fused_back_pass else master.step()
-    ref.step()
+        loss = master.backward(model(x.bfloat16()).float().pow(2).mean(), 1.0)
+    assert master.step(loss)[1]
+    ref.step(loss)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert p.grad is None
         bits = q.detach().contiguous().view(torch.int32)
@@ -204,9 +201,8 @@ def test_deferred_loss_reads_skip_bad_steps_on_the_device(tiny_model_dir, color_
     from safetensors.torch import load_file
 
     import trainer.loop as loop
-    from trainer import losses
-    monkeypatch.setattr(loop, "DEFER_LOSS_READS", True)
-    monkeypatch.setattr(loop, "LOSS_READ_SECONDS", 1e9)  # read only at boundaries: here the epoch ends (4 steps)
+    from trainer import losses, progress
+    monkeypatch.setattr(progress, "LOSS_READ_SECONDS", 1e9)  # read only at boundaries: here the epoch ends (4 steps)
     real, calls = losses.diffusion_loss, [0]
 
     def nan_at_third(*args, **kwargs):
@@ -221,10 +217,10 @@ def test_deferred_loss_reads_skip_bad_steps_on_the_device(tiny_model_dir, color_
         events.append(event)
         if isinstance(event, ev.Progress):
             losses_done_at_report.append(calls[0])
-    finished = loop.train(preset, emit, queue.Queue())
+    finished = loop.train(preset, emit, queue.Queue(), defer_loss_reads=True)
     assert finished.outcome == "completed", finished.message
-    progress = [e for e in events if isinstance(e, ev.Progress)]
-    assert [e.step for e in progress] == [1, 2, 3, 4, 5, 6]  # every step reported, in order
+    reports = [e for e in events if isinstance(e, ev.Progress)]
+    assert [e.step for e in reports] == [1, 2, 3, 4, 5, 6]  # every step reported, in order
     assert losses_done_at_report == [4, 4, 4, 4, 6, 6]  # read at the epoch's end and the run's, not each step
     skipped = [e.text for e in events if isinstance(e, ev.Log) and "Skipped step" in e.text]
     assert len(skipped) == 1 and "step 3" in skipped[0]
@@ -232,7 +228,7 @@ def test_deferred_loss_reads_skip_bad_steps_on_the_device(tiny_model_dir, color_
 
     calls[0] = 0  # the same bad step without a skip allowance fails, naming it, and saves nothing
     preset = make_preset(tmp_path / "fail", tiny_model_dir, color_concept, training={"max_steps": 6})
-    from trainer.loop import NonFiniteLoss
+    from trainer.errors import NonFiniteLoss
     with pytest.raises(NonFiniteLoss, match="at step 3"):
-        loop.train(preset, lambda e: None, queue.Queue())
+        loop.train(preset, lambda e: None, queue.Queue(), defer_loss_reads=True)
     assert not (tmp_path / "fail" / "out.safetensors").exists()

@@ -385,11 +385,11 @@ def test_input_errors_carry_no_traceback_and_no_escape_codes(color_concept, tmp_
 
 
 def test_a_bug_still_logs_its_traceback(tiny_model_dir, color_concept, tmp_path, monkeypatch):
-    from trainer import loop
+    from trainer import training_model
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
-    monkeypatch.setattr(loop, "load_model", broken)
+    monkeypatch.setattr(training_model, "load_model", broken)
     finished, events = session_run(quick_preset(tmp_path, tiny_model_dir, color_concept))
     assert finished.outcome == "failed" and not finished.bad_input
     assert "Traceback" in logs(events, "error")

@@ -16,7 +16,7 @@ from trainer import events as ev
 from trainer.__main__ import main as cli_main
 from trainer.config import save_preset
 from trainer.loop import train
-from trainer.optim import LR_SCHEDULERS, OPTIMIZERS
+from trainer.config import LR_SCHEDULERS, OPTIMIZERS
 from trainer.session import TrainingSession
 
 ROOT = Path(__file__).parents[1]

@@ -7,7 +7,7 @@ import signal
 import sys
 
 from trainer import events as ev
-from trainer.config import load_preset, validate
+from trainer.config import DEVICES, OUTPUT_DTYPES, OUTPUT_FORMATS, load_preset, validate
 from trainer.fields import ConfigError, apply_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
@@ -95,11 +95,38 @@ def cmd_tool(args) -> int:
     return run_session(session, quiet=args.quiet)
 
 
+def fill_caches(preset, emit, progress=None) -> dict:
+    """`python -m trainer cache`: check the inputs, load the model, fill the caches as training would; returns
+    the counts (EpochPlan.report). progress(what, done, total), if given, follows each batch."""
+    import torch
+
+    from trainer.cache import frozen_dtype
+    from trainer.checks import check_inputs, quiet_libraries
+    from trainer.data import EpochPlan
+    from trainer.inputs import input_report
+    from trainer.models import load_model
+    quiet_libraries()
+    items = check_inputs(preset, emit)
+    for log in input_report(preset, items):
+        emit(log)
+    on_gpu = preset.general.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    dtype = frozen_dtype(preset.training.mixed_precision, device)
+    emit(ev.Status(f"Loading {preset.model.base_model}"))
+    c = load_model(preset.model.base_model, preset.model.base_config or None, load_ema=preset.model.load_ema)
+    c.vae.requires_grad_(False).eval().to(device, dtype)
+    encode_text = not preset.training.train_text_encoder
+    if encode_text:
+        c.text_encoder.requires_grad_(False).eval().to(device, dtype)
+    plan = EpochPlan(preset, items)
+    plan.prepare(c, device, dtype, encode_text, emit, progress)
+    return plan.report
+
+
 def cmd_cache(args) -> int:
     """Fill the latent (and text) caches of a preset, as a training run would, without training."""
     from tqdm import tqdm
 
-    from trainer.cache import fill_caches
     from trainer.errors import describe_failure, is_input_error
     preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     bars = {}
@@ -148,8 +175,8 @@ def cmd_make_demo(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from trainer.errors import plain_text
-    from trainer.models import ModelLoadError, load_model, save_model
+    from trainer.errors import ModelLoadError, plain_text
+    from trainer.models import load_model, save_model
     try:
         components = load_model(args.source, args.base_config, load_ema=args.ema)
     except ModelLoadError as e:  # here the setting is the --ema option
@@ -212,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tool)
     p = sub.add_parser("bench", help="speed and memory of SeaChange's training step against the reference loop")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--model", choices=("sd15", "tiny"), default=None, help="default: sd15 on a GPU, tiny on a CPU")
     p.add_argument("--batch-sizes", default=None, help="comma list; default 1,4,16 on a GPU, 1,4 on a CPU")
     p.add_argument("--presets", default=None, help="built-in preset names, comma list")
@@ -225,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("convert", help="convert a model between single-file and diffusers formats")
     p.add_argument("source")
     p.add_argument("dest")
-    p.add_argument("--format", choices=("single_file", "diffusers"), default="single_file")
-    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default="single_file")
+    p.add_argument("--dtype", choices=OUTPUT_DTYPES, default="float16")
     p.add_argument("--base-config", default=None, help="diffusers config folder for a non-SD-1.5 single file")
     p.add_argument("--title", default=None)
     p.add_argument("--ema", action="store_true", help="write the EMA UNet weights of a file that holds raw and "

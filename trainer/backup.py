@@ -41,6 +41,33 @@ class Position:
     epoch_step: int
 
 
+class TrainingState:
+    """Everything a backup keeps beside the trained weights, as one state_dict: the optimizer (accelerate's
+    wrapper, or the optimizer itself), the LR schedule, the fp16 grad scaler (None without one), the EMA (None
+    when off), the RNGs of python, numpy, torch and CUDA, and the loss bookkeeping (progress.LossTracker)."""
+
+    def __init__(self, optimizer, lr_scheduler, scaler, ema, losses):
+        self.optimizer, self.lr_scheduler, self.scaler, self.ema, self.losses = (optimizer, lr_scheduler, scaler,
+                                                                                  ema, losses)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "ema": self.ema.state_dict() if self.ema else None, "rng": rng_state(),
+                "losses": self.losses.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() gave (torch.load of a backup's state.pt); RNGs included."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if state["scaler"] is not None and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        self.losses.load_state_dict(state.get("losses", state))  # older backups kept the two values at the top
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     np_state = np.random.get_state()
@@ -75,8 +102,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Preset, position: Position,
-                 pause_between_files: float = 0.0, num_processes: int = 1, run_id: str = "",
-                 dataset: dict | None = None) -> Path:
+                 num_processes: int = 1, run_id: str = "", dataset: dict | None = None) -> Path:
     """Write one backup folder atomically; on any error the partial folder is removed and the error raised.
     The manifest records the process count (the position inside an epoch is counted in steps of all of them)
     and the run's id; dataset.json the images trained on (data.dataset_record), checked on resume."""
@@ -92,7 +118,6 @@ def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Pres
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             save_file(tensors, str(tmp / f"{module_name}.safetensors"))
             files.append(f"{module_name}.safetensors")
-            time.sleep(pause_between_files)
         torch.save(state, tmp / STATE)
         files.append(STATE)
         atomic_write_text(tmp / "preset.json", preset_to_json(preset))

@@ -8,7 +8,6 @@ that is renamed into place (os.replace), so a crash never leaves a partial file 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -21,14 +20,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from trainer import events as ev
+from trainer.errors import CacheError
 from trainer.fields import umask_mode
+from trainer.images import load_pixels
+from trainer.loader import map_loader
+from trainer.prompts import encode_prompts
 
 CACHE_VERSION = 1
-
-
-class CacheError(RuntimeError):
-    """A cache file that went bad after it was checked (changed on disk during training)."""
 
 
 def entry_key(*parts) -> str:
@@ -133,63 +131,7 @@ class TensorCache:
 
 # ---- filling the caches ---------------------------------------------------------------------------------
 
-def _identity(x):
-    return x
-
-
-class _SharedArray:
-    """A numpy array on its way from a worker: pickled as a torch tensor, i.e. through shared memory rather
-    than copied through the worker's pipe (a 512 px float batch is 12 MB)."""
-
-    def __init__(self, array: np.ndarray):
-        self.tensor = torch.from_numpy(array)
-
-
-def _pack(obj):
-    if isinstance(obj, np.ndarray):
-        return _SharedArray(obj)
-    if isinstance(obj, tuple):
-        return tuple(_pack(x) for x in obj)
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(obj, **{f.name: _pack(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                                           if isinstance(getattr(obj, f.name), np.ndarray)})
-    return obj
-
-
-def _unpack(obj):
-    if isinstance(obj, _SharedArray):
-        return obj.tensor.numpy()
-    if isinstance(obj, tuple):
-        return tuple(_unpack(x) for x in obj)
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(obj, **{f.name: _unpack(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                                           if isinstance(getattr(obj, f.name), _SharedArray)})
-    return obj
-
-
-class _MapDataset(torch.utils.data.Dataset):
-    def __init__(self, fn, items):
-        self.fn, self.items = fn, items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return _pack(self.fn(self.items[i]))
-
-
-def map_loader(fn, items: list, workers: int, pin_memory: bool = False):
-    """fn over items in order: in DataLoader worker processes (prefetching ahead) when workers > 0, else here."""
-    if workers <= 0 or len(items) <= 1:
-        return (fn(x) for x in items)
-    loader = torch.utils.data.DataLoader(_MapDataset(fn, items), batch_size=None, shuffle=False,
-                                         num_workers=min(workers, len(items)), collate_fn=_identity,
-                                         pin_memory=pin_memory, prefetch_factor=4)
-    return (_unpack(x) for x in loader)
-
-
 def _load_latent_chunk(chunk):
-    from trainer.images import load_pixels
     return [job[0] for job in chunk], np.stack([load_pixels(job[1], job[2], job[3]) for job in chunk])
 
 
@@ -215,7 +157,6 @@ def encode_texts(cache: TensorCache, jobs: list[tuple[str, str]], tokenizer, tex
                  batch_size: int, max_token_length: int, report) -> None:
     """Encode (key, caption) jobs with the frozen text encoder (prompts.encode_prompts: 75-token chunks up to
     max_token_length); report(done, total) after each batch."""
-    from trainer.prompts import encode_prompts
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         with torch.no_grad():
@@ -231,27 +172,3 @@ def frozen_dtype(mixed_precision: str, device) -> torch.dtype:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     return torch.float32 if torch.device(device).type == "cpu" and dtype == torch.float16 else dtype
 
-
-def fill_caches(preset, emit, progress=None) -> dict:
-    """`python -m trainer cache`: check the inputs, load the model, fill the caches as training would; returns
-    the counts (EpochPlan.report)."""
-    from trainer.data import EpochPlan
-    from trainer.inputs import input_report
-    from trainer.loop import check_inputs, quiet_libraries
-    from trainer.models import load_model
-    quiet_libraries()
-    items = check_inputs(preset, emit)
-    for log in input_report(preset, items):
-        emit(log)
-    on_gpu = preset.general.device != "cpu" and torch.cuda.is_available()
-    device = torch.device("cuda" if on_gpu else "cpu")
-    dtype = frozen_dtype(preset.training.mixed_precision, device)
-    emit(ev.Status(f"Loading {preset.model.base_model}"))
-    c = load_model(preset.model.base_model, preset.model.base_config or None, load_ema=preset.model.load_ema)
-    c.vae.requires_grad_(False).eval().to(device, dtype)
-    encode_text = not preset.training.train_text_encoder
-    if encode_text:
-        c.text_encoder.requires_grad_(False).eval().to(device, dtype)
-    plan = EpochPlan(preset, items)
-    plan.prepare(c, device, dtype, encode_text, emit, progress)
-    return plan.report

@@ -2,6 +2,8 @@
 also allow, for torch's weights_only loader; and torch's refusal put in a line for the user. No UI here."""
 from __future__ import annotations
 
+from trainer.errors import plain_text
+
 
 class _LightningModelCheckpoint:
     """Inert stand-in for the PyTorch Lightning checkpoint callback pickled into training checkpoints: its
@@ -36,8 +38,6 @@ def checkpoint_safe_globals() -> list:
 def pickle_refusal_detail(error: BaseException) -> str:
     """The line of torch's weights_only refusal that says what was refused, without escape codes, nor torch's
     advice to load with weights_only=False."""
-    from trainer.errors import plain_text
-
     lines = [line.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip()
              for line in plain_text(str(error)).splitlines()]
     lines = [line for line in lines if line and not line.startswith(TORCH_ADVICE) and "weights_only" not in line]

@@ -14,11 +14,15 @@ VERSION = 1
 
 SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "prodigy", "sgd")
+# The diffusers schedules that need nothing beyond warmup and total steps ("piecewise_constant" needs step rules).
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 INTERVAL_UNITS = ("steps", "epochs", "minutes", "never")
 MISSING_CAPTION_ACTIONS = ("concept_caption", "filename", "skip", "refuse")
 MAX_TOKEN_LENGTHS = (75, 150, 225)
-PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # the objectives SeaChange trains, as diffusers names them
+DEVICES = ("auto", "cpu", "cuda")  # auto: the GPU when there is one
+OUTPUT_FORMATS = ("single_file", "diffusers")
+OUTPUT_DTYPES = ("float16", "bfloat16", "float32")  # precisions a model is saved in, as torch names them
 
 
 @dataclass
@@ -32,7 +36,7 @@ class GeneralConfig:
                                   "model trains; 0 loads in the training process (fine on a CPU or with "
                                   "cached latents), 2-8 on a GPU without latent caching.", min=0, max=64)
     device: str = opt("auto", "Device", "Where to train: auto picks the GPU when there is one.",
-                      choices=("auto", "cpu", "cuda"))
+                      choices=DEVICES)
     tensorboard: bool = opt(True, "TensorBoard", "Write loss, learning rate and samples for TensorBoard "
                             "under workspace/tensorboard.")
     demo_dir: str = opt("", "Demo folder", "When set and the folder is missing, the embedded demo (a tiny model "
@@ -52,9 +56,9 @@ class ModelConfig:
                            "a .safetensors file, or a folder for the diffusers format.", kind="path")
     output_format: str = opt("single_file", "Output format", "single_file: one .safetensors that A1111, "
                              "ComfyUI and diffusers load; diffusers: a diffusers folder.",
-                             choices=("single_file", "diffusers"))
+                             choices=OUTPUT_FORMATS)
     output_dtype: str = opt("float16", "Output precision", "Precision of the saved weights.",
-                            choices=("float16", "bfloat16", "float32"))
+                            choices=OUTPUT_DTYPES)
     embed_preset: bool = opt(True, "Embed the preset", "Write the run's preset into each saved model's metadata "
                              "(paths as the workspace sees them, never your home folder); off writes none.")
 
@@ -166,7 +170,7 @@ class TrainingConfig:
     prediction_type: str = opt("auto", "Prediction", "What the UNet learns to predict. auto: the base model's "
                                "own objective (its scheduler config, file metadata or A1111 .yaml beside it; SD 1.5 "
                                "is epsilon). Choosing the other one retrains the model's objective.",
-                               choices=PREDICTION_TYPES)
+                               choices=("auto", *PREDICTION_TYPES))
     max_token_length: int = opt(75, "Max tokens", "Caption and sample prompt length in CLIP tokens: 75, 150 or "
                                 "225. Longer texts are encoded in 75-token chunks as A1111 and kohya do; words "
                                 "past the limit are cut (stats and the run log say which captions).",

@@ -173,8 +173,9 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Spec:
-    """What one micro-batch holds: its bucket size, and each sample's epoch position and item index."""
+class PlannedBatch:
+    """A micro-batch as the plan lays it out, before loading (EpochPlan.load makes it a Batch): its epoch, its
+    bucket size, and each sample's position in the epoch and index in EpochPlan.items."""
     epoch: int
     size: tuple[int, int]
     positions: tuple[int, ...]
@@ -205,7 +206,7 @@ class EpochPlan:
             r = Fraction(preset.concepts[ci].repeats).limit_denominator(10_000)
             self.whole[ci], self.fraction[ci] = math.floor(r), (r - math.floor(r)) * len(members)
         self._cycles: dict[int, list[list[int]]] = {}
-        self._layouts: dict[int, list[list[Spec]]] = {}
+        self._layouts: dict[int, list[list[PlannedBatch]]] = {}
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
         self.latents = self.texts = None   # TensorCaches, set by prepare()
         self.vae_id, self.dtype_name, self.text_keys, self.pin_memory = "", "", {}, False
@@ -259,7 +260,7 @@ class EpochPlan:
         r = sizes[0] if len(sizes) == 1 else random.Random(f"{self.seed}-resolution-{epoch}-{idx}").choice(sizes)
         return self.bucket_for(idx, r)
 
-    def layout(self, epoch: int) -> list[list[Spec]]:
+    def layout(self, epoch: int) -> list[list[PlannedBatch]]:
         """The epoch's optimizer steps. The uses are shuffled once; walking that order, each use joins its
         bucket's open batch, and a batch is emitted when full; leftover (smaller) batches come last. With one
         bucket this is the shuffled order cut in batch_size pieces, whatever the batch size. A step holds
@@ -277,18 +278,18 @@ class EpochPlan:
                 batches.append((size, members))
                 del open_batches[size]
         batches += [(size, m) for size, (_, m) in sorted(open_batches.items(), key=lambda kv: kv[1][0])]
-        specs, pos = [], 0
+        planned, pos = [], 0
         for size, members in batches:
-            specs.append(Spec(epoch, size, tuple(range(pos, pos + len(members))), tuple(members)))
+            planned.append(PlannedBatch(epoch, size, tuple(range(pos, pos + len(members))), tuple(members)))
             pos += len(members)
         per_step = self.accumulation * self.num_processes
-        steps = [specs[i:i + per_step] for i in range(0, len(specs), per_step)]
+        steps = [planned[i:i + per_step] for i in range(0, len(planned), per_step)]
         if len(self._layouts) > 8:
             self._layouts.pop(next(iter(self._layouts)))
         self._layouts[epoch] = steps
         return steps
 
-    def process_steps(self, epoch: int) -> list[list[Spec]]:
+    def process_steps(self, epoch: int) -> list[list[PlannedBatch]]:
         """This process's share of each optimizer step: the step's micro-batches number process_index,
         process_index + num_processes, ... (dealt round-robin, so a short last step is spread evenly).
 
@@ -314,7 +315,7 @@ class EpochPlan:
 
     def step_samples(self, epoch: int, step: int) -> int:
         """The samples of one optimizer step over all processes (padding not counted)."""
-        return sum(len(spec.positions) for spec in self.layout(epoch)[step])
+        return sum(len(planned.positions) for planned in self.layout(epoch)[step])
 
     def total_steps(self, epochs: int) -> int:
         return sum(self.epoch_steps(e) for e in range(epochs))
@@ -324,9 +325,9 @@ class EpochPlan:
     def iter_epoch(self, epoch: int, start_step: int = 0):
         """Yield, for each optimizer step from start_step on, its list of micro-batches (Batch). Micro-batches
         load in DataLoader workers (general.dataloader_workers) ahead of the training."""
-        from trainer.cache import map_loader
+        from trainer.loader import map_loader
         steps = self.process_steps(epoch)[start_step:]
-        flat = [spec for step in steps for spec in step]
+        flat = [planned for step in steps for planned in step]
         loaded = iter(map_loader(self.load, flat, self.workers, self.pin_memory))
         for step in steps:
             yield [next(loaded) for _ in step]
@@ -359,25 +360,26 @@ class EpochPlan:
         flip = flips[0] if len(flips) == 1 else rng.random() < self._concept(idx).random_flip_probability
         return self.variant_augment(idx, size, rng.randrange(count), flip)
 
-    def load(self, spec: Spec) -> Batch:
+    def load(self, planned: PlannedBatch) -> Batch:
         """Load one micro-batch: captions, loss weights, and pixels or cached latents (and text embeddings)."""
         captions, weights, augs = [], [], []
-        for pos, idx in zip(spec.positions, spec.items):
+        for pos, idx in zip(planned.positions, planned.items):
             concept = self._concept(idx)
-            rng = random.Random(f"{self.seed}-caption-{spec.epoch}-{pos}")
+            rng = random.Random(f"{self.seed}-caption-{planned.epoch}-{pos}")
             captions.append(pick_caption(self.items[idx].captions, concept, rng))
-            weights.append(0.0 if spec.padding else concept.loss_weight)
-            rng = random.Random(f"{self.seed}-image-{spec.epoch}-{pos}")
-            augs.append(self._cached_augment(idx, spec.size, rng) if self.latents is not None
+            weights.append(0.0 if planned.padding else concept.loss_weight)
+            rng = random.Random(f"{self.seed}-image-{planned.epoch}-{pos}")
+            augs.append(self._cached_augment(idx, planned.size, rng) if self.latents is not None
                         else draw_augment(concept, rng))
-        batch = Batch(captions, list(spec.positions), weights, padding=spec.padding)
+        batch = Batch(captions, list(planned.positions), weights, padding=planned.padding)
         if self.latents is not None:
             import torch
-            entries = [self.latents.load(self.latent_key(i, spec.size, a)) for i, a in zip(spec.items, augs)]
+            entries = [self.latents.load(self.latent_key(i, planned.size, a)) for i, a in zip(planned.items, augs)]
             batch.latent_mean = torch.stack([e["mean"] for e in entries])
             batch.latent_std = torch.stack([e["std"] for e in entries])
         else:
-            batch.pixels = np.stack([load_pixels(self.items[i].path, spec.size, a) for i, a in zip(spec.items, augs)])
+            batch.pixels = np.stack([load_pixels(self.items[i].path, planned.size, a)
+                                     for i, a in zip(planned.items, augs)])
         if self.texts is not None and all(c in self.text_keys for c in captions):
             import torch
             batch.text_embeddings = torch.stack([self.texts.load(self.text_keys[c])["hidden"] for c in captions])

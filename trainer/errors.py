@@ -1,9 +1,12 @@
-"""Errors the engine raises on purpose, and how any failure is put into words for the user. No UI here."""
+"""The engine's errors: those that end a run or refuse its input, and the wording of any failure for the user.
+No UI here. ConfigError stays in trainer/fields.py as the preset's own error; ImageTooLarge and WildcardError stay
+with their modules (images, wildcards): the engine turns them into a skipped file's reason or an InputError."""
 from __future__ import annotations
-
 
 import errno
 import re
+
+from trainer.fields import ConfigError
 
 ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 
@@ -18,15 +21,33 @@ class InputError(ValueError):
         self.refusal = refusal
 
 
-def plain_text(text: str) -> str:
-    """`text` without terminal escape sequences (colours, bold: torch and other libraries put them in their
-    error messages), which would show as raw codes in the window and in log files."""
-    return ANSI_ESCAPE.sub("", text)
+class ModelLoadError(ValueError):
+    """A base model that cannot be loaded; the message names the path and the problem (exit 2, as bad input)."""
+
+
+class CacheError(RuntimeError):
+    """A cache file that went bad after it was checked (changed on disk during training)."""
 
 
 class RunFailure(RuntimeError):
     """The run failed for a known reason (a NaN loss, a final save that could not be written): the message says
     what happened and what to do, and no traceback is shown (the CLI exits 1)."""
+
+
+class NonFiniteLoss(RunFailure, FloatingPointError):
+    """The loss became NaN or infinite more often than training.skip_nan_steps allows."""
+
+
+class FinalSaveFailed(RunFailure):
+    """The final model could not be written; the message says where the trained state was kept instead."""
+
+
+# ---- the wording of failures ----------------------------------------------------------------------------
+
+def plain_text(text: str) -> str:
+    """`text` without terminal escape sequences (colours, bold: torch and other libraries put them in their
+    error messages), which would show as raw codes in the window and in log files."""
+    return ANSI_ESCAPE.sub("", text)
 
 
 def is_run_failure(error: BaseException) -> bool:
@@ -51,6 +72,4 @@ def describe_failure(error: BaseException) -> str:
 
 def is_input_error(error: BaseException) -> bool:
     """Preset and input problems (exit 2) as opposed to failures of the training itself (exit 1)."""
-    from trainer.fields import ConfigError
-    from trainer.models import ModelLoadError
     return isinstance(error, (InputError, ConfigError, ModelLoadError))

@@ -1,7 +1,7 @@
 """Typed events (worker -> window) and commands (window -> worker): plain, picklable data. No UI here."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 # ---- events: the training worker puts these on the session's queue -------------------------
@@ -112,7 +112,6 @@ Event = (RunStarted | Status | Progress | SampleReady | CheckpointWritten | Log 
 @dataclass(frozen=True)
 class Command:
     name: str  # one of COMMANDS
-    extra: dict = field(default_factory=dict)
 
 
 STOP = "stop"

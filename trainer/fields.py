@@ -221,11 +221,6 @@ def _walk(preset: Any, dotted: str):
     return parent, key, hint
 
 
-def get_value(preset: Any, dotted: str) -> Any:
-    parent, key, _ = _walk(preset, dotted)
-    return parent[key] if isinstance(parent, list) else getattr(parent, key)
-
-
 def field_meta(dotted: str, root: Any) -> dict:
     """The metadata (label, help, min, max, choices, kind) of a field by dotted path; list indices allowed."""
     cls, meta = root, {}

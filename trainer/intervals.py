@@ -1,7 +1,12 @@
-"""When something periodic is due (samples, backups, saves): by steps, epochs or minutes. No UI here."""
+"""When something periodic is due (samples, backups, saves: by steps, epochs or minutes), and what the window's
+commands add at a step boundary. No UI here."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+
+from trainer import events as ev
+from trainer.config import Preset
 
 
 class Interval:
@@ -22,5 +27,53 @@ class Interval:
     def due_after_epoch(self, epochs_done: int) -> bool:
         return self.unit == "epochs" and epochs_done % self.every == 0
 
-    def reset(self) -> None:
-        self.last_time = self.clock()
+
+@dataclass
+class Actions:
+    """What is due at a boundary: samples, a backup, a save."""
+    sample: bool = False
+    backup: bool = False
+    save: bool = False
+
+    def any(self) -> bool:
+        return self.sample or self.backup or self.save
+
+
+class Boundaries:
+    """The run's periodic samples, backups and saves (sampling.every/unit, backup.backup_every/unit,
+    backup.save_every/unit, the first backup.save_skip_first periodic saves skipped), and the commands that ask
+    for them now. No backup is due after the last step: the end of the run writes its own."""
+
+    def __init__(self, preset: Preset, total_steps: int, clock=time.monotonic):
+        b = preset.backup
+        self.sample_every = Interval(preset.sampling.every, preset.sampling.unit, clock)
+        self.backup_every = Interval(b.backup_every, b.backup_unit, clock)
+        self.save_every = Interval(b.save_every, b.save_unit, clock)
+        self.save_skip_first, self.total_steps = b.save_skip_first, total_steps
+        self.periodic_saves = 0
+
+    def after_step(self, step: int) -> Actions:
+        """What the intervals make due after optimizer step `step` (1-based)."""
+        return Actions(self.sample_every.due_after_step(step),
+                       self.backup_every.due_after_step(step) and step < self.total_steps,
+                       self._periodic_save(self.save_every.due_after_step(step)))
+
+    def after_epoch(self, epochs_done: int, step: int) -> Actions:
+        """What the intervals make due once `epochs_done` epochs are done, after step `step`."""
+        if step >= self.total_steps:
+            return Actions()
+        return Actions(self.sample_every.due_after_epoch(epochs_done),
+                       self.backup_every.due_after_epoch(epochs_done),
+                       self._periodic_save(self.save_every.due_after_epoch(epochs_done)))
+
+    def with_commands(self, due: Actions, commands: set[str], step: int) -> Actions:
+        """`due` plus what the commands (events.SAMPLE_NOW, BACKUP_NOW, SAVE_NOW) ask for."""
+        return Actions(due.sample or ev.SAMPLE_NOW in commands,
+                       due.backup or (ev.BACKUP_NOW in commands and step < self.total_steps),
+                       due.save or ev.SAVE_NOW in commands)
+
+    def _periodic_save(self, due: bool) -> bool:
+        if due:
+            self.periodic_saves += 1
+        return due and self.periodic_saves > self.save_skip_first
+

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+from trainer.config import PREDICTION_TYPES
 
 
 def make_noise(

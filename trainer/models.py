@@ -13,11 +13,12 @@ from typing import Any, Callable
 
 from trainer import convert, objective
 from trainer.checkpoint_pickle import checkpoint_safe_globals, pickle_refusal_detail
+from trainer.config import OUTPUT_DTYPES
+from trainer.errors import ModelLoadError
 
 BUNDLED_SD15 = Path(__file__).parent / "assets" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
-DTYPES = ("float16", "bfloat16", "float32")
 METADATA_FILE = "seachange_metadata.json"
 FIRST_CONV = convert.UNET_PREFIX + "input_blocks.0.0.weight"  # [C, in_channels, 3, 3]: 4 latents, 9 inpainting
 
@@ -33,10 +34,6 @@ class SDComponents:
     prediction_source: str = "default"  # where that came from, in a few words (a config, a metadata key, a .yaml)
     zero_terminal_snr: bool = False  # its scheduler config rescales the betas to zero terminal SNR
     weights_note: str = ""  # which UNet weights were loaded when the file holds raw and EMA ones; "" otherwise
-
-
-class ModelLoadError(ValueError):
-    """A base model that cannot be loaded; the message names the path and the problem."""
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -373,8 +370,8 @@ def save_model(components: SDComponents, path: str | os.PathLike, output_format:
     """Write the model atomically and return where it went. "single_file": one original-layout .safetensors
     (suffix added if missing) with `metadata` in its header; "diffusers": a folder (+ metadata in
     seachange_metadata.json). Weights are converted to `output_dtype`; the caller's modules are not touched."""
-    if output_dtype not in DTYPES:
-        raise ValueError(f"output_dtype must be one of {', '.join(DTYPES)}, not {output_dtype!r}")
+    if output_dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"output_dtype must be one of {', '.join(OUTPUT_DTYPES)}, not {output_dtype!r}")
     bad = [key for key, value in metadata.items() if not isinstance(key, str) or not isinstance(value, str)]
     if bad:
         raise ValueError(f"metadata keys and values must be strings: {bad[:3]}")

@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-OBJECTIVES = ("epsilon", "v_prediction")
+from trainer.config import PREDICTION_TYPES
+
 SPELLINGS = {"epsilon": "epsilon", "eps": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction",
              "v-prediction": "v_prediction"}
 SD_LATENT_CHANNELS = 4  # SD 1.x/2.x VAE latents
@@ -147,7 +148,7 @@ def resolve_prediction_type(requested: str, components: Any) -> tuple[str, str |
     own, source = components.prediction_type, components.prediction_source
     if requested == "auto":
         return own, None
-    if requested not in OBJECTIVES:
+    if requested not in PREDICTION_TYPES:
         raise ValueError(f"training.prediction_type must be auto, epsilon or v_prediction, not {requested!r}")
     if requested == own:
         return requested, None

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from typing import Any, Iterable
 
 import torch
 from diffusers.optimization import get_scheduler
 
-OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "prodigy", "sgd")
-
-# The diffusers schedules that need nothing beyond warmup and total steps ("piecewise_constant" needs step rules).
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+from trainer.config import LR_SCHEDULERS, OPTIMIZERS
 
 
 def _normalize_groups(param_groups: Iterable[Any]) -> list[dict]:
@@ -158,45 +156,137 @@ def stochastic_round_(target: torch.Tensor, source: torch.Tensor) -> torch.Tenso
 
 
 class Stepper:
-    """Owns the optimizer and steps it the way the preset asks.
+    """Owns the optimizer and steps it the way the preset asks, behind one interface: `backward(loss, scale)` for
+    each micro-batch, then `step(step_loss)` once per optimizer step. The modes:
 
-    - Plain: `step()` after backward, all parameters at once (the optimizer's own, fused where it can be).
-    - master (bf16 weights + stochastic rounding): the optimizer works on float32 proxies that exist only while
-      a bucket of parameters is stepped; its state lives with the proxies (float32, or 8-bit for adamw8bit);
-      the new weights are rounded stochastically into the bf16 parameters.
-    - fused back pass (`attach()`): parameters are stepped during backward as their gradients complete, and
-      their gradients freed, so the full set of gradients never exists.
-    Either way parameters are stepped in buckets of about BUCKET elements: one optimizer call per bucket (one
-    multi-tensor kernel for torch's AdamW), and for master weights one float32 copy of the bucket's weights and
-    gradients and one stochastic rounding over it, so that the per-parameter cost of launching small kernels
-    does not eat the step time. A bucket also bounds the memory that waits: about BUCKET gradients during the
-    fused back pass, and 10 bytes per element of float32 temporaries while a bucket of master weights steps.
-    Per-bucket calls swap the optimizer's param_groups for the bucket's parameters, so every optimizer (torch,
-    bitsandbytes, transformers) works unchanged and its state stays keyed by the same tensors.
+    - plain: the optimizer's own step after the back pass, all parameters at once (fused where it can be);
+    - deferred loss reads (`defer_loss_reads`, on a GPU): the step's loss is not read back to decide whether to
+      step; the optimizer skips a non-finite step on the device (torch's fused AdamW and SGD take the grad
+      scaler's found_inf flag), so the GPU never waits for the host. Only where the optimizer can do that, with
+      plain float32 weights, no fused back pass and no fp16 grad scaler; otherwise the loss is read every step;
+    - master weights (`master_weights`, bf16 weights with stochastic rounding): the optimizer works on float32
+      proxies that exist only while a bucket of parameters is stepped; its state lives with the proxies (float32,
+      or 8-bit for adamw8bit); the new weights are rounded stochastically into the bf16 parameters;
+    - fused back pass (`fused_backward`): parameters are stepped during the back pass as their gradients
+      complete, and their gradients freed, so the full set of gradients never exists. A non-finite loss is not
+      backpropagated at all, so that it never reaches the weights.
+
+    Master weights and the fused back pass step parameters in buckets of about BUCKET elements: one optimizer
+    call per bucket (one multi-tensor kernel for torch's AdamW), and for master weights one float32 copy of the
+    bucket's weights and gradients and one stochastic rounding over it, so that the per-parameter cost of
+    launching small kernels does not eat the step time. A bucket also bounds the memory that waits: about BUCKET
+    gradients during the fused back pass, and 10 bytes per element of float32 temporaries while a bucket of
+    master weights steps. Per-bucket calls swap the optimizer's param_groups for the bucket's parameters, so every
+    optimizer (torch, bitsandbytes, transformers) works unchanged and its state stays keyed by the same tensors.
+
+    A step whose loss is not finite (NaN or inf) never reaches the weights: its gradients are dropped (or, when
+    deferred, the optimizer skips it on the device). Gradients are clipped to `max_grad_norm` (0: off) before a
+    step, except with the fused back pass, which steps before the whole gradient is known (config refuses it).
+    `accelerator` (an accelerate.Accelerator) does the back pass, clipping and wraps the optimizer (mixed
+    precision's grad scaler, several processes); without one, plain torch does.
     """
 
     BUCKET = 1 << 24  # elements; about the largest single weight of SD 1.5's UNet (14.7M)
 
-    def __init__(self, name: str, param_groups: list[dict], lr: float, weight_decay: float, master: bool):
-        self.master = master
+    def __init__(self, name: str, param_groups: list[dict], lr: float, weight_decay: float, *,
+                 master_weights: bool = False, fused_backward: bool = False, max_grad_norm: float = 0.0,
+                 accelerator=None, defer_loss_reads: bool = False):
+        """name: an optimizer of config.OPTIMIZERS; param_groups: [{"params": [...], "lr": optional}, ...] (a
+        group's own lr wins over `lr`). Raises ValueError for an unknown optimizer or no parameters."""
+        self.master_weights, self.fused_backward, self.max_grad_norm = master_weights, fused_backward, max_grad_norm
+        self.accelerator = accelerator
         self.params = [p for g in param_groups for p in g["params"]]
         self.empty = {p.device: torch.empty(0, device=p.device) for p in self.params}
-        if master:
+        if master_weights:
             self.proxies = {p: torch.nn.Parameter(self.empty[p.device]) for p in self.params}
             groups = [dict(g, params=[self.proxies[p] for p in g["params"]]) for g in param_groups]
         else:
             self.proxies = {}
             groups = param_groups
-        self.optimizer = make_optimizer(name, groups, lr, weight_decay=weight_decay)
-        self.group_of = {}
-        for index, group in enumerate(param_groups):
-            for p in group["params"]:
-                self.group_of[p] = index
+        self.optimizer = make_optimizer(name, groups, lr, weight_decay=weight_decay)  # the library's own
+        # What steps and what backups save: accelerate's wrapper (the fp16 grad scaler) or the optimizer itself.
+        self.accelerated = accelerator.prepare_optimizer(self.optimizer) if accelerator else self.optimizer
+        self.group_of = {p: index for index, group in enumerate(param_groups) for p in group["params"]}
         self.bucket: list[torch.Tensor] = []
         self.bucket_size = 0
-        self.hooks: list = []
+        self.deferred = (defer_loss_reads and getattr(self.optimizer, "_step_supports_amp_scaling", False)
+                         and not master_weights and not fused_backward
+                         and (accelerator is None or accelerator.scaler is None))
+        if fused_backward:
+            for p in self.params:
+                p.register_post_accumulate_grad_hook(self._add)
 
-    # -- stepping -----------------------------------------------------------------------------------------
+    # -- the interface: a back pass per micro-batch, a step per optimizer step ------------------------------
+
+    def backward(self, loss: torch.Tensor, scale: float) -> torch.Tensor:
+        """Backpropagate `loss * scale` (a 0-d tensor; scale: the micro-batch's share of the step's samples, so
+        the accumulated gradient is the mean over them). Returns the scaled loss, detached, float32, on the device.
+        With the fused back pass a non-finite loss is not backpropagated (that would step the weights with it)."""
+        scaled = loss.detach().float() * scale
+        if not self.fused_backward or torch.isfinite(scaled):
+            if self.accelerator is not None:
+                self.accelerator.backward(loss * scale)
+            else:
+                (loss * scale).backward()
+        return scaled
+
+    def step(self, step_loss: torch.Tensor) -> tuple[float | torch.Tensor, bool]:
+        """Finish the optimizer step whose micro-batches were backpropagated; `step_loss` is its 0-d loss on the
+        device. Returns (the loss: a float, or the same tensor unread when reads are deferred; whether the weights
+        were stepped: False for a non-finite loss read here, True when deferred, where the optimizer itself skips
+        a non-finite step on the device). Gradients are gone afterwards either way."""
+        if self.deferred:
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, (~torch.isfinite(step_loss)).float()
+            loss, finite = step_loss, True
+        else:
+            loss = step_loss.item()
+            finite = math.isfinite(loss)
+        if not finite:
+            self.zero_grad()
+            return loss, False
+        if self.fused_backward:
+            self._finish()  # full buckets were stepped during the back pass; now the last one
+        else:
+            if self.max_grad_norm > 0:
+                self._clip()
+            if self.master_weights:
+                for p in self.params:
+                    if p.grad is not None:
+                        self._add(p)
+                self._finish()
+            else:
+                self.accelerated.step()
+        self.accelerated.zero_grad(set_to_none=True)
+        return loss, True
+
+    def zero_grad(self) -> None:
+        """Drop every gradient (and a bucket that waits to be stepped)."""
+        for p in self.params:
+            p.grad = None
+        self.bucket, self.bucket_size = [], 0
+
+    # -- inside: clipping and buckets -----------------------------------------------------------------------
+
+    def _clip(self) -> None:
+        if self.accelerator is not None:  # unscales fp16 gradients first; the same norm on every process
+            self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+
+    def _add(self, p: torch.Tensor) -> None:
+        """Put `p` (its gradient complete) in the bucket; step the bucket when it is full. A bucket holds
+        weights of one device."""
+        if self.bucket and (self.bucket_size + p.numel() > self.BUCKET or p.device != self.bucket[0].device):
+            self._finish()
+        self.bucket.append(p)
+        self.bucket_size += p.numel()
+        if self.bucket_size >= self.BUCKET:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Step what is in the bucket."""
+        bucket, self.bucket, self.bucket_size = self.bucket, [], 0
+        self._run(bucket)
 
     @torch.no_grad()
     def _run(self, params: list[torch.Tensor]) -> None:
@@ -208,7 +298,7 @@ class Stepper:
         by_group: dict[int, list] = {}
         for p in params:
             by_group.setdefault(self.group_of[p], []).append(p)
-        if self.master:  # one float32 copy of the bucket's weights and one of its gradients; proxies view them
+        if self.master_weights:  # one float32 copy of the bucket's weights and one of its gradients; proxies view them
             weights = torch.cat([p.detach().reshape(-1) for p in params]).float()
             grads = torch.cat([p.grad.reshape(-1) for p in params]).float()
             sizes = [p.numel() for p in params]
@@ -216,13 +306,13 @@ class Stepper:
                 proxy = self.proxies[p]  # shaped: Adafactor factors its state by the weight's shape
                 proxy.data, proxy.grad = w.view(p.shape), g.view(p.shape)
             del grads
-        opt.param_groups = [dict(saved[i], params=[self.proxies[p] if self.master else p for p in ps])
+        opt.param_groups = [dict(saved[i], params=[self.proxies[p] if self.master_weights else p for p in ps])
                             for i, ps in by_group.items()]
         try:
             opt.step()
         finally:
             opt.param_groups = saved
-        if self.master:
+        if self.master_weights:
             for p in params:
                 proxy = self.proxies[p]
                 proxy.data, proxy.grad = self.empty[p.device], None
@@ -232,46 +322,3 @@ class Stepper:
                                  [r.view(p.shape) for r, p in zip(rounded.split(sizes), params)])
         for p in params:
             p.grad = None
-
-    def step(self) -> None:
-        """Step every parameter that has a gradient (after backward; not used with the fused back pass)."""
-        if not self.master:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            return
-        for p in self.params:
-            if p.grad is not None:
-                self._add(p)
-        self.finish()
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-        self.bucket, self.bucket_size = [], 0
-
-    def _add(self, p: torch.Tensor) -> None:
-        """Put `p` (its gradient complete) in the bucket; step the bucket when it is full. A bucket holds
-        weights of one device."""
-        if self.bucket and (self.bucket_size + p.numel() > self.BUCKET or p.device != self.bucket[0].device):
-            self.finish()
-        self.bucket.append(p)
-        self.bucket_size += p.numel()
-        if self.bucket_size >= self.BUCKET:
-            self.finish()
-
-    # -- the fused back pass ------------------------------------------------------------------------------
-
-    def attach(self) -> None:
-        """Step parameters as their gradients complete during backward."""
-        for p in self.params:
-            self.hooks.append(p.register_post_accumulate_grad_hook(self._add))
-
-    def finish(self) -> None:
-        """Step the bucket (after backward with the fused back pass: what is left of it)."""
-        bucket, self.bucket, self.bucket_size = self.bucket, [], 0
-        self._run(bucket)
-
-    def detach(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
-        self.hooks.clear()

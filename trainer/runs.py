@@ -133,7 +133,7 @@ def model_metadata(path: Path) -> dict | None:
     return meta
 
 
-# The names a run gives its samples and saves (trainer.sampling.sample_path, outputs.Run.save_now_path): only
+# The names a run gives its samples and saves (trainer.sampling.sample_path, outputs.RunOutputs.save_now_path): only
 # those count as an earlier run's; a user's own files in a folder of that name do not.
 SAMPLE_NAME = re.compile(r"step\d{7}-epoch\d{4}-prompt\d{2}-seed\d+\.png")
 SAVE_NAME = re.compile(r".*step\d{7}-epoch\d{4}(\.safetensors)?")

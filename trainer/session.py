@@ -155,10 +155,11 @@ class Session:
         except subprocess.TimeoutExpired:
             child.kill()
 
-    def send(self, name: str, **extra) -> None:
+    def send(self, name: str) -> None:
+        """Send the command `name` (one of events.COMMANDS); ValueError for any other name."""
         if name not in ev.COMMANDS:
             raise ValueError(f"unknown command {name!r}; expected one of {', '.join(ev.COMMANDS)}")
-        command = ev.Command(name, extra)
+        command = ev.Command(name)
         if self._child is None:
             self.commands.put(command)
             return

@@ -6,15 +6,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import SAMPLERS, SamplePrompt
+from trainer.config import DEVICES, OUTPUT_DTYPES, SAMPLERS, SamplePrompt
 from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_problems, opt, read_json_file,
                             read_versioned)
 
 SPEC_VERSION = 1
 # Migrations: SPEC_MIGRATIONS[n] turns a version-n spec dict into version n+1 (both kinds). Keep a fixture per entry.
 SPEC_MIGRATIONS: dict = {}
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", *OUTPUT_DTYPES)  # auto: float16 on a GPU, float32 on a CPU (resolve_dtype)
 
 
 @dataclass

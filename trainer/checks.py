@@ -1,0 +1,125 @@
+"""The checks a run makes before anything heavy loads, and once the model is loaded: the user's inputs are used as
+they meant them or refused with a message naming the field or file (InputError). No UI here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainer import events as ev
+from trainer.backup import Position, check_backup, check_folders_and_disk
+from trainer.config import Preset, preset_to_json, validate
+from trainer.data import Items, collect_items
+from trainer.errors import InputError
+from trainer.fields import atomic_write_text
+from trainer.inputs import dataset_record, input_report, long_caption_report
+from trainer.objective import resolve_prediction_type
+from trainer.processes import main_process_first
+from trainer.runs import claim_workspace
+from trainer.sampling import sample_prompt_warnings
+
+
+@dataclass
+class RunInputs:
+    """What the checks found: the images to train on (data.Items), this run's id (trainer.runs), the backup to
+    resume from (None: a fresh start), where the run starts, and the record of the images (inputs.dataset_record)."""
+    items: Items
+    run_id: str
+    backup_folder: Path | None
+    start: Position
+    dataset: dict
+
+
+def check_run(preset: Preset, accelerator, resume: str | None, fresh: bool, allow_changed_data: bool,
+              emit: Callable) -> RunInputs:
+    """Every check before anything heavy loads, the main process first (it may build the demo or move an
+    earlier run aside: trainer.runs.claim_workspace): the preset and its files, the backup to resume from, the
+    workspace; then what the inputs hold is said in the log and the resolved preset written into the workspace.
+    resume: 'latest', a backup folder, or None for backup.resume. Raises InputError naming the field or file."""
+    emit(ev.Status("Checking inputs"))
+    quiet_libraries()
+    if preset.training.fused_backward and accelerator.num_processes > 1:
+        raise InputError("training.fused_backward: works with one process only (gradients are averaged across "
+                         "processes after the backward pass, too late for a step inside it)")
+    with main_process_first(accelerator):
+        items = check_inputs(preset, emit)
+        run_id, backup_folder = claim_workspace(preset, resume or preset.backup.resume or None, fresh, emit,
+                                                accelerator.is_main_process)
+    dataset = dataset_record(items)
+    start = check_resume(backup_folder, preset, accelerator.num_processes, dataset, allow_changed_data, emit)
+    for log in input_report(preset, items):
+        emit(log)
+    if accelerator.is_main_process:
+        workspace = Path(preset.general.workspace_dir).expanduser()
+        workspace.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(workspace / "preset.json", preset_to_json(preset))
+    return RunInputs(items, run_id, backup_folder, start, dataset)
+
+
+def check_inputs(preset: Preset, emit: Callable) -> Items:
+    """Everything that can be checked before a model loads; raises InputError naming the problem."""
+    demo = Path(preset.general.demo_dir).expanduser() if preset.general.demo_dir else None
+    if demo and not ((demo / "model" / "model_index.json").is_file() and (demo / "images").is_dir()):
+        from trainer.demo import make_demo
+        emit(ev.Status(f"Building the demo in {preset.general.demo_dir}"))
+        make_demo(preset.general.demo_dir, seed=preset.general.seed)
+    problems = validate(preset, check_paths=True)
+    if problems:
+        raise InputError(problems[0])
+    if preset.general.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("general.device: 'cuda' was chosen but no CUDA GPU is visible")
+    check_folders_and_disk(preset)
+    on_gpu = preset.general.device != "cpu" and torch.cuda.is_available()
+    if preset.training.mixed_precision == "fp16" and not on_gpu:
+        raise InputError("training.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    return collect_items(preset)
+
+
+def check_resume(folder: Path | None, preset: Preset, num_processes: int, dataset: dict, allow_changed_data: bool,
+                 emit: Callable) -> Position:
+    """Where the run starts: step 0, or the position of the backup in `folder` once backup.check_backup accepts
+    it (InputError otherwise, before the model loads); what changed since the backup is said in the log."""
+    if folder is None:
+        return Position(0, 0, 0)
+    start, harmless, data_notes = check_backup(folder, preset, num_processes, dataset, allow_changed_data)
+    if harmless:
+        emit(ev.Log("info", f"Changed since the backup (harmless): {', '.join(harmless)}"))
+    for note in data_notes:
+        emit(ev.Log("warning", note))
+    return start
+
+
+def check_model_inputs(preset: Preset, items: list, c, emit: Callable) -> str:
+    """Once the model is loaded: which weights were loaded, the objective to train (training.prediction_type resolved against the base
+    model's own, with a warning when they differ) and the texts longer than its tokenizer's window (captions,
+    sample prompts), said once in the log. Returns the objective; InputError if zero-terminal SNR is asked of
+    an epsilon objective."""
+    t = preset.training
+    if c.weights_note:  # raw or EMA weights, when the file holds both
+        emit(ev.Log("info", f"Loaded the {c.weights_note}"))
+    prediction_type, warning = resolve_prediction_type(t.prediction_type, c)
+    how = f"the base model's own ({c.prediction_source})" if t.prediction_type == "auto" else "as chosen"
+    emit(ev.Log("info", f"Training objective: {prediction_type}, {how}"))
+    if warning:
+        emit(ev.Log("warning", warning))
+    if t.zero_terminal_snr and prediction_type != "v_prediction":
+        raise InputError(f"training.zero_terminal_snr: needs the v_prediction objective, and this run trains "
+                         f"{prediction_type} (training.prediction_type {t.prediction_type}); set "
+                         "training.prediction_type to v_prediction or turn zero terminal SNR off")
+    for log in long_caption_report(preset, items, c.tokenizer):
+        emit(log)
+    for text in sample_prompt_warnings(c.tokenizer, preset.sampling.prompts, t.max_token_length):
+        emit(ev.Log("warning", text))
+    return prediction_type
+
+
+def quiet_libraries() -> None:
+    """diffusers and transformers print loading bars and casting notes; the run reports its own progress."""
+    import diffusers
+    import transformers
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
