@@ -91,26 +91,27 @@ def check_resume(folder: Path | None, preset: Preset, num_processes: int, datase
     return start
 
 
-def check_model_inputs(preset: Preset, items: list, c, emit: Callable) -> str:
-    """Once the model is loaded: which weights were loaded, the objective to train (training.prediction_type resolved against the base
-    model's own, with a warning when they differ) and the texts longer than its tokenizer's window (captions,
-    sample prompts), said once in the log. Returns the objective; InputError if zero-terminal SNR is asked of
-    an epsilon objective."""
-    t = preset.training
-    if c.weights_note:  # raw or EMA weights, when the file holds both
-        emit(ev.Log("info", f"Loaded the {c.weights_note}"))
-    prediction_type, warning = resolve_prediction_type(t.prediction_type, c)
-    how = f"the base model's own ({c.prediction_source})" if t.prediction_type == "auto" else "as chosen"
+def check_model_inputs(preset: Preset, items: list, components, emit: Callable) -> str:
+    """Once the model (models.SDComponents) is loaded: which weights were loaded, the objective to train
+    (training.prediction_type resolved against the base model's own, with a warning when they differ) and the
+    texts longer than its tokenizer's window (captions, sample prompts), said once in the log. Returns the
+    objective; InputError if zero-terminal SNR is asked of an epsilon objective."""
+    training = preset.training
+    if components.weights_note:  # raw or EMA weights, when the file holds both
+        emit(ev.Log("info", f"Loaded the {components.weights_note}"))
+    prediction_type, warning = resolve_prediction_type(training.prediction_type, components)
+    how = (f"the base model's own ({components.prediction_source})" if training.prediction_type == "auto"
+           else "as chosen")
     emit(ev.Log("info", f"Training objective: {prediction_type}, {how}"))
     if warning:
         emit(ev.Log("warning", warning))
-    if t.zero_terminal_snr and prediction_type != "v_prediction":
+    if training.zero_terminal_snr and prediction_type != "v_prediction":
         raise InputError(f"training.zero_terminal_snr: needs the v_prediction objective, and this run trains "
-                         f"{prediction_type} (training.prediction_type {t.prediction_type}); set "
+                         f"{prediction_type} (training.prediction_type {training.prediction_type}); set "
                          "training.prediction_type to v_prediction or turn zero terminal SNR off")
-    for log in long_caption_report(preset, items, c.tokenizer):
+    for log in long_caption_report(preset, items, components.tokenizer):
         emit(log)
-    for text in sample_prompt_warnings(c.tokenizer, preset.sampling.prompts, t.max_token_length):
+    for text in sample_prompt_warnings(components.tokenizer, preset.sampling.prompts, training.max_token_length):
         emit(ev.Log("warning", text))
     return prediction_type
 

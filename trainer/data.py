@@ -320,6 +320,13 @@ class EpochPlan:
     def total_steps(self, epochs: int) -> int:
         return sum(self.epoch_steps(e) for e in range(epochs))
 
+    def run_length(self, epochs: int, max_steps: int) -> tuple[int, int]:
+        """(optimizer steps, epochs) of a run of `epochs` epochs, or of `max_steps` steps when that is set (its
+        epochs counted as of the first epoch's length)."""
+        if not max_steps:
+            return self.total_steps(epochs), epochs
+        return max_steps, math.ceil(max_steps / self.epoch_steps(0))
+
     # ---- loading ---------------------------------------------------------------------------------------
 
     def iter_epoch(self, epoch: int, start_step: int = 0):

@@ -49,3 +49,11 @@ class EMA:
         self.decay = state["decay"]
         for shadow, saved in zip(self.shadow, state["shadow"]):
             shadow.copy_(saved)
+
+
+def training_ema(training, params: list, accelerator) -> EMA | None:
+    """The EMA the preset's training section (config.TrainingConfig `training`) asks for (training.ema: off, gpu, cpu;
+    training.ema_decay), on the main process only: only it samples and saves. None when off or elsewhere."""
+    if training.ema == "off" or not accelerator.is_main_process:
+        return None
+    return EMA(params, training.ema_decay, accelerator.device if training.ema == "gpu" else "cpu")

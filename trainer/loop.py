@@ -7,7 +7,6 @@ outputs.py (samples, saves, backups), backup.py (the state a backup keeps).
 """
 from __future__ import annotations
 
-import math
 import queue
 import time
 from typing import Callable
@@ -21,7 +20,7 @@ from trainer.backup import Position, TrainingState, load_backup
 from trainer.checks import check_run
 from trainer.config import Preset
 from trainer.data import EpochPlan
-from trainer.ema import EMA
+from trainer.ema import training_ema
 from trainer.intervals import Boundaries
 from trainer.outputs import RunOutputs, TensorBoard, sampling_hint
 from trainer.processes import commands_now, main_process_first, main_process_only, make_accelerator
@@ -39,7 +38,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     files (moved aside, see trainer.runs); allow_changed_data: resume although the concepts' files changed;
     defer_loss_reads: read step losses back in batches (optim.Stepper; None: on a GPU only). Raises InputError for
     the user's mistakes, before anything heavy loads; NonFiniteLoss, FinalSaveFailed when the run fails."""
-    t, started = preset.training, time.monotonic()
+    training = preset.training
     # 1. Processes, then inputs: under `accelerate launch` only the main process reports and writes. Every input
     #    is checked before anything heavy loads, and the concepts' images are gathered.
     accelerator = make_accelerator(preset)
@@ -54,22 +53,16 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     plan = EpochPlan(preset, inputs.items, accelerator.process_index, accelerator.num_processes)
     with main_process_first(accelerator):
         plan.prepare(model.components, device, model.frozen_dtype, not model.text_encoder_trains, emit)
-    total_steps = t.max_steps or plan.total_steps(t.epochs)
-    total_epochs = math.ceil(total_steps / plan.epoch_steps(0)) if t.max_steps else t.epochs
+    total_steps, total_epochs = plan.run_length(training.epochs, training.max_steps)
     # 5. Optimizer (stepped as the preset asks), LR schedule, EMA, loss bookkeeping; the models to accelerate.
-    groups = model.parameter_groups(t)
-    stepper = optim.Stepper(t.optimizer, groups, t.learning_rate, t.weight_decay, accelerator=accelerator,
-                            master_weights=t.weight_dtype == "bfloat16" and t.stochastic_rounding,
-                            fused_backward=t.fused_backward, max_grad_norm=t.max_grad_norm,
-                            defer_loss_reads=device.type == "cuda" if defer_loss_reads is None else defer_loss_reads)
-    lr_scheduler = optim.make_lr_scheduler(t.lr_scheduler, stepper.optimizer, t.lr_warmup_steps, total_steps)
+    stepper = optim.make_stepper(training, model.parameter_groups(training), accelerator, defer_loss_reads)
+    lr_scheduler = optim.make_lr_scheduler(training.lr_scheduler, stepper.optimizer, training.lr_warmup_steps,
+                                           total_steps)
     model.prepare(accelerator, preset, plan.needs_vae_encoder, plan.needs_text_encoder, emit)
-    ema = None  # only the main process samples and saves, so only it averages
-    if t.ema != "off" and accelerator.is_main_process:
-        ema = EMA([p for g in groups for p in g["params"]], t.ema_decay, device if t.ema == "gpu" else "cpu")
+    ema = training_ema(training, stepper.params, accelerator)
     tensorboard = TensorBoard(preset, accelerator, emit)
-    losses = LossTracker(total_steps, total_epochs, t.skip_nan_steps, stepper.deferred, emit, tensorboard.log_scalars,
-                         time_first_step=t.compile)
+    losses = LossTracker(total_steps, total_epochs, training.skip_nan_steps, stepper.deferred, emit,
+                         tensorboard.log_scalars, time_first_step=training.compile)
     state = TrainingState(stepper.accelerated, lr_scheduler, accelerator.scaler, ema, losses)
     outputs = RunOutputs(preset, emit, accelerator, model, state, tensorboard, inputs.run_id, inputs.dataset)
     # 6. Resume: weights, optimizer, LR schedule, grad scaler, EMA, RNGs, losses, the position inside the epoch.
@@ -80,32 +73,35 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
         outputs.sample(0, 0)
     position, epoch, outcome = start, start.epoch, "completed"
     emit(ev.Status("Training"))
+    started = losses.start()  # the clock of the speed, the time left and the run's duration
     try:
         while position.step < total_steps and outcome == "completed":
             # 7. An epoch: a seeded order of every image use, cut into optimizer steps of micro-batches.
-            model.freeze_text_encoder_at(t.text_encoder_stop_epoch, epoch, emit)
-            epoch_steps, first = plan.epoch_steps(epoch), start.epoch_step if epoch == start.epoch else 0
-            for epoch_step, micro_batches in enumerate(plan.iter_epoch(epoch, first), start=first):
+            model.freeze_text_encoder_at(training.text_encoder_stop_epoch, epoch, emit)
+            epoch_steps, first_step = plan.epoch_steps(epoch), start.epoch_step if epoch == start.epoch else 0
+            for epoch_step, micro_batches in enumerate(plan.iter_epoch(epoch, first_step), start=first_step):
                 # 8. The step's loss over its micro-batches, each backpropagated (step.py).
                 samples = plan.step_samples(epoch, epoch_step) / accelerator.num_processes
-                loss = step_loss(micro_batches, samples, model, stepper, accelerator, t, preset.general.seed, epoch)
+                loss = step_loss(micro_batches, samples, model, stepper, accelerator, training, preset.general.seed,
+                                 epoch)
                 # 9. The optimizer step (a non-finite loss never reaches the weights), LR schedule, EMA.
                 loss, stepped = stepper.step(loss)
                 lr_scheduler.step()  # skipped steps count too: the schedule follows the step counter
                 if stepped and ema:
                     ema.step()
-                step, done = position.step + 1, epoch_step + 1 == epoch_steps
-                position = Position(step, epoch + 1, 0) if done else Position(step, epoch, epoch_step + 1)
+                step, epoch_done = position.step + 1, epoch_step + 1 == epoch_steps
+                position = Position(step, epoch + 1, 0) if epoch_done else Position(step, epoch, epoch_step + 1)
                 # 10. Report (deferred losses are read before anything records them), and agree on the commands.
-                losses.add(StepLoss(step, epoch, epoch_step + 1, epoch_steps, optim.current_lr(stepper.optimizer), loss))
+                lr = optim.current_lr(stepper.optimizer)
+                losses.add(StepLoss(step, epoch, epoch_step + 1, epoch_steps, lr, loss))
                 due = boundaries.after_step(step)
-                losses.report(force=due.any() or done or step >= total_steps)
-                wanted = commands_now(accelerator, commands)
-                if wanted:
+                losses.report(force=due.any() or epoch_done or step >= total_steps)
+                asked = commands_now(accelerator, commands)
+                if asked:
                     losses.report(force=True)  # a command acts on the step the window last showed
                 # 11. Step boundary: samples, backups and saves due or asked for; a stop.
-                outputs.at_boundary(boundaries.with_commands(due, wanted, step), position, epoch)
-                outcome = "stopped" if ev.STOP in wanted else outcome
+                outputs.at_boundary(boundaries.with_commands(due, asked, step), position, epoch)
+                outcome = "stopped" if ev.STOP in asked else outcome
                 if outcome == "stopped" or step >= total_steps:
                     break
             if outcome == "completed" and position.step < total_steps:
@@ -116,7 +112,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
         output = outputs.finish(outcome == "completed", position, epoch)
         accelerator.wait_for_everyone()  # several processes end together, once the main one has saved
         message = (f"{outcome} after {position.step} steps in {time.monotonic() - started:.0f} s; model written to "
-                   f"{output}" + sampling_hint(model.prediction_type, t.zero_terminal_snr))
+                   f"{output}" + sampling_hint(model.prediction_type, training.zero_terminal_snr))
         emit(ev.Log("info", message))
         return ev.RunFinished(outcome, message, str(output), position.step)
     finally:

@@ -139,6 +139,17 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return lr
 
 
+def make_stepper(training, param_groups: list[dict], accelerator, defer_loss_reads: bool | None = None) -> "Stepper":
+    """The Stepper the preset's training section (config.TrainingConfig `training`) asks for: its optimizer, learning
+    rate and weight decay; master weights for bf16 weights with stochastic rounding; the fused back pass; gradient
+    clipping. defer_loss_reads: None reads losses back in batches on a GPU only (see Stepper)."""
+    return Stepper(training.optimizer, param_groups, training.learning_rate, training.weight_decay,
+                   accelerator=accelerator,
+                   master_weights=training.weight_dtype == "bfloat16" and training.stochastic_rounding,
+                   fused_backward=training.fused_backward, max_grad_norm=training.max_grad_norm,
+                   defer_loss_reads=accelerator.device.type == "cuda" if defer_loss_reads is None else defer_loss_reads)
+
+
 # ---- bf16 weights with stochastic rounding, and the fused back pass ----------------------------------------
 
 @torch.no_grad()

@@ -69,10 +69,10 @@ class RunOutputs:
         if not self.preset.sampling.prompts or not self.acc.is_main_process:
             return
         self.emit(ev.Status(f"Sampling at step {step}"))
-        m = self.model.unwrapped(self.acc)
-        training = m.unet.training, m.text_encoder.training
-        m.unet.eval(); m.text_encoder.eval()
-        parked = [module for module in (m.vae, m.text_encoder)
+        unwrapped = self.model.unwrapped(self.acc)
+        was_training = unwrapped.unet.training, unwrapped.text_encoder.training
+        unwrapped.unet.eval(); unwrapped.text_encoder.eval()
+        parked = [module for module in (unwrapped.vae, unwrapped.text_encoder)
                   if module.device.type == "cpu" and self.acc.device.type != "cpu"]
         for module in parked:  # the VAE and a frozen text encoder wait in CPU memory between samples
             module.to(self.acc.device)
@@ -81,22 +81,22 @@ class RunOutputs:
         try:
             self.samples_dir.mkdir(parents=True, exist_ok=True)
             for index, prompt in enumerate(self.preset.sampling.prompts):
-                pipe = make_pipeline(m.unet, m.vae, m.text_encoder, m.tokenizer, m.noise_scheduler.config,
-                                     prompt.sampler)
+                pipe = make_pipeline(unwrapped.unet, unwrapped.vae, unwrapped.text_encoder, unwrapped.tokenizer,
+                                     unwrapped.noise_scheduler.config, prompt.sampler)
                 with self.acc.autocast():
                     image = generate(pipe, prompt, self.acc.device,
                                      max_token_length=self.preset.training.max_token_length)
                 path = sample_path(self.samples_dir, step, epoch, index, prompt.seed)
                 image.save(path)
                 self.tensorboard.write(lambda w: w.add_image(f"samples/{index}", np.asarray(image), step,
-                                                        dataformats="HWC"))
+                                                             dataformats="HWC"))
                 self.emit(ev.SampleReady(str(path), index, prompt.prompt, step, epoch))
         finally:
             if self.ema:
                 self.ema.swap_out()
             for module in parked:
                 module.to("cpu")
-            m.unet.train(training[0]); m.text_encoder.train(training[1])
+            unwrapped.unet.train(was_training[0]); unwrapped.text_encoder.train(was_training[1])
         self.emit(ev.Status("Training"))
 
     def save(self, path: Path, kind: str, step: int) -> Path:
@@ -175,9 +175,9 @@ class RunOutputs:
         self.emit(ev.Status(f"Writing backup at step {position.step}"))
         b = self.preset.backup
         name = f"{b.prefix}step{position.step:07d}-epoch{position.epoch:04d}"
-        folder = write_backup(backup_root(self.preset), name, self.model.trained_modules(self.acc, self.preset.training),
-                              self.state.state_dict(), self.preset, position, num_processes=self.acc.num_processes,
-                              run_id=self.run_id, dataset=self.dataset)
+        modules = self.model.trained_modules(self.acc, self.preset.training)
+        folder = write_backup(backup_root(self.preset), name, modules, self.state.state_dict(), self.preset, position,
+                              num_processes=self.acc.num_processes, run_id=self.run_id, dataset=self.dataset)
         for old in prune_backups(backup_root(self.preset), b.rolling_backups):
             self.emit(ev.Log("info", f"Deleted old backup {old}"))
         self.backed_up, self.backed_up_path = position, folder

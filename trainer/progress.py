@@ -51,6 +51,11 @@ class LossTracker:
         self.started = self.last_read = self.window_start = clock()
         self.window_steps = 0
 
+    def start(self) -> float:
+        """Start the clocks (speed, the first step's time) as training starts; returns the time (clock's units)."""
+        self.started = self.last_read = self.window_start = self.clock()
+        return self.started
+
     def add(self, step_loss: StepLoss) -> None:
         """Queue one step's loss for the next report."""
         if self.time_first_step:

@@ -37,7 +37,7 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def step_loss(micro_batches: list[Batch], samples: float, model: TrainingModel, stepper: Stepper, accelerator,
-              t: TrainingConfig, seed: int, epoch: int) -> torch.Tensor:
+              training: TrainingConfig, seed: int, epoch: int) -> torch.Tensor:
     """Compute and backpropagate the loss of each micro-batch of one optimizer step; returns the step's loss (0-d,
     float32, on the device): the mean over every sample of the step on every process, the same on each.
 
@@ -48,16 +48,16 @@ def step_loss(micro_batches: list[Batch], samples: float, model: TrainingModel, 
     for k, batch in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model.components.unet):
-            loss = micro_batch_loss(batch, model, accelerator, t, seed, epoch)
+            loss = micro_batch_loss(batch, model, accelerator, training, seed, epoch)
             total = total + stepper.backward(loss, len(batch.positions) / samples)
     return mean_over_processes(accelerator, total)  # the same loss, and the same decision, everywhere
 
 
-def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, t: TrainingConfig, seed: int,
+def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, training: TrainingConfig, seed: int,
                      epoch: int) -> torch.Tensor:
     """The diffusion loss of one micro-batch of B samples (0-d, float32, with gradients): the mean over the
     samples of each one's mean squared error, weighted by its concept's loss weight (and min-SNR when on)."""
-    c, device = model.components, accelerator.device
+    components, device = model.components, accelerator.device
     generators = [sample_generator(seed, epoch, p) for p in batch.positions]
     # 1. Images -> VAE latent distributions (cached, or encoded now) -> one draw per sample, scaled:
     #    (B, 4, H/8, W/8).
@@ -65,28 +65,30 @@ def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, t: Trainin
     if mean is None:
         pixels = to_device(torch.from_numpy(batch.pixels).permute(0, 3, 1, 2), device).to(model.frozen_dtype)
         with torch.no_grad():
-            dist = c.vae.encode(pixels).latent_dist
+            dist = components.vae.encode(pixels).latent_dist
         mean, std = dist.mean, dist.std
     eps = torch.cat([torch.randn(mean[:1].shape, generator=g) for g in generators])
     latents = to_device(mean, device).float() + to_device(std, device).float() * to_device(eps, device)
-    latents = latents * c.vae.config.scaling_factor
+    latents = latents * components.vae.config.scaling_factor
     # 2. Noise (with optional offset noise) and uniformly drawn timesteps, per sample.
     noise = to_device(torch.cat([losses.make_noise(torch.empty(latents[:1].shape), generator=g,
-                                                   noise_offset=t.noise_offset) for g in generators]), device)
-    timesteps = to_device(torch.cat([losses.sample_timesteps(1, c.noise_scheduler.config.num_train_timesteps, "cpu",
+                                                   noise_offset=training.noise_offset) for g in generators]), device)
+    scheduler = components.noise_scheduler
+    timesteps = to_device(torch.cat([losses.sample_timesteps(1, scheduler.config.num_train_timesteps, "cpu",
                                                              generator=g) for g in generators]), device)
     # 3. Forward diffusion: the noisy latents at those timesteps.
-    noisy = c.noise_scheduler.add_noise(latents, noise, timesteps)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
     # 4. Condition on the captions, (B, 77 * chunks, 768); with gradients only while the text encoder learns.
     if batch.text_embeddings is not None and not model.text_encoder_trains:
         hidden = to_device(batch.text_embeddings, device)
     else:
         with torch.set_grad_enabled(model.text_encoder_trains), accelerator.autocast():
-            hidden = encode_prompts(c.tokenizer, c.text_encoder, batch.captions, t.max_token_length, device)
+            hidden = encode_prompts(components.tokenizer, components.text_encoder, batch.captions,
+                                    training.max_token_length, device)
     # 5. The UNet's prediction, its target (epsilon or v) and the loss, with optional min-SNR weights.
     with accelerator.autocast():
-        pred = c.unet(noisy.to(model.weight_dtype), timesteps, hidden.to(model.weight_dtype)).sample
-    target = losses.training_target(c.noise_scheduler, latents, noise, timesteps)
+        pred = components.unet(noisy.to(model.weight_dtype), timesteps, hidden.to(model.weight_dtype)).sample
+    target = losses.training_target(scheduler, latents, noise, timesteps)
     weights = to_device(torch.tensor(batch.loss_weights), device)
-    return losses.diffusion_loss(pred.float(), target.float(), timesteps, c.noise_scheduler, t.min_snr_gamma,
+    return losses.diffusion_loss(pred.float(), target.float(), timesteps, scheduler, training.min_snr_gamma,
                                  per_sample_weight=weights)

@@ -35,38 +35,39 @@ class TrainingModel:
         the objective, over-long texts), and put each part on `device` in its dtype: the VAE frozen in the mixed
         precision's dtype, the UNet and text encoder trainable (or frozen) as the preset says, gradient
         checkpointing on when asked. Raises models.ModelLoadError or errors.InputError naming the problem."""
-        t = preset.training
+        training = preset.training
         emit(ev.Status(f"Loading {preset.model.base_model}"))
-        c = load_model(preset.model.base_model, preset.model.base_config or None, load_ema=preset.model.load_ema)
-        prediction_type = check_model_inputs(preset, items, c, emit)
-        c.noise_scheduler = losses.configure_noise_scheduler(dict(c.noise_scheduler.config), prediction_type,
-                                                             t.zero_terminal_snr)
-        frozen = frozen_dtype(t.mixed_precision, device)  # the same rule as `python -m trainer cache`
-        c.vae.requires_grad_(False).eval().to(device, frozen)
+        model = preset.model
+        components = load_model(model.base_model, model.base_config or None, load_ema=model.load_ema)
+        prediction_type = check_model_inputs(preset, items, components, emit)
+        components.noise_scheduler = losses.configure_noise_scheduler(
+            dict(components.noise_scheduler.config), prediction_type, training.zero_terminal_snr)
+        frozen = frozen_dtype(training.mixed_precision, device)  # the same rule as `python -m trainer cache`
+        components.vae.requires_grad_(False).eval().to(device, frozen)
         # Trained weights in float32, or bfloat16 (half the memory; updates rounded stochastically, see optim.py).
-        weight_dtype = torch.bfloat16 if t.weight_dtype == "bfloat16" else torch.float32
-        c.unet.requires_grad_(t.train_unet).train(t.train_unet).to(device, weight_dtype)
-        c.text_encoder.requires_grad_(t.train_text_encoder).train(t.train_text_encoder)
-        c.text_encoder.to(device, weight_dtype if t.train_text_encoder else frozen)
+        weight_dtype = torch.bfloat16 if training.weight_dtype == "bfloat16" else torch.float32
+        components.unet.requires_grad_(training.train_unet).train(training.train_unet).to(device, weight_dtype)
+        components.text_encoder.requires_grad_(training.train_text_encoder).train(training.train_text_encoder)
+        components.text_encoder.to(device, weight_dtype if training.train_text_encoder else frozen)
         if device.type == "cuda":
-            c.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
+            components.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
             torch.backends.cudnn.benchmark = True  # few shapes (one per bucket): time cuDNN's algorithms once each
-        if t.gradient_checkpointing:
-            c.unet.enable_gradient_checkpointing()
-            if t.train_text_encoder:
-                c.text_encoder.gradient_checkpointing_enable()
-        return cls(c, prediction_type, frozen, weight_dtype, t.train_text_encoder)
+        if training.gradient_checkpointing:
+            components.unet.enable_gradient_checkpointing()
+            if training.train_text_encoder:
+                components.text_encoder.gradient_checkpointing_enable()
+        return cls(components, prediction_type, frozen, weight_dtype, training.train_text_encoder)
 
-    def parameter_groups(self, t: TrainingConfig) -> list[dict]:
+    def parameter_groups(self, training: TrainingConfig) -> list[dict]:
         """The optimizer's parameter groups: the UNet's at training.learning_rate, the text encoder's in its own
         group at text_encoder_learning_rate (or the same rate)."""
         groups = []
-        if t.train_unet:
+        if training.train_unet:
             groups.append({"params": [p for p in self.components.unet.parameters() if p.requires_grad],
-                           "lr": t.learning_rate})
-        if t.train_text_encoder:
+                           "lr": training.learning_rate})
+        if training.train_text_encoder:
             groups.append({"params": list(self.components.text_encoder.parameters()),
-                           "lr": t.text_encoder_learning_rate or t.learning_rate})
+                           "lr": training.text_encoder_learning_rate or training.learning_rate})
         return groups
 
     def prepare(self, accelerator, preset: Preset, needs_vae_encoder: bool, needs_text_encoder: bool,
@@ -74,22 +75,22 @@ class TrainingModel:
         """Hand the UNet and text encoder to accelerate (a frozen one is prepared for evaluation: no DDP
         wrapper, which refuses a module without trainable parameters); on a GPU move what only encodes to CPU
         memory once its outputs are cached (samples bring it back); compile the UNet when asked."""
-        c = self.components
+        components = self.components
         for name in ("unet", "text_encoder"):
-            module = getattr(c, name)
+            module = getattr(components, name)
             frozen = not any(p.requires_grad for p in module.parameters())
-            setattr(c, name, accelerator.prepare_model(module, evaluation_mode=frozen))
+            setattr(components, name, accelerator.prepare_model(module, evaluation_mode=frozen))
         if accelerator.device.type == "cuda":  # after prepare, whose device placement would move them back
             if not needs_vae_encoder:
-                c.vae.to("cpu")
+                components.vae.to("cpu")
             if not self.text_encoder_trains and not needs_text_encoder:
-                c.text_encoder.to("cpu")
+                components.text_encoder.to("cpu")
         if preset.training.compile:
             # Compiled kernels are cached beside the latents, so the next run of this preset compiles faster.
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(preset.general.cache_dir).expanduser()
                                                                  / "compile"))
             emit(ev.Status("Compiling the UNet (torch.compile; the first steps are slow)"))
-            c.unet = torch.compile(c.unet)
+            components.unet = torch.compile(components.unet)
 
     def unwrapped(self, accelerator) -> SDComponents:
         """The components without accelerate's and torch.compile's wrappers (whose state_dict keys carry
@@ -98,17 +99,18 @@ class TrainingModel:
         return SDComponents(accelerator.unwrap_model(c.unet, keep_torch_compile=False), c.vae,
                             accelerator.unwrap_model(c.text_encoder), c.tokenizer, c.noise_scheduler)
 
-    def trained_modules(self, accelerator, t: TrainingConfig) -> dict[str, torch.nn.Module]:
+    def trained_modules(self, accelerator, training: TrainingConfig) -> dict[str, torch.nn.Module]:
         """{"unet": ..., "text_encoder": ...}, the modules that train (unwrapped): a backup's weights."""
-        c = self.unwrapped(accelerator)
-        return {name: module for name, module, on in (("unet", c.unet, t.train_unet),
-                                                      ("text_encoder", c.text_encoder, t.train_text_encoder)) if on}
+        unwrapped = self.unwrapped(accelerator)
+        return {name: getattr(unwrapped, name) for name, trains in (("unet", training.train_unet),
+                                                                    ("text_encoder", training.train_text_encoder))
+                if trains}
 
     def load_weights(self, accelerator, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
         """Load a backup's weights ({"unet": state_dict, "text_encoder": state_dict}, either may be absent)."""
-        c = self.unwrapped(accelerator)
+        components = self.unwrapped(accelerator)
         for name, state in tensors.items():
-            getattr(c, name).load_state_dict(state)
+            getattr(components, name).load_state_dict(state)
 
     def freeze_text_encoder_at(self, stop_epoch: int, epoch: int, emit: Callable) -> None:
         """From training.text_encoder_stop_epoch on (0: never) the text encoder learns no more: no gradients,
