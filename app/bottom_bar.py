@@ -5,7 +5,9 @@ from typing import Callable
 
 import customtkinter as ctk
 
+from app.run_widgets import CHECKPOINTS, run_outcome
 from app.widgets import ERROR, MUTED, SUCCESS, WARNING, Tooltip
+from trainer import events as ev
 
 START_COLOUR, STOP_COLOUR, DISABLED = ("#2f8f4e", "#276f3e"), ("#b83a36", "#8f2c29"), "#4a4d50"
 LEVEL_COLOURS = {"error": ERROR, "warning": WARNING, "success": SUCCESS, "info": "#d0d0d0"}
@@ -27,9 +29,11 @@ def format_speed(it_per_s: float) -> str:
 
 
 class BottomBar(ctk.CTkFrame):
+    """Start/Stop and the run commands; shows the training's events (`handle`, `drained`) and the window's
+    messages."""
+
     def __init__(self, master, on_start_stop: Callable[[], None], on_command: Callable[[str], None]):
         super().__init__(master, corner_radius=0)
-        from trainer.events import BACKUP_NOW, SAMPLE_NOW, SAVE_NOW
         self.grid_columnconfigure(1, weight=1)
         self.epoch_label = ctk.CTkLabel(self, text="epoch –", width=120, anchor="w")
         self.epoch_label.grid(row=0, column=0, padx=(12, 6), pady=(8, 0), sticky="w")
@@ -49,9 +53,9 @@ class BottomBar(ctk.CTkFrame):
         self.status_label.grid(row=1, column=2, columnspan=3, padx=(12, 4), sticky="w")
         self.command_buttons = {}
         for col, (name, text, tip) in enumerate((
-                (SAMPLE_NOW, "Sample now", "Render the sample prompts at the next step."),
-                (BACKUP_NOW, "Backup now", "Write a full backup (model, optimizer, progress) to resume from."),
-                (SAVE_NOW, "Save now", "Save the model as it is now, without stopping."))):
+                (ev.SAMPLE_NOW, "Sample now", "Render the sample prompts at the next step."),
+                (ev.BACKUP_NOW, "Backup now", "Write a full backup (model, optimizer, progress) to resume from."),
+                (ev.SAVE_NOW, "Save now", "Save the model as it is now, without stopping."))):
             button = ctk.CTkButton(self, text=text, width=100, command=lambda n=name: on_command(n))
             button.grid(row=0, column=5 + col, rowspan=2, padx=4, pady=(8, 0))
             Tooltip(button, tip)
@@ -66,6 +70,7 @@ class BottomBar(ctk.CTkFrame):
         self.message = ctk.CTkLabel(self, text="", anchor="w", justify="left")
         Tooltip(self.problem, lambda: "\n".join(self.problem_reasons))
         self.running, self.can_start = False, True
+        self._progress: ev.Progress | None = None  # the newest Progress of the current drain
         self.reset_progress()
         ctk.CTkFrame(self, height=6, fg_color="transparent").grid(row=4, column=0)
         self.set_running(False)
@@ -137,3 +142,28 @@ class BottomBar(ctk.CTkFrame):
         self.speed_label.configure(text=format_speed(p.it_per_s))
         self.eta_label.configure(text=f"ETA {format_duration(p.eta_s)}")
         self.vram_label.configure(text=f"VRAM {p.vram_gib:.1f} GiB" if p.vram_gib is not None else "")
+
+    def handle(self, event) -> None:
+        """A training event: the totals at its start, its status, each checkpoint written, how it ended. Of the
+        Progress events only the newest of a drain shows (at `drained`; the chart gets every one)."""
+        if isinstance(event, ev.Progress):
+            self._progress = event
+        elif isinstance(event, ev.RunStarted):
+            self.show_totals(event.total_steps, event.total_epochs)
+        elif isinstance(event, ev.Status):
+            self.show_status(event.text)
+        elif isinstance(event, ev.CheckpointWritten):
+            self.show_status(f"{CHECKPOINTS.get(event.kind, event.kind)} written: {event.path}")
+        elif isinstance(event, ev.RunFinished):
+            self._progress = None
+            text, level = run_outcome(event)
+            self.show_message(text, level)
+            self.show_status({"completed": "Completed.", "stopped": "Stopped."}.get(
+                event.outcome, "Not started." if text.startswith("Training not started") else "Failed."))
+            self.set_running(False)
+
+    def drained(self) -> None:
+        """The end of a drain: show the newest step it brought."""
+        if self._progress is not None:
+            self.show_progress(self._progress)
+            self._progress = None

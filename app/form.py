@@ -43,7 +43,7 @@ def _meta(template: str, root: type) -> dict:
 
 
 def meta_of(dotted: str, root: type = Preset) -> dict:
-    """trainer.config.field_meta, cached (typing.get_type_hints is slow and a form asks often)."""
+    """trainer.fields.field_meta, cached (typing.get_type_hints is slow and a form asks often)."""
     return _meta(_template(dotted), root)
 
 

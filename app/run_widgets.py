@@ -1,4 +1,5 @@
-"""Run-view widgets: the loss chart (a plain tk Canvas) and the sample gallery (thumbnails, step slider)."""
+"""Run-view widgets: the loss chart (a plain tk Canvas), the sample gallery (thumbnails, step slider) and the run
+log; each shows the training events it is about (subscribed to the window's Runner)."""
 from __future__ import annotations
 
 import math
@@ -9,10 +10,28 @@ from dataclasses import dataclass
 
 import customtkinter as ctk
 
-from app.widgets import MUTED, Tooltip, bury, show_image_window
+from app.widgets import ERROR, MUTED, WARNING, Tooltip, bury, show_image_window
+from trainer import events as ev
+from trainer.errors import plain_text
 
 CHART_BG, GRID, AXIS_TEXT = "#1e1f22", "#34363b", "#a8a8a8"
 RAW, SMOOTH, LR = "#4d6a8c", "#58a6ff", "#e3a64a"
+DRAWS = (ev.RunStarted, ev.Progress, ev.SampleReady)  # the events by which a new run replaces the last one's view
+CHECKPOINTS = {"backup": "Backup", "save": "Save", "final": "Final model"}  # CheckpointWritten.kind in words
+
+
+def run_outcome(event: ev.RunFinished) -> tuple[str, str]:
+    """How a training ended, for the bottom bar and the log: (text, level "success" | "info" | "warning" |
+    "error"). A run refused before training (bad input, or a refusal the window resolves by asking: see
+    Window.run_finished) says "not started"; the text holds no terminal escape codes."""
+    message = plain_text(event.message or "")
+    if event.outcome in ("completed", "stopped"):
+        text = f"Training {event.outcome} at step {event.step}."
+        text += f" Model: {event.output_path}" if event.output_path else ""
+        return text, "success" if event.outcome == "completed" else "info"
+    if event.refusal or (event.bad_input and not event.step):
+        return f"Training not started: {message or 'no reason given'}", "warning" if event.refusal else "error"
+    return f"Training failed: {message or 'no reason given'}", "error"
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -49,7 +68,20 @@ class LossChart(tk.Canvas):
         self.min_interval_ms = min_interval_ms
         self._pending: str | None = None
         self._last_draw = 0.0
+        self.stale = True  # set by a RunFinished: the curve stays until the next run draws (a refused one never does)
         self.bind("<Configure>", lambda _e: self.request_redraw(now=True))
+
+    def handle(self, event) -> None:
+        """A training event: RunStarted sets the step axis, each Progress adds a point."""
+        if self.stale and isinstance(event, DRAWS):
+            self.stale = False
+            self.clear()
+        if isinstance(event, ev.Progress):
+            self.add(event.step, event.loss, event.smooth_loss, event.lr, event.total_steps)
+        elif isinstance(event, ev.RunStarted):
+            self.total_steps = event.total_steps
+        elif isinstance(event, ev.RunFinished):
+            self.stale = True
 
     def add(self, step: int, loss: float, smooth: float, lr: float, total_steps: int = 0) -> None:
         self.steps.append(step)
@@ -188,7 +220,18 @@ class SampleGallery(ctk.CTkFrame):
         self.empty = ctk.CTkLabel(self.body, text="Samples appear here while training.", text_color=MUTED)
         self.empty.grid(row=0, column=0, padx=10, pady=20)
         self._slots: dict[int, int] = {}
+        self.stale = True  # set by a RunFinished: that run's samples stay until the next run draws (see LossChart)
         self.body.bind("<Configure>", self._resized, add="+")
+
+    def handle(self, event) -> None:
+        """A training event: each SampleReady adds a sample."""
+        if self.stale and isinstance(event, DRAWS):
+            self.stale = False
+            self.clear()
+        if isinstance(event, ev.SampleReady):
+            self.add(event)
+        elif isinstance(event, ev.RunFinished):
+            self.stale = True
 
     def _resized(self, event) -> None:
         """As many columns of cards as the width holds."""
@@ -306,3 +349,54 @@ class SampleGallery(ctk.CTkFrame):
             return None
         return show_image_window(self, sample.path, f"{sample.prompt[:60]} — step {sample.step}, epoch "
                                  f"{sample.epoch + 1}", f"{sample.prompt}\n{sample.path}")
+
+
+class LogView(ctk.CTkTextbox):
+    """Read-only log lines; warnings and errors highlighted; keeps the last `max_lines`."""
+
+    def __init__(self, master, max_lines: int = 4000, **kw):
+        super().__init__(master, wrap="word", font=ctk.CTkFont(family="DejaVu Sans Mono", size=12), **kw)
+        self.max_lines = max_lines
+        self.tag_config("warning", foreground=WARNING)
+        self.tag_config("error", foreground=ERROR)
+        self.tag_config("info", foreground="#d0d0d0")
+        self.configure(state="disabled")
+        self.lines = 0
+
+    def append(self, level: str, text: str) -> None:
+        at_bottom = self.yview()[1] >= 0.999
+        tag = level if level in ("warning", "error") else "info"
+        text = text.rstrip("\n")
+        self.configure(state="normal")
+        self.insert("end", text + "\n", tag)
+        self.lines += text.count("\n") + 1
+        if self.lines > self.max_lines:
+            drop = self.lines - self.max_lines
+            self.delete("1.0", f"{drop + 1}.0")
+            self.lines -= drop
+        self.configure(state="disabled")
+        if at_bottom:
+            self.see("end")
+
+    def clear(self) -> None:
+        self.configure(state="normal")
+        self.delete("1.0", "end")
+        self.configure(state="disabled")
+        self.lines = 0
+
+    def text(self) -> str:
+        return self.get("1.0", "end-1c")
+
+    def handle(self, event) -> None:
+        """A training event: the run's start, the engine's Log lines, each checkpoint written and the outcome."""
+        if isinstance(event, ev.Log):
+            self.append(event.level, plain_text(event.text))
+        elif isinstance(event, ev.RunStarted):
+            self.append("info", f"Run started on {event.device}: {event.total_steps} steps, "
+                                f"{event.total_epochs} epochs; workspace {event.workspace}")
+        elif isinstance(event, ev.CheckpointWritten):
+            self.append("info", f"{CHECKPOINTS.get(event.kind, event.kind)} written at step {event.step}: "
+                                f"{event.path}")
+        elif isinstance(event, ev.RunFinished):
+            text, level = run_outcome(event)
+            self.append(level, text)

@@ -1,49 +1,62 @@
-"""Runs a TrainingSession for the window: starts it, drains its events on the Tk thread, sends commands."""
+"""Runs a session for the window: starts it, drains its events on the Tk thread to the views that show them,
+sends commands. The views render; the runner only pumps."""
 from __future__ import annotations
 
 import copy
 import queue
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from app.widgets import flush_graveyard
 from trainer import events as ev
-from trainer.errors import plain_text
 
 
 class Runner:
-    """Owns the current session. Only the Tk thread calls it; `drain()` runs every DRAIN_MS via after()."""
+    """Owns the current session (a training, or a tool's job: see ToolRunner). Only the Tk thread calls it;
+    `drain()` runs every DRAIN_MS via after().
+
+    Each event goes to every subscribed view in the order they subscribed (`subscribe`), then a RunFinished to
+    `on_finished` (the window: Start buttons re-check, a pending close goes ahead). The RunFinished ends the run
+    before any view sees it: `running` is False and `last_finished` is that event.
+    """
 
     DRAIN_MS = 50
     BUDGET_S = 0.010  # work per drain, so the Tk loop never stalls behind a burst of events
     MAX_EVENTS = 400
-    what = "training"  # in the message when a worker ends without its RunFinished
 
-    def __init__(self, window, session_factory: Callable):
-        self.window, self.session_factory = window, session_factory
+    def __init__(self, session_factory: Callable, on_finished: Callable[[ev.RunFinished], None] = lambda e: None,
+                 what: str = "training"):
+        self.session_factory, self.on_finished = session_factory, on_finished
+        self.what = what  # in the message when a worker ends without its RunFinished
         self.session = None
         self.stopping = False
         self.last_finished: ev.RunFinished | None = None
         self.options: dict = {}  # how the current (or last) run was started: resume, fresh, allow_changed_data
-        self._last_progress: ev.Progress | None = None
-        self._view_stale = False  # the run view still shows the previous run until this one draws something
+        self._views: list[tuple[Callable[[Any], None], Callable[[], None] | None]] = []
 
     @property
     def running(self) -> bool:
         return self.session is not None
 
-    def start(self, preset, **options) -> None:
-        """Start a run on a deep copy of the preset (the worker never sees later edits). `options` go to the
-        session factory as they are (a training's resume, fresh, allow_changed_data)."""
+    def subscribe(self, on_event: Callable[[Any], None], on_drained: Callable[[], None] | None = None) -> None:
+        """Show every event from now on: `on_event(event)` for each, in order; `on_drained()` after each drain
+        (a view that shows only the newest of a kind draws it there)."""
+        self._views.append((on_event, on_drained))
+
+    def start(self, spec, **options) -> None:
+        """Start a run on a deep copy of the preset or tool spec (the worker never sees later edits). `options`
+        go to the session factory as they are (a training's resume, fresh, allow_changed_data). Raises
+        RuntimeError while a run is going, and whatever the session factory or the session's start raises (then
+        no run is going)."""
         if self.session is not None:
             raise RuntimeError("a run is already going")
         flush_graveyard()  # free dropped Tk objects here, so the worker's GC never finalizes one
         self.stopping = False
         self.last_finished = None
         self.options = dict(options)
-        self._view_stale = True
-        self.session = self.session_factory(copy.deepcopy(preset), **options)
-        self.session.start()
+        session = self.session_factory(copy.deepcopy(spec), **options)
+        session.start()
+        self.session = session
 
     def stop(self) -> None:
         if self.session is not None and not self.stopping:
@@ -55,7 +68,7 @@ class Runner:
             self.session.send(name)
 
     def drain(self) -> bool:
-        """Handle queued events within the time budget; True when more are waiting."""
+        """Hand queued events to the views within the time budget; True when more are waiting."""
         session = self.session
         if session is None:
             return False
@@ -68,72 +81,20 @@ class Runner:
                 break
             handled += 1
             self.handle(event)
-        self.drained(session)
+        for _, on_drained in self._views:
+            if on_drained is not None:
+                on_drained()
         if self.session is session and not session.running and session.events.empty():
             # the worker ended without its RunFinished (it always sends one; this guards the window anyway)
             self.handle(ev.RunFinished("failed", f"the {self.what} ended without reporting a result"))
         return self.session is session and not session.events.empty()
 
-    def drained(self, session) -> None:
-        """After a drain: the bottom bar shows the newest step only (the chart got every one)."""
-        if self._last_progress is not None and self.session is session:
-            self.window.bottom.show_progress(self._last_progress)
-        self._last_progress = None
-
     def handle(self, event) -> None:
-        w = self.window
-        log = w.run_tab.log
-        if self._view_stale and isinstance(event, (ev.RunStarted, ev.Progress, ev.SampleReady)):
-            # the previous run's chart and samples stay until this run really trains (a refused run keeps them)
-            self._view_stale = False
-            w.run_tab.chart.clear()
-            w.run_tab.gallery.clear()
-        if isinstance(event, ev.Progress):
-            w.run_tab.chart.add(event.step, event.loss, event.smooth_loss, event.lr, event.total_steps)
-            self._last_progress = event
-        elif isinstance(event, ev.RunStarted):
-            w.bottom.show_totals(event.total_steps, event.total_epochs)
-            w.run_tab.chart.total_steps = event.total_steps
-            log.append("info", f"Run started on {event.device}: {event.total_steps} steps, "
-                               f"{event.total_epochs} epochs; workspace {event.workspace}")
-        elif isinstance(event, ev.Status):
-            w.bottom.show_status(event.text)
-        elif isinstance(event, ev.SampleReady):
-            w.run_tab.gallery.add(event)
-        elif isinstance(event, ev.CheckpointWritten):
-            what = {"backup": "Backup", "save": "Save", "final": "Final model"}.get(event.kind, event.kind)
-            log.append("info", f"{what} written at step {event.step}: {event.path}")
-            w.bottom.show_status(f"{what} written: {event.path}")
-        elif isinstance(event, ev.Log):
-            log.append(event.level, plain_text(event.text))
-        elif isinstance(event, ev.RunFinished):
-            self.finish(event)
-
-    def finish(self, event: ev.RunFinished) -> None:
-        """Show how the run ended. A run refused before training (bad input, or a refusal the window resolves
-        by asking: see Window.run_finished) says "not started"; no message shows terminal escape codes."""
-        w = self.window
-        self.session = None
-        self.stopping = False
-        self.last_finished = event
-        message = plain_text(event.message or "")
-        if event.outcome == "completed":
-            text = f"Training completed at step {event.step}."
-            text += f" Model: {event.output_path}" if event.output_path else ""
-            level = "success"
-        elif event.outcome == "stopped":
-            text = f"Training stopped at step {event.step}."
-            text += f" Model: {event.output_path}" if event.output_path else ""
-            level = "info"
-        elif event.refusal or (event.bad_input and not event.step):
-            text = f"Training not started: {message or 'no reason given'}"
-            level = "warning" if event.refusal else "error"
-        else:
-            text = f"Training failed: {message or 'no reason given'}"
-            level = "error"
-        w.run_tab.log.append(level if level in ("error", "warning") else "info", text)
-        w.bottom.show_message(text, level)
-        w.bottom.show_status({"completed": "Completed.", "stopped": "Stopped."}.get(
-            event.outcome, "Not started." if text.startswith("Training not started") else "Failed."))
-        w.bottom.set_running(False)
-        w.run_finished(event)  # buried Tk objects are freed at the next start (gc.collect costs ~0.2 s with torch)
+        """One event to every view; a RunFinished ends the run first and reaches `on_finished` last."""
+        finished = isinstance(event, ev.RunFinished)
+        if finished:
+            self.session, self.stopping, self.last_finished = None, False, event
+        for on_event, _ in self._views:
+            on_event(event)
+        if finished:
+            self.on_finished(event)  # buried Tk objects are freed at the next start: a gc.collect is not free

@@ -1,4 +1,5 @@
-"""Runs a tool session (generate-data, compare) for a tab: start, stop, and its events drained on the Tk thread."""
+"""Runs a tool session (generate-data, compare) for a tab: a Runner that knows the tool's name and whether its job
+holds the device."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -8,18 +9,18 @@ from trainer import events as ev
 
 
 class ToolRunner(Runner):
-    """One tool's current session, started, stopped and drained like a training's (see Runner); each event goes
-    to `on_event` (the tab), the RunFinished last, after `running` turned False.
+    """One tool's current session, started, stopped and drained like a training's (see Runner); the tab
+    subscribes its own view.
 
-    `name` says what runs ("Generate data"); `uses_device(spec)` tells whether the job loads a model (then it
-    cannot run beside a training or another model job: both would compete for the GPU's memory).
+    `name` says what runs, as "… is running" words it ("Data generation"); `uses_device(spec)` tells whether
+    the job loads a model (then it cannot run beside a training or another model job: both would compete for the
+    GPU's memory).
     """
 
-    def __init__(self, name: str, session_factory: Callable[[Any], Any], on_event: Callable[[Any], None],
-                 uses_device: Callable[[Any], bool] = lambda spec: True):
-        super().__init__(None, session_factory)
-        self.name, self.on_event, self.what = name, on_event, f"{name.lower()} job"
-        self._uses_device = uses_device
+    def __init__(self, name: str, session_factory: Callable[[Any], Any],
+                 on_finished: Callable[[ev.RunFinished], None], uses_device: Callable[[Any], bool]):
+        super().__init__(session_factory, on_finished, what=f"{name.lower()} job")
+        self.name, self._uses_device = name, uses_device
         self.spec = None
 
     @property
@@ -30,11 +31,3 @@ class ToolRunner(Runner):
         """Start a session on a copy of `spec`, so later edits apply to the next run."""
         self.spec = spec
         super().start(spec)
-
-    def handle(self, event) -> None:
-        if isinstance(event, ev.RunFinished):
-            self.session, self.stopping = None, False
-        self.on_event(event)
-
-    def drained(self, session) -> None:
-        pass

@@ -1,4 +1,5 @@
-"""Composite widgets for the form: field widgets, labelled field, tooltip, path picker, group frame, log view."""
+"""Composite widgets for the form: field widgets, labelled field, tooltip, path picker, group frame; the tab view
+and image helpers."""
 from __future__ import annotations
 
 import tkinter as tk
@@ -17,11 +18,11 @@ _graveyard: list[Any] = []
 
 
 def bury(obj: Any) -> None:
-    """Keep a dropped Tk object alive until the Tk thread collects it (never the training thread's GC).
+    """Keep a dropped Tk object alive until the Tk thread collects it (never a worker thread's GC).
 
     Tk objects sit in reference cycles; if Python's cyclic GC frees them while the worker runs, their Tcl
     finalizers run in the worker thread. So the window parks them here and `flush_graveyard()` frees them
-    from the Tk thread when no run is active.
+    from the Tk thread as a run starts (Runner.start).
     """
     _graveyard.append(obj)
 
@@ -256,43 +257,6 @@ class Group(ctk.CTkFrame):
 
     def pad_bottom(self) -> None:
         ctk.CTkFrame(self, height=8, fg_color="transparent").grid(row=999, column=0)
-
-
-class LogView(ctk.CTkTextbox):
-    """Read-only log lines; warnings and errors highlighted; keeps the last `max_lines`."""
-
-    def __init__(self, master, max_lines: int = 4000, **kw):
-        super().__init__(master, wrap="word", font=ctk.CTkFont(family="DejaVu Sans Mono", size=12), **kw)
-        self.max_lines = max_lines
-        self.tag_config("warning", foreground=WARNING)
-        self.tag_config("error", foreground=ERROR)
-        self.tag_config("info", foreground="#d0d0d0")
-        self.configure(state="disabled")
-        self.lines = 0
-
-    def append(self, level: str, text: str) -> None:
-        at_bottom = self.yview()[1] >= 0.999
-        tag = level if level in ("warning", "error") else "info"
-        text = text.rstrip("\n")
-        self.configure(state="normal")
-        self.insert("end", text + "\n", tag)
-        self.lines += text.count("\n") + 1
-        if self.lines > self.max_lines:
-            drop = self.lines - self.max_lines
-            self.delete("1.0", f"{drop + 1}.0")
-            self.lines -= drop
-        self.configure(state="disabled")
-        if at_bottom:
-            self.see("end")
-
-    def clear(self) -> None:
-        self.configure(state="normal")
-        self.delete("1.0", "end")
-        self.configure(state="disabled")
-        self.lines = 0
-
-    def text(self) -> str:
-        return self.get("1.0", "end-1c")
 
 
 class Tabview(ctk.CTkTabview):

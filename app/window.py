@@ -66,7 +66,7 @@ class Window(ctk.CTk):
         self._built: set[str] = set()
         self.form = Form(Preset(), self._field_changed, self.dialogs.browse)
         self._saved = preset_to_dict(self.form.preset)
-        self.runner = Runner(self, session_factory or default_session_factory)
+        self.runner = Runner(session_factory or default_session_factory, self.run_finished)
         self.tool_runners: list[ToolRunner] = []  # the tool tabs register theirs
 
         self.grid_columnconfigure(0, weight=1)
@@ -78,6 +78,7 @@ class Window(ctk.CTk):
         self.run_tab: RunTab = self.tabs["run"]
         self.bottom = BottomBar(self, self.start_stop, self.runner.command)
         self.bottom.grid(row=2, column=0, sticky="ew")
+        self.runner.subscribe(self.bottom.handle, self.bottom.drained)  # the run tab subscribes its widgets
 
         if preset is not None:
             self.set_preset(preset, None)
@@ -298,13 +299,12 @@ class Window(ctk.CTk):
                 self.bottom.show_message("Not started: the earlier run in the workspace is left as it is.", "info")
                 return False
             options.update(chosen)
-        self.run_tab.log.clear()  # the chart and samples stay until the new run draws (see Runner.handle)
+        self.run_tab.log.clear()  # the chart and samples stay until the new run draws (see LossChart.handle)
         self.bottom.reset_progress()
         self.bottom.show_message("", "info")
         try:
             self.runner.start(self.form.preset, **options)
         except Exception as e:  # noqa: BLE001 - a session that cannot even start is shown, not raised
-            self.runner.session = None
             self.bottom.show_message(f"Could not start: {e}", "error")
             return False
         self.bottom.set_running(True)
@@ -320,6 +320,8 @@ class Window(ctk.CTk):
             self.bottom.show_status("Stopping at the next step…")
 
     def run_finished(self, event) -> None:
+        """A training or a tool ended (its views showed how): Start buttons re-check, a pending close goes ahead,
+        a refusal the user can resolve asks."""
         self.jobs_changed()
         if self._close_pending and not self.any_running():
             self.after(0, self.close_now)

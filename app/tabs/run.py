@@ -1,11 +1,10 @@
-"""The run view: loss chart, sample gallery and the log of the current run."""
+"""The run view: loss chart, sample gallery and the log of the current run, each showing the training's events."""
 from __future__ import annotations
 
 import customtkinter as ctk
 
-from app.run_widgets import LossChart, SampleGallery
+from app.run_widgets import LogView, LossChart, SampleGallery
 from app.tabs.common import Tab
-from app.widgets import LogView
 
 
 class RunTab(Tab):
@@ -31,6 +30,8 @@ class RunTab(Tab):
             anchor="w", padx=10, pady=(8, 4))
         self.log = LogView(log_box)
         self.log.pack(fill="both", expand=True, padx=8, pady=(0, 8))
+        for view in (self.chart, self.gallery, self.log):
+            self.window.runner.subscribe(view.handle)
         yield
 
     def clear(self) -> None:

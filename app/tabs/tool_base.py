@@ -39,7 +39,8 @@ class ToolTab(Tab):
         self.spec_form = Form(self.spec_cls(), self._spec_changed, window.dialogs.browse,
                               validator=self.spec_problems)
         self.spec_editors: list[ListEditor] = []
-        self.runner = ToolRunner(self.tool_name, self.make_session, self._handle, self.uses_device)
+        self.runner = ToolRunner(self.tool_name, self.make_session, window.run_finished, self.uses_device)
+        self.runner.subscribe(self._handle)
         window.tool_runners.append(self.runner)
         self.problems: list[str] = []
         self.reasons: list[str] = []
@@ -284,7 +285,6 @@ class ToolTab(Tab):
         self.show_message(f"{head}: {event.message or 'no reason given'}", level)
         self.status_label.configure(text="")
         self.on_finish(event)
-        self.window.run_finished(event)  # Start buttons re-check; a pending close goes ahead
 
     # ---- spec files -----------------------------------------------------------------------------------
 

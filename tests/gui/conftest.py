@@ -1,4 +1,5 @@
-"""GUI fixtures: a large enough virtual display, a shared window, a fake training session, stub dialogs."""
+"""GUI fixtures: a large enough virtual display, a shared window, a fake training session, stub dialogs, the
+screenshots folder."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ from gui_helpers import wait_for
 from trainer import events as ev
 
 MIN_SCREEN = (1280, 800)
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -107,7 +107,7 @@ class FakeSession:
     def start(self):
         self.started = True
 
-    def send(self, name, **extra):
+    def send(self, name):
         self.sent.append(name)
         if name == ev.STOP:
             self.finish("stopped", step=3)
@@ -264,6 +264,14 @@ def rich_preset(tmp_path: Path):
     problems = validate(preset)
     assert not problems, problems
     return preset
+
+
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    """The folder the screenshot tests save into: $SEACHANGE_SCREENSHOTS for a person who wants to look at them
+    (tests/screenshots is gitignored for that), else a temporary folder."""
+    keep = os.environ.get("SEACHANGE_SCREENSHOTS")
+    return Path(keep).expanduser() if keep else tmp_path / "screenshots"
 
 
 @pytest.fixture(name="wait_for")

@@ -1,11 +1,13 @@
 """Helpers shared by the GUI tests: type into an entry, turn the Tk loop until a condition holds, open the caption
-editor of a folder from the concepts tab."""
+editor of a folder from the concepts tab, take a screenshot and look at what a widget shows on it."""
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+
+import numpy as np
 
 
 def type_into(widget, text: str) -> None:
@@ -55,3 +57,51 @@ def open_caption_editor(window, folder: Path) -> Iterator:
     finally:
         if editor.winfo_exists():
             editor.close()
+
+
+class Shot:
+    """A screenshot of a window (`image`, a PIL image of the window's area) and what its widgets show on it."""
+
+    def __init__(self, window, image):
+        self.window, self.image = window, image
+
+    def region(self, widget) -> np.ndarray:
+        """The pixels `widget` covers (height x width x 3, uint8), cut to the window's area. Fails the test when
+        the widget is not shown (not viewable) or lies outside the window."""
+        assert widget.winfo_viewable(), f"{widget} is not shown"
+        x, y = widget.winfo_rootx() - self.window.winfo_rootx(), widget.winfo_rooty() - self.window.winfo_rooty()
+        box = (max(0, x), max(0, y), min(self.image.width, x + widget.winfo_width()),
+               min(self.image.height, y + widget.winfo_height()))
+        assert box[0] < box[2] and box[1] < box[3], f"{widget} lies outside the window"
+        return np.asarray(self.image.crop(box).convert("RGB"))
+
+    @staticmethod
+    def inside(widget, area) -> bool:
+        """Whether `widget` is shown (viewable) and lies wholly within `area` (not scrolled out of its view)."""
+        x, y, ax, ay = widget.winfo_rootx(), widget.winfo_rooty(), area.winfo_rootx(), area.winfo_rooty()
+        return (bool(widget.winfo_viewable()) and ax <= x and ay <= y and x + widget.winfo_width() <= ax +
+                area.winfo_width() and y + widget.winfo_height() <= ay + area.winfo_height())
+
+    def colours(self, widget) -> int:
+        """How many different colours `widget` shows (1: a flat area, nothing drawn on it)."""
+        return len(np.unique(self.region(widget).reshape(-1, 3), axis=0))
+
+    def count(self, widget, colour: str, tolerance: int = 40) -> int:
+        """How many of `widget`'s pixels are `colour` ("#rrggbb" or a name as PIL reads it, the way the test
+        images were drawn), give or take `tolerance` in each channel."""
+        from PIL import ImageColor
+        rgb = np.array(ImageColor.getrgb(colour)[:3])
+        return int((np.abs(self.region(widget).astype(int) - rgb).max(axis=-1) <= tolerance).sum())
+
+
+def screenshot(window, pump: Callable, folder: Path, name: str) -> Shot:
+    """What `window` (a toplevel) shows on the screen once its Tk loop ran a while (drains, redraws), with the
+    pointer moved to its corner first so that no tooltip covers it; saved as folder/NAME.png."""
+    from PIL import ImageGrab
+    window.event_generate("<Motion>", warp=True, x=4, y=4)
+    pump(window, 0.4)
+    x, y = window.winfo_rootx(), window.winfo_rooty()
+    image = ImageGrab.grab(bbox=(x, y, x + window.winfo_width(), y + window.winfo_height()))
+    folder.mkdir(parents=True, exist_ok=True)
+    image.save(folder / f"{name}.png")
+    return Shot(window, image)

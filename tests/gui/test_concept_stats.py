@@ -6,10 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from app.widgets import ERROR
-from gui_helpers import settled, type_into, wait_for
-
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
+from app.widgets import ERROR, WARNING
+from gui_helpers import screenshot, settled, type_into, wait_for
 
 
 def make_concept(folder: Path, broken: int = 1) -> Path:
@@ -115,19 +113,9 @@ def test_demo_folder_that_is_not_made_yet_is_not_an_error(window):
     assert tab.stats.cget("text_color") != ERROR
 
 
-def grab(window, pump, name: str) -> None:
-    from PIL import ImageGrab
-    pump(window, 0.35)
-    x, y = window.winfo_rootx(), window.winfo_rooty()
-    image = ImageGrab.grab(bbox=(x, y, x + window.winfo_width(), y + window.winfo_height()))
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    image.save(SCREENSHOTS / f"{name}.png")
-    assert len(image.getcolors(1 << 20) or range(99)) > 8, f"{name}: the screenshot is blank"
-
-
-def test_screenshot_of_concept_statistics(window, tmp_path, pump):
-    """Writes tests/screenshots/concepts_stats*.png: a concept with skipped files, missing captions and buckets;
-    then the same concept with a folder that does not exist."""
+def test_screenshot_of_concept_statistics(window, tmp_path, pump, screenshots):
+    """Screenshots concepts_stats*.png: a concept with skipped files, missing captions and buckets; then the same
+    concept with a folder that does not exist."""
     from PIL import ImageDraw
     folder = tmp_path / "portraits"
     folder.mkdir()
@@ -143,7 +131,11 @@ def test_screenshot_of_concept_statistics(window, tmp_path, pump):
     tab = select_new_concept(window, folder)
     type_into(window.form.widget_for(f"concepts.{tab.selected}.name"), "portraits")
     wait_for(window, lambda: settled(tab, folder), "the statistics")
-    grab(window, pump, "concepts_stats")
+    shot = screenshot(window, pump, screenshots, "concepts_stats")
+    panel = tab.stats_panel
+    assert shot.colours(panel.summary) > 4 and shot.count(panel.missing, WARNING, 60) > 20
+    assert shot.colours(panel.chart) > 10, "the bucket chart is empty"
     type_into(window.form.widget_for(f"concepts.{tab.selected}.path"), str(tmp_path / "typo"))
     wait_for(window, lambda: settled(tab, tmp_path / "typo"), "the statistics")
-    grab(window, pump, "concepts_stats_missing")
+    shot = screenshot(window, pump, screenshots, "concepts_stats_missing")
+    assert shot.count(panel.summary, ERROR, 60) > 20, "the missing folder is not said in red"

@@ -1,4 +1,4 @@
-"""Issue 12 in the window: a missing concept folder blocks Start; Start asks where an earlier run left files; a
+"""Real inputs in the window: a missing concept folder blocks Start; Start asks where an earlier run left files; a
 resume on changed data asks; the statistics name unreadable, long and missing captions; messages stay plain."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
-from gui_helpers import settled, type_into, wait_for
+from gui_helpers import screenshot, settled, type_into, wait_for
 from app.run_questions import CHANGED_TITLE, EARLIER_TITLE
 from app.widgets import ERROR, WARNING
 from trainer import events as ev
@@ -69,20 +69,7 @@ def add_concept(window, path: Path):
     return tab
 
 
-def grab(widget, pump, name: str) -> Path:
-    from PIL import ImageGrab
-    widget.winfo_toplevel().event_generate("<Motion>", warp=True, x=4, y=4)  # no tooltip under the pointer
-    pump(widget, 0.4)
-    x, y = widget.winfo_rootx(), widget.winfo_rooty()
-    image = ImageGrab.grab(bbox=(x, y, x + widget.winfo_width(), y + widget.winfo_height()))
-    folder = Path(__file__).resolve().parents[1] / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    image.save(folder / f"{name}.png")
-    assert len(image.getcolors(1 << 20) or range(99)) > 8, f"{name}: the screenshot is blank"
-    return folder / f"{name}.png"
-
-
-# ---- point 10: a concept folder that does not exist ------------------------------------------------------------
+# ---- a concept folder that does not exist ---------------------------------------------------------------------
 
 def test_a_missing_concept_folder_is_marked_and_blocks_start(window, sessions, tmp_path):
     assert window.preset.general.demo_dir, "the demo preset keeps its demo folder: only its own parts may be missing"
@@ -125,7 +112,7 @@ def test_rescan_sees_a_folder_that_appeared(window, tmp_path):
     assert window.bottom.start_button.cget("state") == "normal"
 
 
-# ---- point 6: an earlier run in the workspace ------------------------------------------------------------------
+# ---- an earlier run in the workspace --------------------------------------------------------------------------
 
 def test_start_asks_and_continues_an_earlier_run(window, sessions):
     workspace = Path(window.preset.general.workspace_dir)
@@ -195,7 +182,7 @@ def test_a_run_refused_for_an_earlier_run_asks_then_starts_over(window, sessions
     assert "Training not started" in window.bottom.message.cget("text")
 
 
-# ---- point 7: resuming on changed data -------------------------------------------------------------------------
+# ---- resuming on changed data ---------------------------------------------------------------------------------
 
 CHANGED = ("backup.resume: the concepts' files changed since step-8 was written (removed: 1 (two.png); captions "
            "edited: 1 (one.txt)). Resuming with other data does not continue the same training")
@@ -236,7 +223,7 @@ def test_cancelling_the_changed_data_question_leaves_the_message(window, session
     assert message.cget("text_color") == WARNING
 
 
-# ---- point 5: messages ------------------------------------------------------------------------------------------
+# ---- messages --------------------------------------------------------------------------------------------------
 
 def test_input_errors_show_plain_messages_without_traceback(window, sessions, pump, tmp_path):
     (tmp_path / "samples").mkdir()
@@ -376,34 +363,44 @@ def test_choice_dialog_answers_cancels_and_blocks_until_answered(window):
 
 # ---- screenshots ------------------------------------------------------------------------------------------------
 
-def test_screenshots_of_the_new_states(window, pump, tmp_path):
-    """tests/screenshots/real_inputs_*.png: a missing concept folder, the caption findings, both questions."""
+def test_screenshots_of_the_new_states(window, pump, tmp_path, screenshots):
+    """Screenshots real_inputs_*.png: a missing concept folder, the caption findings, both questions."""
     from app.dialogs import ChoiceDialog
     from app.run_questions import changed_data_message, earlier_run_message
     from trainer.runs import earlier_run
     tab = add_concept(window, tmp_path / "my_photos")
     wait_for(window, lambda: settled(tab, tmp_path / "my_photos"), "the statistics")
-    grab(window, pump, "real_inputs_missing_folder")
+    shot = screenshot(window, pump, screenshots, "real_inputs_missing_folder")
+    path_field = window.form.widget_for(f"concepts.{tab.selected}.path")
+    assert shot.count(path_field, ERROR, 30) > 100, "the missing folder's entry has no red border"
+    assert shot.count(window.bottom.problem, WARNING, 60) > 20, "the bottom bar does not say why Start is off"
     folder = caption_concept(tmp_path / "greens")
     for i in range(6):
         Image.new("RGB", (64, 96), "green").save(folder / f"more_{i}.png")
         (folder / f"more_{i}.txt").write_bytes("un café noir, très naïf".encode("utf-16-le") if i < 2 else
                                                f"a green shape {i}".encode())
-    type_into(window.form.widget_for(f"concepts.{tab.selected}.path"), str(folder))
+    type_into(path_field, str(folder))
     wait_for(window, lambda: settled(tab, folder), "the statistics")
-    grab(window, pump, "real_inputs_caption_findings")
+    shot = screenshot(window, pump, screenshots, "real_inputs_caption_findings")
+    panel = tab.stats_panel
+    assert shot.count(panel.missing, WARNING, 60) > 20 and shot.count(panel.long, WARNING, 60) > 20
+    assert shot.colours(panel.summary) > 4
     workspace = Path(window.preset.general.workspace_dir)
     earlier_run_files(workspace, step=503, epoch=4, samples=12, model=Path(window.preset.model.output_path))
     found = earlier_run(window.preset)
-    dialog = ChoiceDialog(window, EARLIER_TITLE, earlier_run_message(found, workspace),
-                          ["Continue from step 503 (epoch 4)", "Start over"])
+    shoot_dialog(ChoiceDialog(window, EARLIER_TITLE, earlier_run_message(found, workspace),
+                              ["Continue from step 503 (epoch 4)", "Start over"]),
+                 pump, screenshots, "real_inputs_dialog_earlier_run")
+    shoot_dialog(ChoiceDialog(window, CHANGED_TITLE, changed_data_message(CHANGED),
+                              ["Resume with the changed data", "Start over"]),
+                 pump, screenshots, "real_inputs_dialog_changed_data")
+
+
+def shoot_dialog(dialog, pump, screenshots, name: str) -> None:
+    """Screenshot a question (its message and every button shown), then cancel it."""
     try:
-        grab(dialog, pump, "real_inputs_dialog_earlier_run")
-    finally:
-        dialog.answer(None)
-    dialog = ChoiceDialog(window, CHANGED_TITLE, changed_data_message(CHANGED),
-                          ["Resume with the changed data", "Start over"])
-    try:
-        grab(dialog, pump, "real_inputs_dialog_changed_data")
+        shot = screenshot(dialog, pump, screenshots, name)
+        assert shot.colours(dialog.message) > 10, f"{name}: no message"
+        assert all(shot.colours(button) > 4 for button in (*dialog.buttons.values(), dialog.cancel_button))
     finally:
         dialog.answer(None)

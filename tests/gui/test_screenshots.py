@@ -1,32 +1,29 @@
-"""Writes a screenshot of every tab, a run in progress, an error state, the tools with results and the caption
-editor to tests/screenshots/ (gitignored)."""
+"""A screenshot of every tab, a run in progress, an error state, the tools with results and the caption editor;
+each is checked for what it must show. They go to a temporary folder, or to $SEACHANGE_SCREENSHOTS to look at."""
 from __future__ import annotations
 
 import math
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageGrab
+from gui_helpers import screenshot
+from PIL import Image, ImageDraw
 
+from app.run_widgets import LR, RAW, SMOOTH
+from app.widgets import ERROR, WARNING
 from trainer import events as ev
 
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
+SHAPES = ("red", "blue", "green")  # the sample and grid images' shapes
 
 
-def grab(window, pump, name: str) -> Path:
-    pump(window, 0.35)
-    x, y = window.winfo_rootx(), window.winfo_rooty()
-    image = ImageGrab.grab(bbox=(x, y, x + window.winfo_width(), y + window.winfo_height()))
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    image.save(path)
-    assert len(image.getcolors(1 << 20) or range(99)) > 8, f"{name}: the screenshot is blank"
-    return path
+def dark(colour) -> str:
+    """A CTk colour setting as dark mode draws it (CTk gives light and dark as a pair)."""
+    return colour[1] if isinstance(colour, (list, tuple)) else colour
 
 
 def fake_sample(folder: Path, index: int, step: int) -> str:
     image = Image.new("RGB", (128, 128), ("white", "black")[index % 2])
-    colour = ("red", "blue", "green")[index % 3]
+    colour = SHAPES[index % 3]
     r = 20 + step // 10
     ImageDraw.Draw(image).ellipse((64 - r, 64 - r, 64 + r, 64 + r), fill=colour)
     path = folder / f"{index}-{step}.png"
@@ -48,7 +45,7 @@ def concept_images(folder: Path) -> Path:
     return folder
 
 
-def test_screenshots_of_every_tab(window, sessions, pump, tmp_path):
+def test_screenshots_of_every_tab(window, sessions, pump, tmp_path, screenshots):
     if window.preset.concepts:
         window.preset.concepts[0].path = str(concept_images(tmp_path / "images"))
         window.form.refresh()
@@ -56,7 +53,13 @@ def test_screenshots_of_every_tab(window, sessions, pump, tmp_path):
     for i, title in enumerate(window.tabs):
         if title not in ("run", "tools", "results"):  # shown with content below
             window.tabview.set(title)
-            grab(window, pump, f"{i + 1}_{title}")
+            shot = screenshot(window, pump, screenshots, f"{i + 1}_{title}")
+            frame = window.tabview.tab(title)
+            shown = [b.labelled.label for b in window.form.bindings if b.path and b.path.startswith(f"{title}.")
+                     and b.labelled and shot.inside(b.labelled.label, frame)]
+            assert shown, f"{title}: none of its fields is shown"
+            assert all(shot.colours(label) > 4 for label in shown), f"{title}: a field's label is blank"
+            assert shot.colours(frame) > 40, f"{title}: the tab looks empty"
     assert window.start()
     q = sessions[-1].events
     q.put(ev.RunStarted("workspace/demo", 400, 4, "cpu"))
@@ -74,7 +77,7 @@ def test_screenshots_of_every_tab(window, sessions, pump, tmp_path):
     q.put(ev.Log("info", "Run started on cpu: 400 steps, 4 epochs"))
     q.put(ev.Log("warning", "3 images have no caption file; using the concept caption"))
     q.put(ev.Status("Training"))
-    grab(window, pump, "7_run")
+    check_run(screenshot(window, pump, screenshots, "7_run"), window)
     sessions[-1].finish("failed", "Out of GPU memory: CUDA out of memory. Try a smaller batch size, gradient "
                                   "checkpointing, the 8-bit AdamW optimizer or the low-VRAM preset.")
     pump(window)
@@ -82,7 +85,27 @@ def test_screenshots_of_every_tab(window, sessions, pump, tmp_path):
     entry.delete(0, "end")
     entry.insert(0, "fast")
     window.tabview.set("training")
-    grab(window, pump, "8_training_error")
+    shot = screenshot(window, pump, screenshots, "8_training_error")
+    binding = window.form.bindings_for("training.learning_rate")[0]
+    assert shot.count(binding.widget, ERROR, 30) > 100, "the bad value's entry has no red border"
+    assert shot.count(binding.labelled._error_label, ERROR, 60) > 20, "the reason line is not shown"
+    assert shot.count(window.bottom.problem, WARNING, 60) > 20, "the bottom bar does not say why Start is off"
+
+
+def check_run(shot, window) -> None:
+    """The run in progress: curves in the chart, each prompt's newest sample, the log lines, the step bar."""
+    tab, bottom = window.run_tab, window.bottom
+    for colour, what in ((RAW, "loss"), (SMOOTH, "smoothed loss"), (LR, "learning rate")):
+        assert shot.count(tab.chart, colour, 12) > 150, f"the chart shows no {what} curve"
+    cards = [card for card in tab.gallery.cards.values() if shot.inside(card[1], tab.gallery)]
+    assert len(cards) >= 2, "the gallery shows fewer than two samples in full"
+    for (image_label, caption), colour in zip(cards, SHAPES):
+        assert shot.count(image_label, colour, 30) > 400, f"the {colour} sample is not shown"
+        assert shot.colours(caption) > 4, f"the {colour} sample has no caption"
+    assert shot.count(tab.log, WARNING, 60) > 20, "the log shows no warning line"
+    assert shot.colours(tab.log) > 10, "the log is empty"
+    assert bottom.step_label.cget("text") == "step 240/400" and shot.colours(bottom.step_label) > 4
+    assert shot.count(bottom.step_bar, dark(bottom.step_bar.cget("progress_color")), 10) > 200, "no progress"
 
 
 def shape_image(path: Path, i: int, size: int = 96) -> str:
@@ -96,9 +119,9 @@ def shape_image(path: Path, i: int, size: int = 96) -> str:
     return str(path)
 
 
-def test_screenshots_of_the_tools_results_and_caption_editor(window, fake_session, pump, tmp_path):
-    shoot_tools(window, fake_session, pump, tmp_path)
-    shoot_results(window, fake_session, pump, tmp_path)
+def test_screenshots_of_the_tools_results_and_caption_editor(window, fake_session, pump, tmp_path, screenshots):
+    shoot_tools(window, fake_session, pump, tmp_path, screenshots)
+    shoot_results(window, fake_session, pump, tmp_path, screenshots)
     window.preset.concepts[0].path = str(concept_images(tmp_path / "images"))
     window.form.refresh()
     concepts = window.tabs["concepts"]
@@ -110,12 +133,15 @@ def test_screenshots_of_the_tools_results_and_caption_editor(window, fake_sessio
     editor.replace_entry.insert(0, "backdrop")
     editor.replace_all()
     try:
-        grab(editor, pump, "12_caption_editor")
+        shot = screenshot(editor, pump, screenshots, "12_caption_editor")
+        assert shot.count(editor.preview, "blue", 30) > 1000, "the preview does not show the blue square"
+        assert shot.colours(editor.caption) > 10, "the caption box is empty"
+        assert shot.colours(editor.listbox) > 10 and shot.colours(editor.replace_result) > 4
     finally:
         editor.close()
 
 
-def shoot_tools(window, fake_session, pump, tmp_path) -> None:
+def shoot_tools(window, fake_session, pump, tmp_path, screenshots) -> None:
     """Generate data half way (fake events), then completed with Add as concept."""
     tools = window.tabs["tools"]
     out = tmp_path / "generated"
@@ -135,12 +161,17 @@ def shoot_tools(window, fake_session, pump, tmp_path) -> None:
             ("white", "black")[i // 4 % 2]
         q.put(ev.ImageGenerated(shape_image(out / f"{i:06d}.png", i),
                                 f"shp, a {colour} {shape} on a {ground} background", i + 1, 16))
-    grab(window, pump, "9_tools_running")
+    shot = screenshot(window, pump, screenshots, "9_tools_running")
+    assert tools.count_label.cget("text") == "7 / 16" and shot.colours(tools.count_label) > 4
+    newest, fourth = tools.cards[0][0], tools.cards[3][0]  # images 6 and 3: a green circle, a yellow square
+    assert shot.count(newest, "green", 30) > 500 and shot.count(fourth, "yellow", 30) > 500, "the strip is empty"
+    assert shot.colours(tools.spec_form.widget_for("prompts")) > 10, "the form is not shown"
     tools.runner.session.finish("completed", f"16 images generated (16 in all) in {out}", output_path=str(out))
-    grab(window, pump, "9_tools_done")
+    shot = screenshot(window, pump, screenshots, "9_tools_done")
+    assert shot.colours(tools.add_button) > 4 and shot.colours(tools.message_label) > 4
 
 
-def shoot_results(window, fake_session, pump, tmp_path) -> None:
+def shoot_results(window, fake_session, pump, tmp_path, screenshots) -> None:
     """A grid of samples filling in (fake events), then the form of a models comparison."""
     from trainer.specs import CompareModel
     results = window.tabs["results"]
@@ -158,7 +189,10 @@ def shoot_results(window, fake_session, pump, tmp_path) -> None:
     for r in range(3):
         for c in range(len(columns) - (r == 2) * 3):
             q.put(ev.GridCell(fake_sample(tmp_path, r, 40 * c), r, c, r * len(columns) + c + 1, 27))
-    grab(window, pump, "10_results_samples")
+    shot = screenshot(window, pump, screenshots, "10_results_samples")
+    assert results.count_label.cget("text") == "24 / 27" and shot.colours(results.count_label) > 4
+    for colour in SHAPES[:2]:  # the third row is below the fold
+        assert shot.count(results.grid_view.canvas, colour, 30) > 2000, f"no {colour} cells in the grid"
     results.runner.session.finish("completed", f"grid of 3 x 9 written to {tmp_path / 'compare.png'}",
                                   output_path=str(tmp_path / "compare.png"))
     results.spec_form.widget_for("source").set("models")
@@ -170,4 +204,6 @@ def shoot_results(window, fake_session, pump, tmp_path) -> None:
     results.spec.seeds = [1, 2]
     results.spec_form.refresh("seeds")
     results.validate_now()
-    grab(window, pump, "11_results_models")
+    shot = screenshot(window, pump, screenshots, "11_results_models")
+    assert len(results.spec.models) == 3 and shot.colours(results.models_editor) > 20, "no model rows"
+    assert shot.colours(results.prompts_editor) > 20, "no prompt rows"
