@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import InputError
+from trainer.event_log import EVENT_LOG
 
 MANIFEST = "manifest.json"  # a backup folder counts once this file is written (trainer/backup.py)
 RUN_FILE = "run.json"
@@ -25,7 +26,7 @@ RUN_ID_KEY = "seachange.run_id"
 PRESET_KEY = "seachange.preset"
 DIFFUSERS_METADATA = "seachange_metadata.json"  # trainer.models.METADATA_FILE (models imports torch)
 # What a run writes into its workspace; all of it moves aside together when the user starts over.
-RUN_PARTS = ("backup", "samples", "save", "tensorboard", "preset.json", RUN_FILE)
+RUN_PARTS = ("backup", "samples", "save", "tensorboard", "preset.json", RUN_FILE, EVENT_LOG)
 
 
 @dataclass
@@ -216,7 +217,7 @@ def _free_name(path: Path) -> Path:
 
 def move_earlier_run(preset, earlier: EarlierRun) -> list[str]:
     """Start over: move the earlier run's files out of the way, never deleting them. Its workspace parts
-    (backups, samples, saves, TensorBoard, preset and run id) go to WORKSPACE/earlier/<date-time>/; its model
+    (backups, samples, saves, TensorBoard, preset, run id and record of events) go to WORKSPACE/earlier/<date-time>/; its model
     goes there too when it lies in the workspace, else it is renamed beside itself (NAME.earlier-<date-time>).
     Returns one line per move, for the log."""
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -44,9 +44,12 @@ def compare_job(emit, commands, spec):
 def run_job(job: Callable, args: tuple, emit, commands) -> None:
     """Run a job and emit its RunFinished: exactly one, last, whatever happens. The user's mistakes (bad preset,
     input or model file) and known failures of the run (errors.is_run_failure) end with their message alone; any
-    other failure is a bug and also logs its traceback. No text carries terminal escape codes."""
+    other failure is a bug and also logs its traceback. No text carries terminal escape codes. A training's
+    events are also recorded in its workspace (event_log.EventRecorder)."""
     from trainer.errors import plain_text
+    from trainer.event_log import EventRecorder
     finished = ev.RunFinished("failed", "the run ended without a result")
+    emit = EventRecorder(emit)
 
     def clean_emit(event):
         if isinstance(event, ev.Log):
