@@ -79,8 +79,8 @@ def main() -> int:
                         hidden = torch.randn(b, 77, 768)
                     pred = unet(noisy.to(torch.bfloat16), timesteps, hidden.to(torch.bfloat16)).sample
                 loss = torch.nn.functional.mse_loss(pred.float(), noise)
-                stepper.backward(loss, 1.0)
-                stepper._finish()  # the last bucket (Stepper.step would read the loss, which fake tensors lack)
+                loss.backward()  # the Stepper's hooks step full buckets during it
+                stepper.step_bucket()  # the last one (Stepper.step would read the loss, which fake tensors lack)
                 if step == 0:
                     tracker.reset_mod_stats()
         peak = tracker.get_tracker_snapshot("peak")

@@ -68,8 +68,8 @@ def main() -> int:
 
             def fused_step():
                 for p in order:
-                    stepper._add(p)
-                stepper._finish()
+                    stepper.add_to_bucket(p)
+                stepper.step_bucket()
             row[label] = median_ms(fused_step, params)
         rows.append(row)
         print(json.dumps(row), flush=True)

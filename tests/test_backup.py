@@ -112,7 +112,7 @@ def test_backup_before_save_on_completion_and_stop(tiny_model_dir, color_concept
     kinds = [(e.kind, e.step) for e in events if isinstance(e, ev.CheckpointWritten)]
     assert kinds == [("backup", 4), ("backup", 6), ("final", 6)]
     names = [p.name for p in complete_backups(tmp_path / "ws" / "backup")]
-    assert names == ["step0000004-epoch0001", "step0000006-epoch0001"]
+    assert names == ["step0000004-epoch0001", "step0000006-epoch0002"]
     finished, events = run(preset, resume="latest")
     assert finished.outcome == "completed"
     assert [(e.kind, e.step) for e in events if isinstance(e, ev.CheckpointWritten)] == \
@@ -219,7 +219,7 @@ def test_nan_loss_fails_naming_the_step_and_keeps_the_backup(tiny_model_dir, col
     with pytest.raises(NonFiniteLoss, match="at step 3; the weights were not updated") as e:
         run(preset)
     assert "learning rate too high" in str(e.value)
-    assert [p.name for p in complete_backups(tmp_path / "ws" / "backup")][-1] == "step0000002-epoch0000"
+    assert [p.name for p in complete_backups(tmp_path / "ws" / "backup")][-1] == "step0000002-epoch0001"
 
 
 def test_nan_run_failure_through_session(tiny_model_dir, color_concept, tmp_path, monkeypatch):
@@ -232,7 +232,7 @@ def test_nan_run_failure_through_session(tiny_model_dir, color_concept, tmp_path
     finished = list(session.events.queue)[-1]
     assert finished.outcome == "failed" and "step 3" in finished.message and "fp16" in finished.message
     backups = complete_backups(tmp_path / "ws" / "backup")
-    assert [p.name for p in backups] == ["step0000001-epoch0000", "step0000002-epoch0000"]
+    assert [p.name for p in backups] == ["step0000001-epoch0001", "step0000002-epoch0001"]
     weights = load_file(str(backups[-1] / "unet.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert not Path(preset.model.output_path).exists()  # poisoned weights are never saved
@@ -266,7 +266,7 @@ def test_disk_full_during_backup_keeps_earlier_files(tiny_model_dir, color_conce
     finished = list(session.events.queue)[-1]
     assert finished.outcome == "failed" and "No space left on device" in finished.message
     backups = tmp_path / "ws" / "backup"
-    assert [p.name for p in complete_backups(backups)] == ["step0000002-epoch0000"]
+    assert [p.name for p in complete_backups(backups)] == ["step0000002-epoch0001"]
     assert not list(backups.glob(".*"))  # the half-written backup was removed
     assert load_file(str(complete_backups(backups)[0] / "unet.safetensors"))
 

@@ -147,19 +147,19 @@ def test_only_the_main_process_writes(two_process_run):
     kinds = [kind for kind, _ in r0["written"]]
     assert kinds == ["backup", "sample", "backup", "sample", "backup", "final"]
     assert [p.name for p in complete_backups(tmp / "ws" / "backup")] == \
-        ["step0000002-epoch0000", "step0000004-epoch0001", "step0000006-epoch0002"]
-    assert json.loads((tmp / "ws" / "backup" / "step0000002-epoch0000" / "manifest.json").read_text())[
+        ["step0000002-epoch0001", "step0000004-epoch0002", "step0000006-epoch0002"]
+    assert json.loads((tmp / "ws" / "backup" / "step0000002-epoch0001" / "manifest.json").read_text())[
         "num_processes"] == 2
     assert len(list((tmp / "ws" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (tmp / "ws" / "samples").glob("*.png")) == \
-        ["step0000003-epoch0000-prompt00-seed0.png", "step0000006-epoch0001-prompt00-seed0.png"]
+        ["step0000003-epoch0001-prompt00-seed0.png", "step0000006-epoch0002-prompt00-seed0.png"]
     out = result.stderr
     assert out.count("final written:") == 1 and out.count("backup written:") == 3
 
 
 def test_resume_with_two_processes_matches_the_uninterrupted_run(two_process_run):
     preset, tmp, _ = two_process_run
-    backup = tmp / "ws" / "backup" / "step0000002-epoch0000"
+    backup = tmp / "ws" / "backup" / "step0000002-epoch0001"
     result = launch(tmp / "preset.json", tmp / "dump_resumed", "--resume", str(backup), "--quiet")
     assert result.returncode == 0, result.stderr[-4000:]
     r0, r1 = ranks(tmp / "dump_resumed")
@@ -172,7 +172,7 @@ def test_resume_with_two_processes_matches_the_uninterrupted_run(two_process_run
 def test_resume_with_another_process_count_is_refused(two_process_run):
     from trainer.loop import train
     preset, tmp, _ = two_process_run
-    backup = tmp / "ws" / "backup" / "step0000002-epoch0000"
+    backup = tmp / "ws" / "backup" / "step0000002-epoch0001"
     with pytest.raises(InputError, match=r"written by a run on 2 process\(es\) and this run has 1"):
         train(preset, lambda e: None, queue.Queue(), resume=str(backup))
 

@@ -263,7 +263,7 @@ def test_failed_final_save_keeps_the_training_in_a_backup(tiny_model_dir, color_
     finished, events = session_run(preset)
     assert finished.outcome == "failed" and not finished.bad_input
     assert "No space left on device" in finished.message and "backup" in finished.message
-    backup = Path(preset.general.workspace_dir) / "backup" / "step0000002-epoch0000"
+    backup = Path(preset.general.workspace_dir) / "backup" / "step0000002-epoch0001"
     assert str(backup) in finished.message and (backup / "manifest.json").is_file()
     monkeypatch.setattr(outputs, "save_model", real_save)
     finished, events = run(preset, resume=str(backup))  # the fix the message gives: only writes the model

@@ -61,7 +61,9 @@ def test_cli_demo_run_writes_model_samples_and_tensorboard(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(trained.unet.state_dict().values(),
                                                        base.unet.state_dict().values()))
     samples = sorted(p.name for p in (tmp_path / "workspace" / "demo" / "samples").glob("*.png"))
-    assert samples == [f"step{s:07d}-epoch0000-prompt{i:02d}-seed{i + 1}.png" for s in (0, 2, 4) for i in (0, 1)]
+    # before training: epoch 0; steps 2 and 4 of the first epoch: epoch 1 (backup.Position.epoch_number)
+    assert samples == [f"step{s:07d}-epoch{min(s, 1):04d}-prompt{i:02d}-seed{i + 1}.png" for s in (0, 2, 4)
+                       for i in (0, 1)]
     assert list((tmp_path / "workspace" / "demo" / "tensorboard").glob("events.out.tfevents.*"))
     resolved = json.loads((tmp_path / "workspace" / "demo" / "preset.json").read_text())
     assert resolved["training"]["max_steps"] == 4 and resolved["version"] == 1

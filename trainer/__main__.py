@@ -1,4 +1,5 @@
-"""Command line: python -m trainer train|generate-data|compare|bench|cache|stats|make-demo|convert ... (headless, same session as the window). No UI here."""
+"""Command line: python -m trainer train|generate-data|compare|bench|cache|stats|make-demo|convert ... (headless,
+the same sessions as the window). No UI here."""
 from __future__ import annotations
 
 import argparse
@@ -113,13 +114,13 @@ def fill_caches(preset, emit, progress=None) -> dict:
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = frozen_dtype(preset.training.mixed_precision, device)
     emit(ev.Status(f"Loading {preset.model.base_model}"))
-    c = load_model(preset.model.base_model, preset.model.base_config or None, load_ema=preset.model.load_ema)
-    c.vae.requires_grad_(False).eval().to(device, dtype)
+    components = load_model(preset.model.base_model, preset.model.base_config or None, load_ema=preset.model.load_ema)
+    components.vae.requires_grad_(False).eval().to(device, dtype)
     encode_text = not preset.training.train_text_encoder
     if encode_text:
-        c.text_encoder.requires_grad_(False).eval().to(device, dtype)
+        components.text_encoder.requires_grad_(False).eval().to(device, dtype)
     plan = EpochPlan(preset, items)
-    plan.prepare(c, device, dtype, encode_text, emit, progress)
+    plan.prepare(components, device, dtype, encode_text, emit, progress)
     return plan.report
 
 

@@ -35,10 +35,17 @@ BREAKING = (
 
 @dataclass
 class Position:
-    """Where the run stands: optimizer steps done, the epoch, and steps done inside that epoch."""
+    """Where the run stands: optimizer steps done, the epoch (0-based) the next step belongs to, and steps done
+    inside that epoch. After an epoch's last step it stands at the next epoch's beginning (epoch + 1, 0)."""
     step: int
     epoch: int
     epoch_step: int
+
+    @property
+    def epoch_number(self) -> int:
+        """The 1-based number of the epoch the last step done belongs to (0 before any step): the number every
+        file name, sample and message shows ("epoch 3" from the third epoch's first step to its last)."""
+        return self.epoch + 1 if self.epoch_step > 0 else self.epoch
 
 
 class TrainingState:
@@ -51,6 +58,7 @@ class TrainingState:
                                                                                   ema, losses)
 
     def state_dict(self) -> dict:
+        """{"optimizer", "lr_scheduler", "scaler", "ema", "rng", "losses"}: what torch.save writes as state.pt."""
         return {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema else None, "rng": rng_state(),
@@ -69,6 +77,7 @@ class TrainingState:
 
 
 def rng_state() -> dict:
+    """The states of python's, numpy's, torch's and (when there is one) CUDA's random generators."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     np_state = np.random.get_state()
     state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
@@ -78,6 +87,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() gave (CUDA's only where there is a GPU)."""
     random.setstate(_tuples(state["python"]))
     torch.set_rng_state(state["torch"])
     kind, keys, *rest = state["numpy"]
@@ -105,7 +115,7 @@ def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Pres
                  num_processes: int = 1, run_id: str = "", dataset: dict | None = None) -> Path:
     """Write one backup folder atomically; on any error the partial folder is removed and the error raised.
     The manifest records the process count (the position inside an epoch is counted in steps of all of them)
-    and the run's id; dataset.json the images trained on (data.dataset_record), checked on resume."""
+    and the run's id; dataset.json the images trained on (inputs.dataset_record), checked on resume."""
     from safetensors.torch import save_file
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
@@ -192,7 +202,7 @@ def check_backup(folder: Path, current: Preset, num_processes: int, dataset: dic
 
     Raises InputError when the process count differs (an epoch's steps, and so the position inside it, depend
     on how many processes share it), when a preset change breaks resume (compare_presets), and, unless
-    allow_changed_data, when the concepts' files changed since the backup (`dataset`: data.dataset_record of
+    allow_changed_data, when the concepts' files changed since the backup (`dataset`: inputs.dataset_record of
     the images now; refusal "data_changed")."""
     from trainer.inputs import dataset_changes
     try:
@@ -303,8 +313,9 @@ def check_folders_and_disk(preset: Preset) -> None:
         _check_writable(label, folder)
         free = shutil.disk_usage(folder).free
         if free < needs[key]:
+            what = "backup" if key == "workspace" else "save"
             raise InputError(f"{label}: only {free / 2**30:.1f} GiB free in {folder}; about "
-                             f"{needs[key] / 2**30:.1f} GiB is needed for a {'backup' if key == 'workspace' else 'save'}")
+                             f"{needs[key] / 2**30:.1f} GiB is needed for a {what}")
     for name in RUN_FOLDERS:
         if (workspace / name).exists():
             _check_writable("general.workspace_dir", workspace / name)

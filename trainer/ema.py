@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from trainer.config import TrainingConfig
+
 
 class EMA:
     """Shadow copies in float32. Decay warms up as (1 + n) / (10 + n), capped at `decay`, like diffusers' EMAModel."""
@@ -51,7 +53,7 @@ class EMA:
             shadow.copy_(saved)
 
 
-def training_ema(training, params: list, accelerator) -> EMA | None:
+def training_ema(training: TrainingConfig, params: list, accelerator) -> EMA | None:
     """The EMA the preset's training section (config.TrainingConfig `training`) asks for (training.ema: off, gpu, cpu;
     training.ema_decay), on the main process only: only it samples and saves. None when off or elsewhere."""
     if training.ema == "off" or not accelerator.is_main_process:

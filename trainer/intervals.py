@@ -17,6 +17,8 @@ class Interval:
         self.last_time = clock()
 
     def due_after_step(self, step: int) -> bool:
+        """Due after optimizer step `step` (1-based): every `every` steps, or `every` minutes since it was last
+        due (the clock restarts then)."""
         if self.unit == "steps":
             return step % self.every == 0
         if self.unit == "minutes" and self.clock() - self.last_time >= self.every * 60:
@@ -25,6 +27,7 @@ class Interval:
         return False
 
     def due_after_epoch(self, epochs_done: int) -> bool:
+        """Due once `epochs_done` whole epochs are done: every `every` epochs."""
         return self.unit == "epochs" and epochs_done % self.every == 0
 
 
@@ -36,6 +39,7 @@ class Actions:
     save: bool = False
 
     def any(self) -> bool:
+        """Anything due at all."""
         return self.sample or self.backup or self.save
 
 
@@ -45,11 +49,11 @@ class Boundaries:
     for them now. No backup is due after the last step: the end of the run writes its own."""
 
     def __init__(self, preset: Preset, total_steps: int, clock=time.monotonic):
-        b = preset.backup
+        backup = preset.backup
         self.sample_every = Interval(preset.sampling.every, preset.sampling.unit, clock)
-        self.backup_every = Interval(b.backup_every, b.backup_unit, clock)
-        self.save_every = Interval(b.save_every, b.save_unit, clock)
-        self.save_skip_first, self.total_steps = b.save_skip_first, total_steps
+        self.backup_every = Interval(backup.backup_every, backup.backup_unit, clock)
+        self.save_every = Interval(backup.save_every, backup.save_unit, clock)
+        self.save_skip_first, self.total_steps = backup.save_skip_first, total_steps
         self.periodic_saves = 0
 
     def after_step(self, step: int) -> Actions:

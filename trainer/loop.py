@@ -49,13 +49,15 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     np.random.seed(preset.general.seed % 2**32)
     # 3. The model, loaded offline: each part on its device and dtype, the objective resolved.
     model = TrainingModel.load(preset, inputs.items, device, emit)
-    # 4. The epoch plan; the main process fills the caches, the others then only read them.
+    # 4. The optimizer, stepped as the preset asks (optim.Stepper).
+    stepper = optim.make_stepper(training, model.parameter_groups(training), accelerator, defer_loss_reads)
+    # 5. The epoch plan; the main process fills the caches, the others then only read them.
     plan = EpochPlan(preset, inputs.items, accelerator.process_index, accelerator.num_processes)
     with main_process_first(accelerator):
-        plan.prepare(model.components, device, model.frozen_dtype, not model.text_encoder_trains, emit)
+        plan.prepare(model.components, device, model.frozen_dtype, encode_text=not model.text_encoder_trains,
+                     emit=emit)
     total_steps, total_epochs = plan.run_length(training.epochs, training.max_steps)
-    # 5. Optimizer (stepped as the preset asks), LR schedule, EMA, loss bookkeeping; the models to accelerate.
-    stepper = optim.make_stepper(training, model.parameter_groups(training), accelerator, defer_loss_reads)
+    # 6. LR schedule, EMA, loss bookkeeping, outputs; the models handed to accelerate.
     lr_scheduler = optim.make_lr_scheduler(training.lr_scheduler, stepper.optimizer, training.lr_warmup_steps,
                                            total_steps)
     model.prepare(accelerator, preset, plan.needs_vae_encoder, plan.needs_text_encoder, emit)
@@ -63,9 +65,9 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     tensorboard = TensorBoard(preset, accelerator, emit)
     losses = LossTracker(total_steps, total_epochs, training.skip_nan_steps, stepper.deferred, emit,
                          tensorboard.log_scalars, time_first_step=training.compile)
-    state = TrainingState(stepper.accelerated, lr_scheduler, accelerator.scaler, ema, losses)
+    state = TrainingState(stepper.prepared_optimizer, lr_scheduler, accelerator.scaler, ema, losses)
     outputs = RunOutputs(preset, emit, accelerator, model, state, tensorboard, inputs.run_id, inputs.dataset)
-    # 6. Resume: weights, optimizer, LR schedule, grad scaler, EMA, RNGs, losses, the position inside the epoch.
+    # 7. Resume: weights, optimizer, LR schedule, grad scaler, EMA, RNGs, losses, the position inside the epoch.
     start = resume_from(inputs.backup_folder, inputs.start, model, state, plan, accelerator, emit)
     boundaries = Boundaries(preset, total_steps)
     emit(ev.RunStarted(str(outputs.workspace), total_steps, total_epochs, str(device)))
@@ -76,22 +78,22 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     started = losses.start()  # the clock of the speed, the time left and the run's duration
     try:
         while position.step < total_steps and outcome == "completed":
-            # 7. An epoch: a seeded order of every image use, cut into optimizer steps of micro-batches.
+            # 8. An epoch: a seeded order of every image use, cut into optimizer steps of micro-batches.
             model.freeze_text_encoder_at(training.text_encoder_stop_epoch, epoch, emit)
             epoch_steps, first_step = plan.epoch_steps(epoch), start.epoch_step if epoch == start.epoch else 0
             for epoch_step, micro_batches in enumerate(plan.iter_epoch(epoch, first_step), start=first_step):
-                # 8. The step's loss over its micro-batches, each backpropagated (step.py).
-                samples = plan.step_samples(epoch, epoch_step) / accelerator.num_processes
-                loss = step_loss(micro_batches, samples, model, stepper, accelerator, training, preset.general.seed,
-                                 epoch)
-                # 9. The optimizer step (a non-finite loss never reaches the weights), LR schedule, EMA.
+                # 9. The step's loss over its micro-batches, each backpropagated (step.py).
+                loss = step_loss(micro_batches, model, stepper, accelerator, training, seed=preset.general.seed,
+                                 epoch=epoch, samples_per_process=plan.step_samples(epoch, epoch_step)
+                                 / accelerator.num_processes)
+                # 10. The optimizer step (a non-finite loss never reaches the weights), LR schedule, EMA.
                 loss, stepped = stepper.step(loss)
                 lr_scheduler.step()  # skipped steps count too: the schedule follows the step counter
                 if stepped and ema:
                     ema.step()
                 step, epoch_done = position.step + 1, epoch_step + 1 == epoch_steps
                 position = Position(step, epoch + 1, 0) if epoch_done else Position(step, epoch, epoch_step + 1)
-                # 10. Report (deferred losses are read before anything records them), and agree on the commands.
+                # 11. Report (deferred losses are read before anything records them), and agree on the commands.
                 lr = optim.current_lr(stepper.optimizer)
                 losses.add(StepLoss(step, epoch, epoch_step + 1, epoch_steps, lr, loss))
                 due = boundaries.after_step(step)
@@ -99,17 +101,17 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
                 asked = commands_now(accelerator, commands)
                 if asked:
                     losses.report(force=True)  # a command acts on the step the window last showed
-                # 11. Step boundary: samples, backups and saves due or asked for; a stop.
-                outputs.at_boundary(boundaries.with_commands(due, asked, step), position, epoch)
+                # 12. Step boundary: samples, backups and saves due or asked for; a stop.
+                outputs.at_boundary(boundaries.with_commands(due, asked, step), position)
                 outcome = "stopped" if ev.STOP in asked else outcome
                 if outcome == "stopped" or step >= total_steps:
                     break
-            if outcome == "completed" and position.step < total_steps:
-                # 12. Epoch boundary: samples, backups and saves due after whole epochs.
+            if outcome == "completed":
+                # 13. Epoch boundary: samples, backups and saves due after whole epochs (none after the last step).
                 epoch += 1
-                outputs.at_boundary(boundaries.after_epoch(epoch, position.step), position, epoch)
-        # 13. The end, completed or stopped: the last samples, a backup to continue from, the final model.
-        output = outputs.finish(outcome == "completed", position, epoch)
+                outputs.at_boundary(boundaries.after_epoch(epoch, position.step), position)
+        # 14. The end, completed or stopped: the last samples, a backup to continue from, the final model.
+        output = outputs.finish(outcome == "completed", position)
         accelerator.wait_for_everyone()  # several processes end together, once the main one has saved
         message = (f"{outcome} after {position.step} steps in {time.monotonic() - started:.0f} s; model written to "
                    f"{output}" + sampling_hint(model.prediction_type, training.zero_terminal_snr))

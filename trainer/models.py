@@ -255,7 +255,8 @@ def _read_safetensors(path: Path) -> dict:
 
 def _read_pickle_checkpoint(path: Path) -> dict:
     """A .ckpt read with weights_only=True: tensors, containers, and the harmless bookkeeping of Lightning
-    training checkpoints (checkpoint_pickle.checkpoint_safe_globals), never arbitrary code. Returns the tensors of its state dict."""
+    training checkpoints (checkpoint_pickle.checkpoint_safe_globals), never arbitrary code. Returns the tensors of
+    its state dict."""
     import pickle
 
     import torch

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import torch
 from diffusers.optimization import get_scheduler
 
-from trainer.config import LR_SCHEDULERS, OPTIMIZERS
+from trainer.config import LR_SCHEDULERS, OPTIMIZERS, TrainingConfig
 
 
 def _normalize_groups(param_groups: Iterable[Any]) -> list[dict]:
@@ -139,7 +139,8 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return lr
 
 
-def make_stepper(training, param_groups: list[dict], accelerator, defer_loss_reads: bool | None = None) -> "Stepper":
+def make_stepper(training: TrainingConfig, param_groups: list[dict], accelerator,
+                 defer_loss_reads: bool | None = None) -> "Stepper":
     """The Stepper the preset's training section (config.TrainingConfig `training`) asks for: its optimizer, learning
     rate and weight decay; master weights for bf16 weights with stochastic rounding; the fused back pass; gradient
     clipping. defer_loss_reads: None reads losses back in batches on a GPU only (see Stepper)."""
@@ -173,8 +174,8 @@ class Stepper:
     - plain: the optimizer's own step after the back pass, all parameters at once (fused where it can be);
     - deferred loss reads (`defer_loss_reads`, on a GPU): the step's loss is not read back to decide whether to
       step; the optimizer skips a non-finite step on the device (torch's fused AdamW and SGD take the grad
-      scaler's found_inf flag), so the GPU never waits for the host. Only where the optimizer can do that, with
-      plain float32 weights, no fused back pass and no fp16 grad scaler; otherwise the loss is read every step;
+      scaler's found_inf flag), so the GPU never waits for the host. Only where the optimizer can do that, without
+      master weights, the fused back pass or the fp16 grad scaler; otherwise the loss is read every step;
     - master weights (`master_weights`, bf16 weights with stochastic rounding): the optimizer works on float32
       proxies that exist only while a bucket of parameters is stepped; its state lives with the proxies (float32,
       or 8-bit for adamw8bit); the new weights are rounded stochastically into the bf16 parameters;
@@ -216,7 +217,7 @@ class Stepper:
             groups = param_groups
         self.optimizer = make_optimizer(name, groups, lr, weight_decay=weight_decay)  # the library's own
         # What steps and what backups save: accelerate's wrapper (the fp16 grad scaler) or the optimizer itself.
-        self.accelerated = accelerator.prepare_optimizer(self.optimizer) if accelerator else self.optimizer
+        self.prepared_optimizer = accelerator.prepare_optimizer(self.optimizer) if accelerator else self.optimizer
         self.group_of = {p: index for index, group in enumerate(param_groups) for p in group["params"]}
         self.bucket: list[torch.Tensor] = []
         self.bucket_size = 0
@@ -225,7 +226,7 @@ class Stepper:
                          and (accelerator is None or accelerator.scaler is None))
         if fused_backward:
             for p in self.params:
-                p.register_post_accumulate_grad_hook(self._add)
+                p.register_post_accumulate_grad_hook(self.add_to_bucket)
 
     # -- the interface: a back pass per micro-batch, a step per optimizer step ------------------------------
 
@@ -256,18 +257,18 @@ class Stepper:
             self.zero_grad()
             return loss, False
         if self.fused_backward:
-            self._finish()  # full buckets were stepped during the back pass; now the last one
+            self.step_bucket()  # full buckets were stepped during the back pass; now the last one
         else:
             if self.max_grad_norm > 0:
                 self._clip()
             if self.master_weights:
                 for p in self.params:
                     if p.grad is not None:
-                        self._add(p)
-                self._finish()
+                        self.add_to_bucket(p)
+                self.step_bucket()
             else:
-                self.accelerated.step()
-        self.accelerated.zero_grad(set_to_none=True)
+                self.prepared_optimizer.step()
+        self.prepared_optimizer.zero_grad(set_to_none=True)
         return loss, True
 
     def zero_grad(self) -> None:
@@ -276,7 +277,7 @@ class Stepper:
             p.grad = None
         self.bucket, self.bucket_size = [], 0
 
-    # -- inside: clipping and buckets -----------------------------------------------------------------------
+    # -- clipping and buckets -----------------------------------------------------------------------
 
     def _clip(self) -> None:
         if self.accelerator is not None:  # unscales fp16 gradients first; the same norm on every process
@@ -284,18 +285,19 @@ class Stepper:
         else:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
 
-    def _add(self, p: torch.Tensor) -> None:
+    def add_to_bucket(self, p: torch.Tensor) -> None:
         """Put `p` (its gradient complete) in the bucket; step the bucket when it is full. A bucket holds
         weights of one device."""
         if self.bucket and (self.bucket_size + p.numel() > self.BUCKET or p.device != self.bucket[0].device):
-            self._finish()
+            self.step_bucket()
         self.bucket.append(p)
         self.bucket_size += p.numel()
         if self.bucket_size >= self.BUCKET:
-            self._finish()
+            self.step_bucket()
 
-    def _finish(self) -> None:
-        """Step what is in the bucket."""
+    def step_bucket(self) -> None:
+        """Step what is in the bucket now (Stepper.step does it; a caller stepping buckets itself, as the
+        benchmarks do, calls it after add_to_bucket)."""
         bucket, self.bucket, self.bucket_size = self.bucket, [], 0
         self._run(bucket)
 

@@ -35,7 +35,7 @@ class RunOutputs:
                  tensorboard: "TensorBoard", run_id: str = "", dataset: dict | None = None):
         """run_id: this run's id (trainer.runs), written into every model and backup; dataset: the images trained
         on (inputs.dataset_record), written into every backup."""
-        self.preset, self.emit, self.acc, self.model, self.state = preset, emit, accelerator, model, state
+        self.preset, self.emit, self.accelerator, self.model, self.state = preset, emit, accelerator, model, state
         self.tensorboard, self.ema, self.run_id, self.dataset = tensorboard, state.ema, run_id, dataset
         self.prediction_type = model.prediction_type  # written into every model's metadata
         self.workspace = Path(preset.general.workspace_dir).expanduser()
@@ -43,39 +43,40 @@ class RunOutputs:
         self.backed_up: Position | None = None  # the position of the last backup written
         self.backed_up_path: Path | None = None
 
-    def at_boundary(self, due: Actions, position: Position, epoch: int) -> None:
-        """Write what is due after a step or an epoch (intervals.Boundaries): samples (named by `epoch`), a
-        backup at `position`, a save."""
+    def at_boundary(self, due: Actions, position: Position) -> None:
+        """Write what is due after a step or an epoch (intervals.Boundaries) at `position`: samples, a backup,
+        a save."""
         if due.sample:
-            self.sample(position.step, epoch)
+            self.sample(position.step, position.epoch_number)
         if due.backup:
             self.backup(position)
         if due.save:
-            self.save(self.save_now_path(position.step, epoch), "save", position.step)
+            self.save(self.save_now_path(position), "save", position.step)
 
-    def finish(self, completed: bool, position: Position, epoch: int) -> Path:
+    def finish(self, completed: bool, position: Position) -> Path:
         """The end of a run, completed or stopped: the last samples (when completed and not just sampled), a
         backup to continue from (backup.backup_before_save), the final model. Returns where it was written."""
         sampling = self.preset.sampling
         sampled_now = sampling.unit == "steps" and position.step % sampling.every == 0
         if completed and sampling.unit != "never" and not sampled_now:
-            self.sample(position.step, epoch)
+            self.sample(position.step, position.epoch_number)
         if self.preset.backup.backup_before_save:
             self.backup(position)
         return self.save_final(position)
 
     def sample(self, step: int, epoch: int) -> None:
-        """Render every sample prompt from the modules in memory (EMA weights swapped in when EMA is on)."""
-        if not self.preset.sampling.prompts or not self.acc.is_main_process:
+        """Render every sample prompt from the modules in memory (EMA weights swapped in when EMA is on), named
+        and reported with `step` and `epoch` (Position.epoch_number)."""
+        if not self.preset.sampling.prompts or not self.accelerator.is_main_process:
             return
         self.emit(ev.Status(f"Sampling at step {step}"))
-        unwrapped = self.model.unwrapped(self.acc)
+        unwrapped = self.model.unwrapped(self.accelerator)
         was_training = unwrapped.unet.training, unwrapped.text_encoder.training
         unwrapped.unet.eval(); unwrapped.text_encoder.eval()
         parked = [module for module in (unwrapped.vae, unwrapped.text_encoder)
-                  if module.device.type == "cpu" and self.acc.device.type != "cpu"]
+                  if module.device.type == "cpu" and self.accelerator.device.type != "cpu"]
         for module in parked:  # the VAE and a frozen text encoder wait in CPU memory between samples
-            module.to(self.acc.device)
+            module.to(self.accelerator.device)
         if self.ema:
             self.ema.swap_in()
         try:
@@ -83,8 +84,8 @@ class RunOutputs:
             for index, prompt in enumerate(self.preset.sampling.prompts):
                 pipe = make_pipeline(unwrapped.unet, unwrapped.vae, unwrapped.text_encoder, unwrapped.tokenizer,
                                      unwrapped.noise_scheduler.config, prompt.sampler)
-                with self.acc.autocast():
-                    image = generate(pipe, prompt, self.acc.device,
+                with self.accelerator.autocast():
+                    image = generate(pipe, prompt, self.accelerator.device,
                                      max_token_length=self.preset.training.max_token_length)
                 path = sample_path(self.samples_dir, step, epoch, index, prompt.seed)
                 image.save(path)
@@ -101,7 +102,7 @@ class RunOutputs:
 
     def save(self, path: Path, kind: str, step: int) -> Path:
         """Write the model (EMA weights when on) in the preset's output format and dtype."""
-        if not self.acc.is_main_process:
+        if not self.accelerator.is_main_process:
             return path
         self.emit(ev.Status(f"Saving {path}"))
         size = self.preset.training.resolution.split(",")[0].strip()
@@ -121,7 +122,7 @@ class RunOutputs:
         if self.ema:
             self.ema.swap_in()
         try:
-            written = save_model(self.model.unwrapped(self.acc), path, self.preset.model.output_format,
+            written = save_model(self.model.unwrapped(self.accelerator), path, self.preset.model.output_format,
                                  self.preset.model.output_dtype, metadata)
         finally:
             if self.ema:
@@ -142,7 +143,7 @@ class RunOutputs:
         try:
             return self.save(target, "final", position.step)
         except Exception as error:  # noqa: BLE001 - any failure of the save is answered the same way
-            if not self.acc.is_main_process:
+            if not self.accelerator.is_main_process:
                 raise
             reason = plain_text(str(error).splitlines()[0] if str(error) else type(error).__name__)
             try:
@@ -161,30 +162,29 @@ class RunOutputs:
                     kept = f"No backup ({backup_error}) or emergency save ({last}) could be written either"
             raise FinalSaveFailed(f"The final model could not be written to {target}: {reason}. {kept}.") from error
 
-    def save_now_path(self, step: int, epoch: int) -> Path:
-        """WORKSPACE/save/PREFIXstep0000012-epoch0003[.safetensors]: a save during the run."""
+    def save_now_path(self, position: Position) -> Path:
+        """WORKSPACE/save/PREFIXstep0000012-epoch0003[.safetensors]: a save during the run (Position.epoch_number)."""
         suffix = ".safetensors" if self.preset.model.output_format == "single_file" else ""
-        name = f"{self.preset.backup.prefix}step{step:07d}-epoch{epoch:04d}{suffix}"
+        name = f"{self.preset.backup.prefix}step{position.step:07d}-epoch{position.epoch_number:04d}{suffix}"
         return self.workspace / "save" / name
 
     def backup(self, position: Position) -> Path | None:
         """Write the full training state (see backup.py) and prune old backups; on the main process only, and
         once per position. Returns the folder written, or None."""
-        if not self.acc.is_main_process or position == self.backed_up:  # that state is written already
+        if not self.accelerator.is_main_process or position == self.backed_up:  # that state is written already
             return None
         self.emit(ev.Status(f"Writing backup at step {position.step}"))
-        b = self.preset.backup
-        name = f"{b.prefix}step{position.step:07d}-epoch{position.epoch:04d}"
-        modules = self.model.trained_modules(self.acc, self.preset.training)
+        settings = self.preset.backup
+        name = f"{settings.prefix}step{position.step:07d}-epoch{position.epoch_number:04d}"
+        modules = self.model.trained_modules(self.accelerator, self.preset.training)
         folder = write_backup(backup_root(self.preset), name, modules, self.state.state_dict(), self.preset, position,
-                              num_processes=self.acc.num_processes, run_id=self.run_id, dataset=self.dataset)
-        for old in prune_backups(backup_root(self.preset), b.rolling_backups):
+                              num_processes=self.accelerator.num_processes, run_id=self.run_id, dataset=self.dataset)
+        for old in prune_backups(backup_root(self.preset), settings.rolling_backups):
             self.emit(ev.Log("info", f"Deleted old backup {old}"))
         self.backed_up, self.backed_up_path = position, folder
         self.emit(ev.CheckpointWritten("backup", str(folder), position.step))
         self.emit(ev.Status("Training"))
         return folder
-
 
 
 class TensorBoard:
@@ -223,7 +223,9 @@ class TensorBoard:
                 pass
 
     def close(self) -> None:
+        """Flush and close the event files (TensorBoard stays off afterwards)."""
         self.write(lambda w: w.close())
+        self.writer = None
 
 
 A1111_CONFIG = Path(__file__).parent / "assets" / "sd15" / "v1-inference.yaml"  # the original v1-inference.yaml
@@ -247,6 +249,7 @@ def write_a1111_config(model: Path, prediction_type: str) -> Path | None:
         "    use_ema: False\n", '    use_ema: False\n    parameterization: "v"\n', 1)
     atomic_write_text(sidecar, f"{A1111_MARK}{model.name} predicts v (v-prediction).\n{text}")
     return sidecar
+
 
 def sampling_hint(prediction_type: str, zero_terminal_snr: bool) -> str:
     """What the final message adds for a v-prediction model: ComfyUI reads no objective from an SD 1.5 file."""

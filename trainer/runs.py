@@ -156,7 +156,8 @@ def earlier_run(preset) -> EarlierRun | None:
         found.backup = backups[-1]
         try:
             manifest = json.loads((found.backup / MANIFEST).read_text(encoding="utf-8"))
-            found.backup_step, found.backup_epoch = manifest["step"], manifest["epoch"]
+            found.backup_step = manifest["step"]  # and the epoch as backup.Position.epoch_number counts it
+            found.backup_epoch = manifest["epoch"] + (1 if manifest.get("epoch_step", 0) > 0 else 0)
         except (OSError, ValueError, KeyError):
             pass
     found.samples = _count_files(workspace / "samples", SAMPLE_NAME)
@@ -217,8 +218,9 @@ def _free_name(path: Path) -> Path:
 
 def move_earlier_run(preset, earlier: EarlierRun) -> list[str]:
     """Start over: move the earlier run's files out of the way, never deleting them. Its workspace parts
-    (backups, samples, saves, TensorBoard, preset, run id and record of events) go to WORKSPACE/earlier/<date-time>/; its model
-    goes there too when it lies in the workspace, else it is renamed beside itself (NAME.earlier-<date-time>).
+    (backups, samples, saves, TensorBoard, preset, run id, record of events) go to
+    WORKSPACE/earlier/<date-time>/; its model goes there too when it lies in the workspace, else it is renamed
+    beside itself (NAME.earlier-<date-time>).
     Returns one line per move, for the log."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workspace = earlier.workspace

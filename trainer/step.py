@@ -36,24 +36,24 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
 
-def step_loss(micro_batches: list[Batch], samples: float, model: TrainingModel, stepper: Stepper, accelerator,
-              training: TrainingConfig, seed: int, epoch: int) -> torch.Tensor:
+def step_loss(micro_batches: list[Batch], model: TrainingModel, stepper: Stepper, accelerator,
+              training: TrainingConfig, *, seed: int, epoch: int, samples_per_process: float) -> torch.Tensor:
     """Compute and backpropagate the loss of each micro-batch of one optimizer step; returns the step's loss (0-d,
     float32, on the device): the mean over every sample of the step on every process, the same on each.
 
-    samples: the step's samples over all processes, per process. Each micro-batch's loss is scaled by its
-    samples over this, so the mean of the processes' gradients (DDP averages them) is the mean over all
+    samples_per_process: the step's samples over all processes, per process. Each micro-batch's loss is scaled
+    by its samples over this, so the mean of the processes' gradients (DDP averages them) is the mean over all
     samples. Only the last micro-batch synchronises gradients across processes."""
     total = torch.zeros((), device=accelerator.device)
     for k, batch in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model.components.unet):
-            loss = micro_batch_loss(batch, model, accelerator, training, seed, epoch)
-            total = total + stepper.backward(loss, len(batch.positions) / samples)
+            loss = micro_batch_loss(batch, model, accelerator, training, seed=seed, epoch=epoch)
+            total = total + stepper.backward(loss, len(batch.positions) / samples_per_process)
     return mean_over_processes(accelerator, total)  # the same loss, and the same decision, everywhere
 
 
-def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, training: TrainingConfig, seed: int,
+def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, training: TrainingConfig, *, seed: int,
                      epoch: int) -> torch.Tensor:
     """The diffusion loss of one micro-batch of B samples (0-d, float32, with gradients): the mean over the
     samples of each one's mean squared error, weighted by its concept's loss weight (and min-SNR when on)."""

@@ -34,7 +34,7 @@ class TrainingModel:
         """Load the base model offline (models.load_model), check it against the inputs (checks.check_model_inputs:
         the objective, over-long texts), and put each part on `device` in its dtype: the VAE frozen in the mixed
         precision's dtype, the UNet and text encoder trainable (or frozen) as the preset says, gradient
-        checkpointing on when asked. Raises models.ModelLoadError or errors.InputError naming the problem."""
+        checkpointing on when asked. Raises errors.ModelLoadError or errors.InputError naming the problem."""
         training = preset.training
         emit(ev.Status(f"Loading {preset.model.base_model}"))
         model = preset.model
@@ -95,9 +95,9 @@ class TrainingModel:
     def unwrapped(self, accelerator) -> SDComponents:
         """The components without accelerate's and torch.compile's wrappers (whose state_dict keys carry
         prefixes no other program reads): what samples, saves and backups use."""
-        c = self.components
-        return SDComponents(accelerator.unwrap_model(c.unet, keep_torch_compile=False), c.vae,
-                            accelerator.unwrap_model(c.text_encoder), c.tokenizer, c.noise_scheduler)
+        parts = self.components
+        return SDComponents(accelerator.unwrap_model(parts.unet, keep_torch_compile=False), parts.vae,
+                            accelerator.unwrap_model(parts.text_encoder), parts.tokenizer, parts.noise_scheduler)
 
     def trained_modules(self, accelerator, training: TrainingConfig) -> dict[str, torch.nn.Module]:
         """{"unet": ..., "text_encoder": ...}, the modules that train (unwrapped): a backup's weights."""
