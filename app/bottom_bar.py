@@ -1,20 +1,29 @@
-"""The bottom bar: Start/Stop, the run commands, epoch and step progress, speed, ETA, VRAM, status, messages."""
+"""The bottom bar: Start/Stop, the run commands, epoch and step progress, speed, time left, VRAM, status, messages."""
 from __future__ import annotations
 
+import datetime
+import math
 from typing import Callable
 
 import customtkinter as ctk
 
+from app.form import split_problem
 from app.run_widgets import CHECKPOINTS, run_outcome
 from app.widgets import ERROR, MUTED, SUCCESS, WARNING, Tooltip
 from trainer import events as ev
 
 START_COLOUR, STOP_COLOUR, DISABLED = ("#2f8f4e", "#276f3e"), ("#b83a36", "#8f2c29"), "#4a4d50"
 LEVEL_COLOURS = {"error": ERROR, "warning": WARNING, "success": SUCCESS, "info": "#d0d0d0"}
+LINE_HEIGHT = 22  # the problem and message rows: one line each, always there (empty when there is nothing to say)
+BAR_MIN = 100  # the epoch and step bars' least width (px)
+INFO_WIDTH = 330  # speed, time left and VRAM over the status: the width they ask for (px); more when there is room
+NO_SPEED, NO_ETA = "– it/s", "time left –"
+UNCUT = 100_000  # the width of a line whose widget is not laid out yet: its text stays whole until it is
 
 
-def format_duration(seconds: float) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
+def format_duration(seconds: float | None) -> str:
+    """seconds as "m:ss" or "h:mm:ss"; "–" for None, NaN, infinity or a negative number."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "–"
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
@@ -22,58 +31,170 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def format_eta(seconds: float | None, now: datetime.datetime | None = None) -> str:
+    """The time left and the clock time the run ends: "12:34 left · done ≈ 14:05" (the weekday is added when it
+    ends on another day); NO_ETA when `seconds` is unknown. `now` defaults to the local time."""
+    left = format_duration(seconds)
+    if left == "–" or seconds > 30 * 86400:
+        return NO_ETA
+    now = now or datetime.datetime.now()
+    done = now + datetime.timedelta(seconds=seconds + 30)  # to the nearest minute
+    day = "" if done.date() == now.date() else done.strftime("%a ")
+    return f"{left} left · done ≈ {day}{done:%H:%M}"
+
+
 def format_speed(it_per_s: float) -> str:
     if not it_per_s or it_per_s <= 0:
-        return "– it/s"
+        return NO_SPEED
     return f"{it_per_s:.2f} it/s" if it_per_s >= 1 else f"{1 / it_per_s:.2f} s/it"
+
+
+def fit_text(font, text: str, width: int) -> str:
+    """`text` on one line (line breaks become spaces), cut with "…" to fit `width` pixels in `font`."""
+    text = " ".join(text.split())
+    if font.measure(text) <= width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # the longest prefix that fits with the ellipsis
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if font.measure(text[:mid] + "…") <= width else (lo, mid - 1)
+    return text[:lo].rstrip() + "…"
+
+
+def set_enabled(button: ctk.CTkButton, enabled: bool, colour) -> None:
+    """Enable a button in its `colour`, or disable it and fill it grey (not only its text), so that it looks off."""
+    button.configure(state="normal" if enabled else "disabled", fg_color=colour if enabled else DISABLED)
+
+
+class Line:
+    """A label that shows one line and keeps its height (present, and empty when there is nothing to say): longer
+    text is cut with "…" to the width `fit()` gives (whole in its tooltip unless `tip` is False); line breaks
+    become spaces. `label` is the CTkLabel to place."""
+
+    def __init__(self, master, tip: bool = True, **kw):
+        self.font = ctk.CTkFont()
+        self.label = ctk.CTkLabel(master, text="", height=LINE_HEIGHT, anchor="w", font=self.font, **kw)
+        self.text, self.tail, self.width = "", "", UNCUT
+        if tip:
+            Tooltip(self.label, lambda: self.text + self.tail if self.label.cget("text") != self.text + self.tail
+                    else "")
+
+    def set(self, text: str, tail: str = "") -> None:
+        """Show `text`, cut if need be, then `tail` whole."""
+        self.text, self.tail = text, tail
+        self.fit()
+
+    def fit(self, width: int | None = None) -> None:
+        """Cut the text to `width` pixels (default: the last width given)."""
+        self.width = width or self.width
+        cut = fit_text(self.font, self.text, self.width - self.font.measure(self.tail)) if self.text else ""
+        self.label.configure(text=cut + self.tail)
+
+
+class MessageLine(Line):
+    """How the last action went (a run, a load, a save), coloured by its level. It lasts until the next edit
+    (`edited`); one about a problem (a "Not saved: ...") lasts until that problem's field has none
+    (`problems_now`)."""
+
+    def __init__(self, master):
+        super().__init__(master)
+        self.field = ""
+
+    def show(self, text: str, level: str = "info", about: str = "") -> None:
+        """Show `text` (empty: clear it); `about` is the problem it reports, as Form.problems gives it."""
+        self.field = split_problem(about)[0] if text and about else ""
+        self.label.configure(text_color=LEVEL_COLOURS.get(level, LEVEL_COLOURS["info"]))
+        self.set(text)
+
+    def edited(self) -> None:
+        """The user edited a value: a message that is not about a problem is past."""
+        if not self.field:
+            self.show("")
+
+    def problems_now(self, problems: list[str]) -> None:
+        """The problems there are now: a message about a problem whose field has none any more goes."""
+        if self.field and all(split_problem(p)[0] != self.field for p in problems):
+            self.show("")
+
+
+def problem_text(reasons: list[str], head: str, hover: str) -> tuple[str, str]:
+    """The first reason after `head`, and what to say about the others ("(+2 more: hover Start for the list)")."""
+    if not reasons:
+        return "", ""
+    more = f"   (+{len(reasons) - 1} more: hover {hover} for the list)" if len(reasons) > 1 else ""
+    return f"{head}: {reasons[0]}", more
 
 
 class BottomBar(ctk.CTkFrame):
     """Start/Stop and the run commands; shows the training's events (`handle`, `drained`) and the window's
-    messages."""
+    messages. Its rows keep their height whatever they show, so the form above never moves."""
 
     def __init__(self, master, on_start_stop: Callable[[], None], on_command: Callable[[str], None]):
         super().__init__(master, corner_radius=0)
-        self.grid_columnconfigure(1, weight=1)
+        self._build_progress()
+        self._build_buttons(on_start_stop, on_command)
+        self.problem_reasons: list[str] = []
+        self.start_tip = Tooltip(self.start_button, self._start_tip)
+        self.problem_line, self.message_line = Line(self, tip=False, text_color=WARNING), MessageLine(self)
+        self.problem, self.message = self.problem_line.label, self.message_line.label
+        for row, label in ((2, self.problem), (3, self.message)):
+            label.grid(row=row, column=0, columnspan=7, sticky="ew", padx=12, pady=(2, 0))
+        Tooltip(self.problem, lambda: "\n".join(self.problem_reasons))
+        self.running = self.stopping = False
+        self.can_start = True
+        self._progress: ev.Progress | None = None  # the newest Progress of the current drain
+        self.reset_progress()
+        ctk.CTkFrame(self, height=6, fg_color="transparent").grid(row=4, column=0)
+        self.set_running(False)
+        self.bind("<Configure>", lambda _e: self._fit_lines(), add="+")
+
+    def _build_progress(self) -> None:
+        """Epoch and step bars; beside them speed, time left and VRAM over the status. On a narrow window the
+        bars keep BAR_MIN pixels and that area gives way (its text is cut), never the buttons."""
+        self.grid_columnconfigure(1, weight=2, minsize=BAR_MIN)
+        self.grid_columnconfigure(2, weight=1)
         self.epoch_label = ctk.CTkLabel(self, text="epoch –", width=120, anchor="w")
         self.epoch_label.grid(row=0, column=0, padx=(12, 6), pady=(8, 0), sticky="w")
-        self.epoch_bar = ctk.CTkProgressBar(self, height=10)
+        self.epoch_bar = ctk.CTkProgressBar(self, height=10, width=BAR_MIN)
         self.epoch_bar.grid(row=0, column=1, sticky="ew", pady=(8, 0))
         self.step_label = ctk.CTkLabel(self, text="step –", width=120, anchor="w")
         self.step_label.grid(row=1, column=0, padx=(12, 6), sticky="w")
-        self.step_bar = ctk.CTkProgressBar(self, height=10)
+        self.step_bar = ctk.CTkProgressBar(self, height=10, width=BAR_MIN)
         self.step_bar.grid(row=1, column=1, sticky="ew")
-        self.speed_label = ctk.CTkLabel(self, text="– it/s", width=90)
-        self.speed_label.grid(row=0, column=2, padx=(12, 4), pady=(8, 0))
-        self.eta_label = ctk.CTkLabel(self, text="ETA –", width=90)
-        self.eta_label.grid(row=0, column=3, padx=4, pady=(8, 0))
-        self.vram_label = ctk.CTkLabel(self, text="", width=100)
-        self.vram_label.grid(row=0, column=4, padx=4, pady=(8, 0))
-        self.status_label = ctk.CTkLabel(self, text="Ready.", text_color=MUTED, anchor="w")
-        self.status_label.grid(row=1, column=2, columnspan=3, padx=(12, 4), sticky="w")
+        info = ctk.CTkFrame(self, fg_color="transparent", width=INFO_WIDTH, height=56)
+        info.grid_propagate(False)  # its size comes from the bar, never from its text (a long status)
+        info.grid_rowconfigure((0, 1), minsize=28)
+        info.grid_columnconfigure(2, weight=1)  # room the status takes goes there: speed and time left stay put
+        info.grid(row=0, column=2, rowspan=2, sticky="nsew", padx=(12, 4), pady=(8, 0))
+        self.speed_label = ctk.CTkLabel(info, text=NO_SPEED, width=70, anchor="w")
+        self.speed_label.grid(row=0, column=0, padx=(0, 8), sticky="w")
+        self.eta_label = ctk.CTkLabel(info, text=NO_ETA, anchor="w")
+        self.eta_label.grid(row=0, column=1, padx=(0, 8), sticky="w")
+        Tooltip(self.eta_label, "Time left at the mean step time since the run started (samples and backups "
+                                "included), and the clock time it should end.")
+        self.vram_label = ctk.CTkLabel(info, text="", anchor="w")
+        self.vram_label.grid(row=0, column=2, sticky="w")
+        self.status = Line(info, text_color=MUTED)
+        self.status_label = self.status.label
+        self.status_label.grid(row=1, column=0, columnspan=3, sticky="ew")
+        self.status.set("Ready.")
+        info.bind("<Configure>", lambda e: self.status.fit(e.width - 4), add="+")
+
+    def _build_buttons(self, on_start_stop: Callable[[], None], on_command: Callable[[str], None]) -> None:
         self.command_buttons = {}
         for col, (name, text, tip) in enumerate((
                 (ev.SAMPLE_NOW, "Sample now", "Render the sample prompts at the next step."),
                 (ev.BACKUP_NOW, "Backup now", "Write a full backup (model, optimizer, progress) to resume from."),
                 (ev.SAVE_NOW, "Save now", "Save the model as it is now, without stopping."))):
-            button = ctk.CTkButton(self, text=text, width=100, command=lambda n=name: on_command(n))
-            button.grid(row=0, column=5 + col, rowspan=2, padx=4, pady=(8, 0))
+            button = ctk.CTkButton(self, text=text, width=94, command=lambda n=name: on_command(n))
+            button.grid(row=0, column=3 + col, rowspan=2, padx=4, pady=(8, 0))
             Tooltip(button, tip)
             self.command_buttons[name] = button
-        self.start_button = ctk.CTkButton(self, text="Start", width=130, height=40,
+        self.command_colour = button.cget("fg_color")
+        self.start_button = ctk.CTkButton(self, text="Start", width=120, height=40,
                                           font=ctk.CTkFont(size=15, weight="bold"), command=on_start_stop,
                                           fg_color=START_COLOUR[0], hover_color=START_COLOUR[1])
-        self.start_button.grid(row=0, column=8, rowspan=2, padx=(10, 12), pady=(8, 0))
-        self.problem_reasons: list[str] = []
-        self.start_tip = Tooltip(self.start_button, self._start_tip)
-        self.problem = ctk.CTkLabel(self, text="", text_color=WARNING, anchor="w", justify="left")
-        self.message = ctk.CTkLabel(self, text="", anchor="w", justify="left")
-        Tooltip(self.problem, lambda: "\n".join(self.problem_reasons))
-        self.running, self.can_start = False, True
-        self._progress: ev.Progress | None = None  # the newest Progress of the current drain
-        self.reset_progress()
-        ctk.CTkFrame(self, height=6, fg_color="transparent").grid(row=4, column=0)
-        self.set_running(False)
+        self.start_button.grid(row=0, column=6, rowspan=2, padx=(10, 12), pady=(8, 0))
 
     def _start_tip(self) -> str:
         if self.running:
@@ -83,9 +204,11 @@ class BottomBar(ctk.CTkFrame):
         return "Train with the preset as shown (a copy: edits made now apply to the next run)."
 
     def set_running(self, running: bool, stopping: bool = False) -> None:
-        self.running = running
+        self.running, self.stopping = running, running and stopping
         for button in self.command_buttons.values():
-            button.configure(state="normal" if running and not stopping else "disabled")
+            set_enabled(button, running and not stopping, self.command_colour)
+        if stopping:
+            self.clear_speed()
         if running:
             self.start_button.configure(text="Stopping…" if stopping else "Stop",
                                         state="disabled" if stopping else "normal",
@@ -94,38 +217,42 @@ class BottomBar(ctk.CTkFrame):
             self.start_button.configure(text="Start", state="normal" if self.can_start else "disabled",
                                         fg_color=START_COLOUR[0] if self.can_start else DISABLED,
                                         hover_color=START_COLOUR[1])
+        self._fit_lines()
 
     def set_problems(self, reasons: list[str]) -> None:
-        """Why Start is disabled (empty: it is enabled). The first reason shows; the tooltip lists them all."""
+        """What the next Start would refuse (empty: nothing; Start is enabled unless a run is on). The first
+        reason shows; the tooltip lists them all."""
         self.problem_reasons = reasons
         changed = self.can_start != (not reasons)
         self.can_start = not reasons
         if changed and not self.running:
             self.set_running(False)
-        if reasons:
-            more = f"   (+{len(reasons) - 1} more: hover for the list)" if len(reasons) > 1 else ""
-            self.problem.configure(text=f"Can't start: {reasons[0]}{more}")
-            self.problem.grid(row=2, column=0, columnspan=9, sticky="w", padx=12, pady=(4, 0))
-        else:
-            self.problem.configure(text="")
-            self.problem.grid_remove()
+        self._fit_lines()
 
-    def show_message(self, text: str, level: str = "info") -> None:
-        """The outcome of a run or of a preset load/save; empty text hides it."""
-        self.message.configure(text=text, text_color=LEVEL_COLOURS.get(level, LEVEL_COLOURS["info"]),
-                               wraplength=max(400, self.winfo_width() - 40))
-        if text:
-            self.message.grid(row=3, column=0, columnspan=9, sticky="w", padx=12, pady=(4, 0))
-        else:
-            self.message.grid_remove()
+    def show_message(self, text: str, level: str = "info", about: str = "") -> None:
+        """The outcome of a run or of a preset load/save; empty text clears it. It goes at the next edit or Start;
+        one `about` a problem (as Form.problems gives it) once its field has none (see MessageLine)."""
+        self.message_line.show(text, level, about)
+
+    def _fit_lines(self) -> None:
+        """Fill the problem line (for the next run while one is on) and cut it and the message to the width."""
+        width = self.winfo_width() - 24 if self.winfo_width() > 1 else UNCUT  # not laid out yet: cut later
+        self.problem_line.text, self.problem_line.tail = problem_text(
+            self.problem_reasons, "Before the next run" if self.running else "Can't start", "Start")
+        self.problem_line.fit(width)
+        self.message_line.fit(width)
 
     def show_status(self, text: str) -> None:
-        self.status_label.configure(text=text)
+        self.status.set(text)
+
+    def clear_speed(self) -> None:
+        """No speed and no time left (nothing is training)."""
+        self.speed_label.configure(text=NO_SPEED), self.eta_label.configure(text=NO_ETA)
 
     def reset_progress(self) -> None:
         self.epoch_bar.set(0), self.step_bar.set(0)
         self.epoch_label.configure(text="epoch –"), self.step_label.configure(text="step –")
-        self.speed_label.configure(text="– it/s"), self.eta_label.configure(text="ETA –")
+        self.clear_speed()
         self.vram_label.configure(text="")
 
     def show_totals(self, total_steps: int, total_epochs: int) -> None:
@@ -133,14 +260,16 @@ class BottomBar(ctk.CTkFrame):
         self.epoch_label.configure(text=f"epoch 1/{total_epochs}")
 
     def show_progress(self, p) -> None:
-        """Apply a Progress event (the newest of a drain; older ones only feed the chart)."""
+        """Apply a Progress event (the newest of a drain; older ones only feed the chart). Once stopping, the
+        last steps still move the bars but speed and time left stay cleared."""
         self.step_bar.set(p.step / p.total_steps if p.total_steps else 0)
         done_epochs = p.epoch + (p.epoch_step / p.epoch_steps if p.epoch_steps else 0)
         self.epoch_bar.set(min(1.0, done_epochs / p.total_epochs) if p.total_epochs else 0)
         self.step_label.configure(text=f"step {p.step}/{p.total_steps}")
         self.epoch_label.configure(text=f"epoch {min(p.epoch + 1, p.total_epochs)}/{p.total_epochs}")
-        self.speed_label.configure(text=format_speed(p.it_per_s))
-        self.eta_label.configure(text=f"ETA {format_duration(p.eta_s)}")
+        if not self.stopping:
+            self.speed_label.configure(text=format_speed(p.it_per_s))
+            self.eta_label.configure(text=format_eta(p.eta_s))
         self.vram_label.configure(text=f"VRAM {p.vram_gib:.1f} GiB" if p.vram_gib is not None else "")
 
     def handle(self, event) -> None:
@@ -161,6 +290,7 @@ class BottomBar(ctk.CTkFrame):
             self.show_status({"completed": "Completed.", "stopped": "Stopped."}.get(
                 event.outcome, "Not started." if text.startswith("Training not started") else "Failed."))
             self.set_running(False)
+            self.clear_speed()
 
     def drained(self) -> None:
         """The end of a drain: show the newest step it brought."""

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import customtkinter as ctk
 
+from app.widgets import bury, close_on_escape
+
 PRESET_TYPES = [("SeaChange presets", "*.json"), ("All files", "*")]
 SPEC_TYPES = [("SeaChange tool specs", "*.json"), ("All files", "*")]
 
@@ -16,60 +18,93 @@ class Dialogs:
 
     def __init__(self, parent: tk.Misc):
         self.parent = parent
+        self.folder = Path.cwd()  # where the next file dialog starts when the question names no folder
 
     def confirm(self, title: str, message: str) -> bool:
-        from tkinter import messagebox
-        return bool(messagebox.askyesno(title, message, parent=self.parent))
+        """Yes or No (Escape and the close box: No)."""
+        return ChoiceDialog(self.parent, title, message, ["Yes"], cancel="No").wait() == "Yes"
 
     def choose(self, title: str, message: str, options: list[str], cancel: str = "Cancel") -> str | None:
         """Ask with one button per option, then a `cancel` button; Escape and the close box cancel too. Returns
         the chosen option's text, or None when cancelled. Modal: the window waits for the answer."""
         return ChoiceDialog(self.parent, title, message, options, cancel).wait()
 
+    def _pick(self, title: str, mode: str, folder: Path | None = None, filetypes=(), extension: str = "",
+              name: str = "") -> str | None:
+        """A FileDialog's answer (see app.file_dialog); starts in `folder`, else where the last one ended."""
+        from app.file_dialog import FileDialog
+        dialog = FileDialog(self.parent, title, mode, folder or self.folder, list(filetypes), extension, name)
+        chosen = dialog.wait()
+        self.folder = dialog.folder
+        return chosen
+
     def ask_open_preset(self) -> str | None:
-        from tkinter import filedialog
-        return filedialog.askopenfilename(parent=self.parent, title="Load preset", filetypes=PRESET_TYPES) or None
+        return self._pick("Load preset", "open", filetypes=PRESET_TYPES)
 
     def ask_save_preset(self) -> str | None:
-        from tkinter import filedialog
-        return filedialog.asksaveasfilename(parent=self.parent, title="Save preset as", defaultextension=".json",
-                                            filetypes=PRESET_TYPES) or None
+        return self._pick("Save preset as", "save", filetypes=PRESET_TYPES, extension=".json")
 
     def browse(self, kind: str, name: str, current: str) -> str | None:
         """A path picker's Browse…: a folder, a file, or (kind "path") a model file or diffusers folder."""
-        from tkinter import filedialog
         start = Path(current).expanduser() if current else Path.cwd()
-        folder = str(start if start.is_dir() else start.parent if start.parent.is_dir() else Path.cwd())
+        folder = start if start.is_dir() else start.parent if start.parent.is_dir() else Path.cwd()
+        file_name = "" if start.is_dir() else start.name
         if kind == "dir":
-            return filedialog.askdirectory(parent=self.parent, initialdir=folder, mustexist=False) or None
+            return self._pick("Choose a folder", "dir", folder)
         if name == "output_png":
-            return filedialog.asksaveasfilename(parent=self.parent, initialdir=folder, title="Export the grid to",
-                                                defaultextension=".png", filetypes=[("PNG", "*.png")]) or None
+            return self._pick("Export the grid to", "save", folder, [("PNG", "*.png")], ".png", file_name)
         if name.startswith("output"):
-            return filedialog.asksaveasfilename(parent=self.parent, initialdir=folder, title="Write the model to",
-                                                filetypes=[("Single file", "*.safetensors"), ("All", "*")]) or None
-        types = [("Models", "*.safetensors *.ckpt model_index.json"), ("All files", "*")] if kind == "path" \
-            else [("All files", "*")]
-        chosen = filedialog.askopenfilename(parent=self.parent, initialdir=folder, filetypes=types,
-                                            title="Choose a .safetensors or .ckpt file, or the model_index.json "
-                                                  "of a diffusers folder" if kind == "path" else "Choose a file")
-        if chosen and Path(chosen).name == "model_index.json":
-            return str(Path(chosen).parent)
-        return chosen or None
+            return self._pick("Write the model to", "save", folder,
+                              [("Single file", "*.safetensors"), ("All", "*")], name=file_name)
+        if kind == "path":
+            chosen = self._pick("Choose a .safetensors or .ckpt file, or the model_index.json of a diffusers "
+                                "folder", "open", folder, [("Models", "*.safetensors *.ckpt model_index.json"),
+                                                           ("All files", "*")])
+            return str(Path(chosen).parent) if chosen and Path(chosen).name == "model_index.json" else chosen
+        return self._pick("Choose a file", "open", folder, [("All files", "*")])
 
     def ask_open_spec(self, what: str) -> str | None:
         """A tool spec file to load; `what` names the tool ("generate-data", "compare")."""
-        from tkinter import filedialog
-        return filedialog.askopenfilename(parent=self.parent, title=f"Load {what} spec", filetypes=SPEC_TYPES) \
-            or None
+        return self._pick(f"Load {what} spec", "open", filetypes=SPEC_TYPES)
 
     def ask_save_spec(self, what: str) -> str | None:
-        from tkinter import filedialog
-        return filedialog.asksaveasfilename(parent=self.parent, title=f"Save {what} spec as",
-                                            defaultextension=".json", filetypes=SPEC_TYPES) or None
+        return self._pick(f"Save {what} spec as", "save", filetypes=SPEC_TYPES, extension=".json")
 
 
-class ChoiceDialog(ctk.CTkToplevel):
+class ModalDialog(ctk.CTkToplevel):
+    """A themed window that asks one question: `answer(result)` closes it; Escape and the close box answer None;
+    `wait()` blocks (running the Tk loop) until answered and returns `result`."""
+
+    def __init__(self, parent: tk.Misc, title: str):
+        super().__init__(parent)
+        self.title(title)
+        self.result = None
+        close_on_escape(self, lambda: self.answer(None))
+        self.transient(parent.winfo_toplevel())
+        self.after(10, self.lift)  # CTkToplevel can open behind its parent on some window managers
+
+    def answer(self, result) -> None:
+        self.result = result
+        try:
+            self.grab_release()
+        except tk.TclError:
+            pass
+        self.destroy()
+        bury(self)  # its fonts and images are freed from the Tk thread
+
+    def wait(self):
+        """Block (running the Tk loop) until answered; returns `result`."""
+        try:
+            self.wait_visibility()
+            self.grab_set()
+        except tk.TclError:  # not viewable (no window manager): still modal enough, the loop waits below
+            pass
+        self.focus_force()
+        self.wait_window()
+        return self.result
+
+
+class ChoiceDialog(ModalDialog):
     """A modal question with one button per option and a cancel button (Escape and the close box cancel too).
     `result` is the chosen option's text, None while unanswered or when cancelled."""
 
@@ -77,10 +112,8 @@ class ChoiceDialog(ctk.CTkToplevel):
     MAX_LINES = 24  # a longer message (a long list of changed files) is cut; the run log holds all of it
 
     def __init__(self, parent: tk.Misc, title: str, message: str, options: list[str], cancel: str = "Cancel"):
-        super().__init__(parent)
-        self.title(title)
+        super().__init__(parent, title)
         self.resizable(False, False)
-        self.result: str | None = None
         lines = message.splitlines()
         if len(lines) > self.MAX_LINES:
             message = "\n".join(lines[: self.MAX_LINES - 1] + [f"… and {len(lines) - self.MAX_LINES + 1} more lines "
@@ -92,32 +125,9 @@ class ChoiceDialog(ctk.CTkToplevel):
         row = ctk.CTkFrame(self, fg_color="transparent")
         row.pack(fill="x", padx=20, pady=(0, 16))
         self.buttons: dict[str, ctk.CTkButton] = {}
-        for option in options:
+        for option in options:  # no Return: an option may change files, so it takes a click
             self.buttons[option] = ctk.CTkButton(row, text=option, command=lambda o=option: self.answer(o))
             self.buttons[option].pack(side="left", padx=(0, 8))
         self.cancel_button = ctk.CTkButton(row, text=cancel, fg_color="transparent", border_width=1,
                                            command=lambda: self.answer(None))
         self.cancel_button.pack(side="right")
-        self.bind("<Escape>", lambda _e: self.answer(None))  # no Return: each option changes files, so a click
-        self.protocol("WM_DELETE_WINDOW", lambda: self.answer(None))
-        self.transient(parent.winfo_toplevel())
-        self.after(10, self.lift)  # CTkToplevel can open behind its parent on some window managers
-
-    def answer(self, option: str | None) -> None:
-        self.result = option
-        try:
-            self.grab_release()
-        except tk.TclError:
-            pass
-        self.destroy()
-
-    def wait(self) -> str | None:
-        """Block (running the Tk loop) until answered; returns `result`."""
-        try:
-            self.wait_visibility()
-            self.grab_set()
-        except tk.TclError:  # not viewable (no window manager): still modal enough, the loop waits below
-            pass
-        self.focus_force()
-        self.wait_window()
-        return self.result

@@ -210,9 +210,11 @@ class Form:
                                  widget, stretch=stretch)
         return self._bind(path, widget, labelled)
 
-    def bare(self, parent, path: str, width: int | None = None) -> Binding:
-        """A compact widget without a label (list rows); its tooltip names the field and gives the help."""
-        widget = self.make_widget(parent, path, compact=True, width=width)
+    def bare(self, parent, path: str, width: int | None = None, multiline: bool = False) -> Binding:
+        """A compact widget without a label (list rows); its tooltip names the field and gives the help.
+        `multiline`: a text field as a box of wrapped lines (a long prompt)."""
+        widget = (MultilineField(parent, width=width or 320) if multiline
+                  else self.make_widget(parent, path, compact=True, width=width))
         binding = self._bind(path, widget, None)
         Tooltip(widget, lambda: self._bare_tip(binding))
         return binding

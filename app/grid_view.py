@@ -2,31 +2,31 @@
 from __future__ import annotations
 
 import tkinter as tk
-from pathlib import Path
+from typing import Callable
 
 import customtkinter as ctk
 
 from app.run_widgets import AXIS_TEXT, CHART_BG, GRID
-from app.widgets import MUTED, bury, show_image_window
+from app.sample_viewer import ImageViewer, ViewerItem, load_image, sample_details, shorten
+from app.widgets import MUTED, bury
 
 LABEL_WIDTH = 190
 HEADER = 46
 GAP = 6
 SIZES = ("96", "128", "192", "256")
-
-
-def shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+CHROME = 64  # px around the canvas: the title row above it, the scroll bar below
 
 
 class GridView(ctk.CTkFrame):
     """A grid of images on a canvas: `layout(rows, columns)` draws the labels and empty cells, `set_cell()` fills
-    one (a thumbnail of `cell` px); click a cell to see it full size. The canvas scrolls both ways (wheel,
-    Shift+wheel) so big grids stay usable."""
+    one (its image fitted into `cell` px, the "Thumbnail size"); click a cell to open the viewer. The canvas
+    scrolls both ways (wheel, Shift+wheel) so big grids stay usable. `on_layout()` runs after each layout (the
+    grid's wanted height changed)."""
 
-    def __init__(self, master, cell: int = 128, **kw):
+    def __init__(self, master, cell: int = 128, on_layout: Callable[[], None] = lambda: None, **kw):
         super().__init__(master, **kw)
-        self.cell = cell
+        self.cell, self.on_layout = cell, on_layout
+        self.viewer: ImageViewer | None = None
         self.row_labels: list[str] = []
         self.column_labels: list[str] = []
         self.paths: dict[tuple[int, int], str] = {}
@@ -35,7 +35,7 @@ class GridView(ctk.CTkFrame):
         head.grid(row=0, column=0, columnspan=2, sticky="ew", padx=10, pady=(6, 2))
         self.title = ctk.CTkLabel(head, text="Grid", font=ctk.CTkFont(size=14, weight="bold"))
         self.title.pack(side="left")
-        self.size_menu = ctk.CTkOptionMenu(head, values=list(SIZES), width=80, command=self._resize)
+        self.size_menu = ctk.CTkOptionMenu(head, values=list(SIZES), width=80, command=self.set_cell_size)
         self.size_menu.set(str(cell))
         self.size_menu.pack(side="right")
         ctk.CTkLabel(head, text="Thumbnail size", text_color=MUTED).pack(side="right", padx=6)
@@ -70,6 +70,10 @@ class GridView(ctk.CTkFrame):
         x = LABEL_WIDTH + GAP + column * (self.cell + GAP)
         y = HEADER + GAP + row * (self.cell + GAP)
         return x, y, x + self.cell, y + self.cell
+
+    def wanted_height(self) -> int:
+        """The height in px that shows every row (the title row and scroll bar included)."""
+        return self.cell_box(len(self.row_labels), 0)[1] + CHROME
 
     # ---- content ------------------------------------------------------------------------------------
 
@@ -110,21 +114,18 @@ class GridView(ctk.CTkFrame):
         c.xview_moveto(0), c.yview_moveto(0)
         for (row, col), path in paths.items():
             self.set_cell(row, col, path)
+        self.on_layout()
 
     def set_cell(self, row: int, column: int, path: str) -> None:
         """Fill a cell with its image (a GridCell)."""
         if not (0 <= row < len(self.row_labels) and 0 <= column < len(self.column_labels)):
             return
-        from PIL import Image, ImageTk
+        from PIL import ImageTk
         self.paths[(row, column)] = path
         tag = f"cell{row}_{column}"
         self.canvas.delete(tag)
-        try:
-            with Image.open(path) as im:
-                im.draft("RGB", (self.cell, self.cell))
-                im = im.convert("RGB")
-                im.thumbnail((self.cell, self.cell))
-        except (OSError, ValueError):
+        im = load_image(path, self.cell, self.cell)
+        if im is None:
             x0, y0, x1, y1 = self.cell_box(row, column)
             self.canvas.create_text((x0 + x1) / 2, (y0 + y1) / 2, text="(unreadable)", fill=MUTED, tags=tag)
             return
@@ -139,16 +140,23 @@ class GridView(ctk.CTkFrame):
         self.canvas.tag_bind(item, "<Enter>", lambda _e: self.canvas.configure(cursor="hand2"))
         self.canvas.tag_bind(item, "<Leave>", lambda _e: self.canvas.configure(cursor=""))
 
-    def _resize(self, value: str) -> None:
-        self.cell = int(value)
+    def set_cell_size(self, size: int | str) -> None:
+        """The "Thumbnail size": each image fitted into `size` px (enlarged too: see sample_viewer.scaled)."""
+        self.cell = int(size)
+        self.size_menu.set(str(self.cell))
         if self.row_labels:
             self.layout(self.row_labels, self.column_labels)
 
-    def open_cell(self, row: int, column: int):
-        """The cell's image full size in its own window; returns that window."""
-        path = self.paths.get((row, column))
-        if path is None:
-            return None
-        title = f"{shorten(self.row_labels[row], 60)} — {self.column_labels[column]}"
-        return show_image_window(self, path, title, f"{self.row_labels[row]}\n{self.column_labels[column]}\n"
-                                                    f"{Path(path)}")
+    def viewer_items(self) -> list[ViewerItem]:
+        """The filled cells for the viewer: the row's label as heading; a sample's seed, step and epoch from its
+        file name, else the column's label."""
+        return [ViewerItem(path, row, column, self.row_labels[row], sample_details(path) or
+                           self.column_labels[column]) for (row, column), path in sorted(self.paths.items())]
+
+    def open_cell(self, row: int, column: int) -> ImageViewer | None:
+        """Open the viewer (one for the grid) on a filled cell; None for an empty one."""
+        item = next((i for i in self.viewer_items() if (i.row, i.column) == (row, column)), None)
+        if item is not None:
+            self.viewer = ImageViewer.reuse(self.viewer, self, self.viewer_items, item)
+            return self.viewer
+        return None

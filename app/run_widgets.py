@@ -1,16 +1,15 @@
-"""Run-view widgets: the loss chart (a plain tk Canvas), the sample gallery (thumbnails, step slider) and the run
-log; each shows the training events it is about (subscribed to the window's Runner)."""
+"""Run-view widgets: the loss chart (a plain tk Canvas) and the run log (the sample gallery is in
+app/sample_gallery.py); each shows the training events it is about (subscribed to the window's Runner)."""
 from __future__ import annotations
 
+import bisect
 import math
 import time
 import tkinter as tk
-from collections import OrderedDict
-from dataclasses import dataclass
 
 import customtkinter as ctk
 
-from app.widgets import ERROR, MUTED, WARNING, Tooltip, bury, show_image_window
+from app.widgets import ERROR, MUTED, WARNING
 from trainer import events as ev
 from trainer.errors import plain_text
 
@@ -84,6 +83,11 @@ class LossChart(tk.Canvas):
             self.stale = True
 
     def add(self, step: int, loss: float, smooth: float, lr: float, total_steps: int = 0) -> None:
+        """A point at `step`; one at or before the last point's step first drops the points from there on (a run
+        resumed from a backup trains those steps again: its later points are kept)."""
+        if self.steps and step <= self.steps[-1]:
+            cut = bisect.bisect_left(self.steps, step)
+            del self.steps[cut:], self.loss[cut:], self.smooth[cut:], self.lr[cut:]
         self.steps.append(step)
         self.loss.append(loss)
         self.smooth.append(smooth)
@@ -182,173 +186,6 @@ class LossChart(tk.Canvas):
             self.create_line(x, y, x + 16, y, fill=colour, width=2)
             item = self.create_text(x + 20, y, text=text, anchor="w", fill=AXIS_TEXT, font=("TkDefaultFont", 9))
             x = self.bbox(item)[2] + 14
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: str
-    prompt_index: int
-    prompt: str
-    step: int
-    epoch: int
-
-
-class SampleGallery(ctk.CTkFrame):
-    """The newest sample of each prompt, a slider to look back at earlier steps, click for full size."""
-
-    def __init__(self, master, thumb: int = 168, cache_size: int = 256, **kw):
-        super().__init__(master, **kw)
-        self.thumb, self.columns, self.cache_size = thumb, 2, cache_size
-        self.samples: list[Sample] = []
-        self.steps: list[int] = []
-        self.index = -1  # index into self.steps; -1 follows the newest
-        self._cache: OrderedDict[str, ctk.CTkImage] = OrderedDict()
-        self.cards: dict[int, tuple[ctk.CTkLabel, ctk.CTkLabel]] = {}
-        self.shown: dict[int, Sample] = {}
-        head = ctk.CTkFrame(self, fg_color="transparent")
-        head.pack(fill="x", padx=10, pady=(8, 4))
-        ctk.CTkLabel(head, text="Samples", font=ctk.CTkFont(size=14, weight="bold")).pack(side="left")
-        self.step_label = ctk.CTkLabel(head, text="none yet", text_color=MUTED)
-        self.step_label.pack(side="right")
-        self.slider = ctk.CTkSlider(head, from_=0, to=1, number_of_steps=1, command=self._slid, width=180)
-        self.slider.pack(side="right", padx=8)
-        self.slider.set(0)
-        self.slider.configure(state="disabled")
-        Tooltip(self.slider, "Look back at the samples of earlier steps; all the way right follows the newest.")
-        self.body = ctk.CTkScrollableFrame(self, fg_color="transparent")
-        self.body.pack(fill="both", expand=True, padx=4, pady=(0, 6))
-        self.empty = ctk.CTkLabel(self.body, text="Samples appear here while training.", text_color=MUTED)
-        self.empty.grid(row=0, column=0, padx=10, pady=20)
-        self._slots: dict[int, int] = {}
-        self.stale = True  # set by a RunFinished: that run's samples stay until the next run draws (see LossChart)
-        self.body.bind("<Configure>", self._resized, add="+")
-
-    def handle(self, event) -> None:
-        """A training event: each SampleReady adds a sample."""
-        if self.stale and isinstance(event, DRAWS):
-            self.stale = False
-            self.clear()
-        if isinstance(event, ev.SampleReady):
-            self.add(event)
-        elif isinstance(event, ev.RunFinished):
-            self.stale = True
-
-    def _resized(self, event) -> None:
-        """As many columns of cards as the width holds."""
-        columns = max(1, int(event.width // (self.thumb + 20)))
-        if columns != self.columns:
-            self.columns = columns
-            for prompt_index, slot in self._slots.items():
-                self._place(prompt_index, slot)
-
-    def add(self, sample) -> None:
-        """Add a SampleReady (or Sample); the view follows it unless the slider is looking back."""
-        sample = Sample(sample.path, sample.prompt_index, sample.prompt, sample.step, sample.epoch)
-        self.samples.append(sample)
-        if sample.step not in self.steps:
-            self.steps.append(sample.step)
-            self.steps.sort()
-        n = len(self.steps)
-        self.slider.configure(to=max(1, n - 1), number_of_steps=max(1, n - 1),
-                              state="normal" if n > 1 else "disabled")
-        if self.index == -1:
-            self.slider.set(n - 1)
-        self.render()
-
-    def clear(self) -> None:
-        self.samples.clear(), self.steps.clear(), self.shown.clear(), self._slots.clear()
-        self.index = -1
-        for image_label, caption in self.cards.values():
-            image_label.grid_remove(), caption.grid_remove()
-        self.slider.configure(to=1, number_of_steps=1, state="normal")
-        self.slider.set(0)
-        self.slider.configure(state="disabled")
-        self.step_label.configure(text="none yet")
-        self.empty.grid()
-
-    def show_step(self, index: int) -> None:
-        """Show samples up to steps[index]; the last index follows new samples again."""
-        self.index = -1 if index >= len(self.steps) - 1 else max(0, index)
-        self.slider.set(len(self.steps) - 1 if self.index == -1 else self.index)
-        self.render()
-
-    def _slid(self, value: float) -> None:
-        index = int(round(value))
-        if (index >= len(self.steps) - 1 and self.index != -1) or index != self.index:
-            self.show_step(index)
-
-    def selected_step(self) -> int | None:
-        if not self.steps:
-            return None
-        return self.steps[-1] if self.index == -1 else self.steps[self.index]
-
-    def render(self) -> None:
-        step = self.selected_step()
-        if step is None:
-            return
-        self.empty.grid_remove()
-        newest: dict[int, Sample] = {}
-        for s in self.samples:
-            if s.step <= step and (s.prompt_index not in newest or s.step >= newest[s.prompt_index].step):
-                newest[s.prompt_index] = s
-        self.step_label.configure(text=f"step {step}" + (" · newest" if self.index == -1 else ""))
-        for slot, (prompt_index, sample) in enumerate(sorted(newest.items())):
-            if self.shown.get(prompt_index) == sample:
-                continue
-            image_label, caption = self._card(prompt_index, slot)
-            image = self._thumbnail(sample.path)
-            image_label.configure(image=image, text="" if image else "(image missing)")
-            prompt = sample.prompt if len(sample.prompt) <= 70 else sample.prompt[:67] + "…"
-            caption.configure(text=f"{prompt}\nstep {sample.step} · epoch {sample.epoch + 1}")
-            self.shown[prompt_index] = sample
-
-    def _card(self, prompt_index: int, slot: int):
-        if prompt_index not in self.cards:
-            image_label = ctk.CTkLabel(self.body, text="", width=self.thumb, height=self.thumb, cursor="hand2")
-            caption = ctk.CTkLabel(self.body, text="", wraplength=self.thumb + 4, justify="center",
-                                   font=ctk.CTkFont(size=11), text_color="#c8c8c8")
-            image_label.bind("<Button-1>", lambda _e, p=prompt_index: self.open_full(p))
-            self.cards[prompt_index] = (image_label, caption)
-        self._place(prompt_index, slot)
-        return self.cards[prompt_index]
-
-    def _place(self, prompt_index: int, slot: int) -> None:
-        self._slots[prompt_index] = slot
-        image_label, caption = self.cards[prompt_index]
-        row, col = divmod(slot, self.columns)
-        image_label.grid(row=2 * row, column=col, padx=6, pady=(8, 2))
-        caption.grid(row=2 * row + 1, column=col, padx=6, pady=(0, 6), sticky="n")
-
-    def _thumbnail(self, path: str) -> ctk.CTkImage | None:
-        if path in self._cache:
-            self._cache.move_to_end(path)
-            return self._cache[path]
-        try:
-            from PIL import Image
-            with Image.open(path) as im:
-                im.draft("RGB", (self.thumb, self.thumb))
-                im = im.convert("RGB")
-                im.thumbnail((self.thumb, self.thumb))
-        except (OSError, ValueError):
-            return None
-        image = ctk.CTkImage(light_image=im, dark_image=im, size=im.size)
-        self._cache[path] = image
-        while len(self._cache) > self.cache_size:
-            old_path, old = self._cache.popitem(last=False)
-            if all(s.path != old_path for s in self.shown.values()):
-                bury(old)
-            else:
-                self._cache[old_path] = old
-                break
-        return image
-
-    def open_full(self, prompt_index: int):
-        """Open the shown sample of a prompt at full size in its own window; returns that window."""
-        sample = self.shown.get(prompt_index)
-        if sample is None:
-            return None
-        return show_image_window(self, sample.path, f"{sample.prompt[:60]} — step {sample.step}, epoch "
-                                 f"{sample.epoch + 1}", f"{sample.prompt}\n{sample.path}")
 
 
 class LogView(ctk.CTkTextbox):

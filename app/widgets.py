@@ -81,15 +81,47 @@ class Tooltip:
                                    relief="solid", borderwidth=1, padx=8, pady=5, font=("TkDefaultFont", 10))
             self._label.pack()
         self._label.configure(text=text)
-        x, y = self.widget.winfo_pointerx() + 14, self.widget.winfo_pointery() + 18
-        self._tip.geometry(f"+{x}+{y}")
+        self._tip.update_idletasks()
+        self._tip.geometry(self._position(self._tip.winfo_reqwidth(), self._tip.winfo_reqheight()))
         self._tip.deiconify()
         self._tip.lift()
+
+    def _position(self, width: int, height: int) -> str:
+        """Where a tip of width x height px goes: below and right of the pointer, moved left of it or above it
+        where it would run off the screen's right or bottom edge."""
+        px, py = self.widget.winfo_pointerx(), self.widget.winfo_pointery()
+        screen_w, screen_h = self.widget.winfo_screenwidth(), self.widget.winfo_screenheight()
+        x = min(px + 14, screen_w - width - 4)
+        y = py + 18 if py + 18 + height <= screen_h - 4 else py - height - 8
+        return f"+{max(0, x)}+{max(0, y)}"
 
     def hide(self, _event=None) -> None:
         self._cancel()
         if self._tip is not None:
             self._tip.withdraw()
+
+
+def close_on_escape(toplevel: tk.Misc, close: Callable[[], None]) -> None:
+    """Escape anywhere in `toplevel`, and its close box, both call `close()` (a dialog's cancel, a viewer's
+    close): the one way every window the app opens is closed from the keyboard."""
+    def on_escape(_event) -> str:
+        close()
+        return "break"
+    toplevel.bind("<Escape>", on_escape, add="+")
+    toplevel.protocol("WM_DELETE_WINDOW", close)
+
+
+def bind_edit_keys(root: tk.Misc) -> None:
+    """The usual desktop keys in every entry and text box of `root`'s Tk: Ctrl+A selects all (Tk's own binding
+    moves the cursor to the line start, so typing then lands beside the old text), and Ctrl+O in a text box
+    inserts nothing (Tk's inserts a line break), leaving Ctrl+O to the window."""
+    def select_all(event) -> str:
+        event.widget.event_generate("<<SelectAll>>")
+        return "break"
+    for widget_class in ("Entry", "Text"):
+        for key in ("<Control-a>", "<Control-A>"):
+            root.bind_class(widget_class, key, select_all)
+    root.bind_class("Text", "<Control-o>", lambda _event: None)
 
 
 # ---- field widgets: each has .var (the form traces it), show(value), get_raw(), set_error(reason) -----
@@ -156,12 +188,26 @@ class MultilineField(ctk.CTkTextbox):
         self.var = tk.StringVar(master=master)
         super().__init__(master, width=width, height=72, border_width=2, wrap="word", **kw)
         self._border = self.cget("border_color")
-        self.bind("<KeyRelease>", lambda _e: self.var.set(self.get("1.0", "end-1c")))
+        self.bind("<KeyRelease>", lambda _e: self._mirror())
+
+    def _mirror(self) -> None:
+        text = self.get("1.0", "end-1c")
+        if text != self.var.get():
+            self.var.set(text)
+
+    def insert(self, index, text: str, tags=None):
+        """CTkTextbox's insert, mirrored into .var; an int index counts characters, as an Entry's does."""
+        super().insert(f"1.0+{index}c" if isinstance(index, int) else index, text, tags)
+        self._mirror()
+
+    def delete(self, index1, index2=None):
+        """CTkTextbox's delete, mirrored into .var; an int index counts characters, as an Entry's does."""
+        super().delete(*(f"1.0+{i}c" if isinstance(i, int) else i for i in (index1, index2) if i is not None))
+        self._mirror()
 
     def show(self, value: Any) -> None:
         self.delete("1.0", "end")
         self.insert("1.0", format_value(value))
-        self.var.set(format_value(value))
 
     def get_raw(self) -> str:
         return self.var.get()
@@ -273,8 +319,27 @@ class Tabview(ctk.CTkTabview):
         self._set_grid_current_tab()
 
 
-def load_thumbnail(path: str | Path, size: int) -> ctk.CTkImage | None:
-    """An image file scaled to fit `size` px, as a CTkImage; None when it cannot be read."""
+class RootImage(ctk.CTkImage):
+    """A CTkImage (one PIL image for both appearance modes) whose Tk photo images belong to the Tk root of
+    `master`. CTkImage makes them for tkinter's default root, the first window of the process: a second window
+    (a test's, or one opened after the first closed) then fails with 'image "pyimageN" doesn't exist'."""
+
+    def __init__(self, master, image, size: tuple[int, int]):
+        super().__init__(light_image=image, dark_image=image, size=size)
+        self.master = master
+        self._photos: dict[tuple[int, int], Any] = {}  # scaled size (px) -> ImageTk.PhotoImage
+
+    def create_scaled_photo_image(self, widget_scaling: float, appearance_mode: str):
+        from PIL import ImageTk
+        size = self._get_scaled_size(widget_scaling)
+        if size not in self._photos:
+            self._photos[size] = ImageTk.PhotoImage(self.cget("light_image").resize(size), master=self.master)
+        return self._photos[size]
+
+
+def load_thumbnail(path: str | Path, size: int, master) -> RootImage | None:
+    """An image file scaled to fit `size` px, as an image for the widgets of `master`'s window; None when it
+    cannot be read."""
     from trainer.images import open_image  # photos up to the trainer's limit, not Pillow's ~179 MP
     try:
         with open_image(path) as im:
@@ -283,31 +348,15 @@ def load_thumbnail(path: str | Path, size: int) -> ctk.CTkImage | None:
             im.thumbnail((size, size))
     except (OSError, ValueError):  # ImageTooLarge is a ValueError
         return None
-    return ctk.CTkImage(light_image=im, dark_image=im, size=im.size)
+    return RootImage(master, im, im.size)
 
 
 def show_image_window(parent, path: str | Path, title: str, caption: str = ""):
-    """An image at full size (scaled down to fit the screen) in its own window, Escape closes it; returns the
-    window (its `close()` closes it), or None when the file is gone."""
+    """An image in the image viewer (app.sample_viewer: scaled to the window, `title` above it, then `caption`,
+    its path selectable below; Escape closes it); returns the viewer (its `close()` closes it), or None when the
+    file is gone."""
     if not Path(path).exists():
         return None
-    from PIL import Image
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-    limit = (parent.winfo_screenwidth() - 80, parent.winfo_screenheight() - 120)
-    scale = min(1.0, limit[0] / im.width, limit[1] / im.height)
-    size = (max(1, int(im.width * scale)), max(1, int(im.height * scale)))
-    top = ctk.CTkToplevel(parent)
-    top.title(title)
-    image = ctk.CTkImage(light_image=im, dark_image=im, size=size)
-    label = ctk.CTkLabel(top, text="", image=image)
-    label.pack(padx=6, pady=6)
-    ctk.CTkLabel(top, text=caption, wraplength=max(size[0], 300), text_color=MUTED).pack(padx=6, pady=(0, 6))
-
-    def close() -> None:
-        top.destroy()
-        bury((top, image, label))
-    top.protocol("WM_DELETE_WINDOW", close)
-    top.bind("<Escape>", lambda _e: close())
-    top.close = close
-    return top
+    from app.sample_viewer import ImageViewer, ViewerItem  # it builds on these widgets
+    item = ViewerItem(str(path), 0, 0, title, caption)
+    return ImageViewer(parent, lambda: [item], item, keys="Esc closes")

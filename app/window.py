@@ -23,7 +23,7 @@ from app.tabs.sampling import SamplingTab
 from app.tabs.tools import ToolsTab
 from app.tabs.training import TrainingTab
 from app.tool_runner import ToolRunner
-from app.widgets import MUTED, WARNING, Tabview, Tooltip
+from app.widgets import MUTED, WARNING, Tabview, Tooltip, bind_edit_keys
 from trainer.config import Preset, load_preset, preset_to_dict, save_preset
 from trainer.fields import ConfigError
 
@@ -94,6 +94,10 @@ class Window(ctk.CTk):
             self.finish_building()
         self.protocol("WM_DELETE_WINDOW", self.on_close)
         self.bind("<FocusIn>", lambda _e: self.schedule_validation(), add="+")  # back from making a folder
+        bind_edit_keys(self)  # Ctrl+A selects all; below, Ctrl+S saves, Ctrl+Shift+S saves as, Ctrl+O loads
+        for key, action in (("<Control-s>", self.save), ("<Control-Shift-S>", self.save_as),
+                            ("<Control-o>", self.load_dialog)):
+            self.bind(key, lambda _e, act=action: act())
         self._tick_id = self.after(Runner.DRAIN_MS, self._tick)
         self.schedule_validation()
 
@@ -230,7 +234,8 @@ class Window(ctk.CTk):
         """Write exactly the preset the widgets show; refuses while a value is invalid (it would not load)."""
         problems = self.form.problems(check_paths=False)
         if problems:
-            self.bottom.show_message(f"Not saved: {describe_problem(problems[0], self.preset)}", "error")
+            self.bottom.show_message(f"Not saved: {describe_problem(problems[0], self.preset)}", "error",
+                                     about=problems[0])
             return False
         path = Path(path).expanduser()
         try:
@@ -252,6 +257,7 @@ class Window(ctk.CTk):
     def _field_changed(self, path: str) -> None:
         for tab in self.tabs.values():
             tab.field_changed(path)
+        self.bottom.message_line.edited()  # what the last run, load or save said is past
         self.schedule_validation()
 
     def schedule_validation(self) -> None:
@@ -259,16 +265,19 @@ class Window(ctk.CTk):
             self._validate_id = self.after_idle(self.validate_now)
 
     def validate_now(self) -> list[str]:
-        """Mark every problem on its widget, enable or disable Start with the reason, show the unsaved mark."""
+        """Mark every problem on its widget, enable or disable Start with the reason (a training that runs is no
+        reason: its button is Stop), show the unsaved mark; a "Not saved" message goes once its problem is fixed."""
         if self._validate_id is not None:
             self.after_cancel(self._validate_id)
             self._validate_id = None
         self.problems = self.form.problems(check_paths=True)
         self.form.mark(self.problems)
         self.tabs["concepts"].mark(self.problems)
-        busy = self.device_busy()
+        busy = None if self.runner.running else self.device_busy()
         self.bottom.set_problems([f"{busy}; wait for it or stop it"] * bool(busy)
                                  + [describe_problem(p, self.preset) for p in self.problems])
+        if self.bottom.message_line.field:  # a "Not saved": it goes with its problem
+            self.bottom.message_line.problems_now(self.form.problems(check_paths=False))
         name = ("unsaved preset" if self.preset_path is None else
                 self.preset_path.stem + ("  (built-in)" if is_builtin(self.preset_path, self.presets_dir) else ""))
         dirty = self.dirty

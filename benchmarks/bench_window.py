@@ -81,7 +81,7 @@ def train_stalls(steps: int, workdir: Path) -> dict:
         finished["event"] = event
         window.after(200, window.quit)
 
-    window.run_finished = run_finished
+    window.runner.on_finished = run_finished
     window.after(500, lambda: (window.start() or window.quit(), beat()))
     start = time.perf_counter()
     window.mainloop()

@@ -172,3 +172,26 @@ def test_model_comparison_refuses_a_missing_model_and_stops(tiny_model_dir, tmp_
     commands.put(ev.Command(ev.STOP))
     assert compare(spec, lambda e: None, commands).outcome == "stopped"
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_compare_never_writes_over_an_existing_grid_unasked(tmp_path):
+    ws, _ = fake_run(tmp_path)
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"an earlier grid")
+    spec = CompareSpec(samples_dir=str(ws), output_png=str(out), cell_size=16)
+    events = []
+    with pytest.raises(InputError, match=f"output_png: {out} already exists.*replace_output"):
+        compare(spec, events.append)
+    assert events == [] and out.read_bytes() == b"an earlier grid"  # refused before any work
+    spec.replace_output = True
+    assert compare(spec, events.append).outcome == "completed"
+    assert Image.open(out).format == "PNG"
+
+
+def test_a_model_comparison_refuses_an_existing_grid_before_loading_a_model(tmp_path):
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"an earlier grid")
+    spec = model_spec(tmp_path, tmp_path / "nowhere", tmp_path / "nowhere either")  # never loaded
+    with pytest.raises(InputError, match="already exists"):
+        compare(spec, lambda e: None)
+    assert not (tmp_path / "grid_cells").exists() and out.read_bytes() == b"an earlier grid"

@@ -73,3 +73,40 @@ def test_make_demo_writes_a_loadable_model_and_images_and_is_idempotent(tmp_path
     make_demo(folder, seed=3)
     assert len(fits) == 1, "a second call builds nothing"
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_make_demo_says_what_it_does_and_how_far_along(tmp_path, monkeypatch):
+    import trainer.demo as demo
+    from trainer import events as ev
+    clock = [100.0]
+    monkeypatch.setattr(demo.time, "monotonic", lambda: clock[0])
+    real_fit = demo.fit_demo_vae
+
+    def fit_on_a_fake_clock(vae, pixels, seconds=60.0, seed=0, on_step=None, **kwargs):
+        def step(done_steps, done):  # each step takes half a fake second: 10 steps fill the 5 s budget
+            clock[0] += 0.5
+            on_step(done_steps, done)
+        return real_fit(vae, pixels, seconds=seconds, seed=seed, max_steps=10, on_step=step)
+
+    monkeypatch.setattr(demo, "fit_demo_vae", fit_on_a_fake_clock)
+    events = []
+    make_demo(tmp_path / "demo", vae_seconds=5, emit=events.append)
+    statuses = [e.text for e in events if isinstance(e, ev.Status)]
+    logs = [e.text for e in events if isinstance(e, ev.Log)]
+    count = len(COLORS) * len(SHAPES) * len(BACKGROUNDS) * demo.DEMO_PER_COMBO
+    assert statuses[:2] == [f"Demo 1/3: drawing {count} images", "Demo 2/3: making a tiny model"]
+    assert statuses[-1] == "Demo 3/3: writing the model"
+    fit = statuses[2:-1]
+    # about once a second of the fit (one step in two here), with its share done, up to all of it
+    assert 4 <= len(fit) <= 7, fit
+    assert fit[0].startswith("Demo 2/3: fitting its VAE, ")
+    assert fit[-1] == "Demo 2/3: fitting its VAE, 5 of 5 s (100%)"
+    shares = [int(text.rsplit("(", 1)[1].rstrip("%)")) for text in fit]
+    assert shares == sorted(shares) and shares[0] < 20
+    assert logs[0].startswith(f"Building the demo in {tmp_path / 'demo'}") and "5 s" in logs[0]
+    assert any(line.startswith(f"Demo: {count} captioned images written") for line in logs)
+    assert any(line.startswith("Demo: VAE fitted to the images in 10 steps") for line in logs)
+    assert logs[-1].startswith("Demo built in ")
+    events.clear()
+    make_demo(tmp_path / "demo", emit=events.append)
+    assert events == [], "nothing to build: nothing to say"

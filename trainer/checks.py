@@ -63,8 +63,7 @@ def check_inputs(preset: Preset, emit: Callable) -> Items:
     demo = Path(preset.general.demo_dir).expanduser() if preset.general.demo_dir else None
     if demo and not ((demo / "model" / "model_index.json").is_file() and (demo / "images").is_dir()):
         from trainer.demo import make_demo
-        emit(ev.Status(f"Building the demo in {preset.general.demo_dir}"))
-        make_demo(preset.general.demo_dir, seed=preset.general.seed)
+        make_demo(preset.general.demo_dir, seed=preset.general.seed, emit=emit)  # says how far it is
     problems = validate(preset, check_paths=True)
     if problems:
         raise InputError(problems[0])

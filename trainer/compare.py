@@ -104,8 +104,19 @@ def cell_size(spec: CompareSpec, first: Path | None) -> tuple[int, int]:
         return im.size
 
 
+def check_output(spec: CompareSpec) -> None:
+    """Raises InputError (naming the file) when spec.output_png exists and spec.replace_output is off: an
+    earlier grid is never written over unasked."""
+    out = Path(spec.output_png).expanduser()
+    if out.exists() and not spec.replace_output:
+        raise InputError(f"output_png: {out} already exists: choose another file, or turn on replace_output "
+                         "to write over it")
+
+
 def compare(spec: CompareSpec, emit, commands=None) -> ev.RunFinished:
-    """Build the grid the spec asks for, streaming cells as events, and export it to spec.output_png."""
+    """Build the grid the spec asks for, streaming cells as events, and export it to spec.output_png. Raises
+    InputError before any work when the output exists and spec.replace_output is off (check_output)."""
+    check_output(spec)
     if spec.source == "samples":
         rows, columns, cells = samples_table(spec)
         emit(ev.GridStarted(tuple(rows), tuple(columns), spec.output_png))

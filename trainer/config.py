@@ -183,8 +183,8 @@ class TrainingConfig:
 
 @dataclass
 class SamplePrompt:
-    prompt: str = opt("", "Prompt", "What to draw.")
-    negative_prompt: str = opt("", "Negative prompt", "What to steer away from.")
+    prompt: str = opt("", "Prompt", "What to draw.", kind="text")
+    negative_prompt: str = opt("", "Negative prompt", "What to steer away from.", kind="text")
     seed: int = opt(0, "Seed", "Sample seed; the same seed shows how one image evolves.", min=0, max=2**31 - 1)
     cfg_scale: float = opt(7.0, "CFG scale", "Classifier-free guidance strength.", min=1.0, max=30.0)
     steps: int = opt(20, "Steps", "Sampling steps.", min=1, max=200)

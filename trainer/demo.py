@@ -4,10 +4,13 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import time
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageDraw
 
+from trainer import events as ev
 from trainer.models import SDComponents
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "sd15" / "tokenizer"
@@ -83,9 +86,12 @@ def reconstruction_error(vae, pixels) -> float:
 
 
 def fit_demo_vae(vae, pixels, seconds: float = 60.0, seed: int = 0, crop: int = 32, batch_size: int = 4,
-                 learning_rate: float = 2e-3, max_steps: int | None = None) -> int:
+                 learning_rate: float = 2e-3, max_steps: int | None = None,
+                 on_step: Callable[[int, float], None] | None = None) -> int:
     """Train the VAE's encoder and decoder to reconstruct `pixels` (B, 3, H, W in [-1, 1]) for about `seconds`
-    of wall time (or max_steps); returns the steps taken. Leaves the VAE in eval mode, frozen.
+    of wall time (or max_steps); returns the steps taken. Leaves the VAE in eval mode, frozen. `on_step(steps,
+    done)` hears after each step how many were taken and how far the fit is (0 to 1: time or steps, whichever
+    ends it).
 
     Random flips and random crops (shifts) of the demo images; MSE + 0.5 L1 reconstruction loss, Adam with a
     short warm-up and a cosine decay over the time budget. No KL term: the posterior is kept near-deterministic
@@ -98,7 +104,6 @@ def fit_demo_vae(vae, pixels, seconds: float = 60.0, seed: int = 0, crop: int = 
       a weak L2 that keeps it in range.
     """
     import math
-    import time
 
     import torch
     import torch.nn.functional as F
@@ -112,6 +117,8 @@ def fit_demo_vae(vae, pixels, seconds: float = 60.0, seed: int = 0, crop: int = 
         progress = (time.monotonic() - started) / seconds
         if max_steps is not None:
             progress = max(progress, step / max_steps)
+        if on_step is not None and step:
+            on_step(step, min(progress, 1.0))
         if progress >= 1:
             break
         warmup = min(1.0, (step + 1) / 20)
@@ -229,28 +236,42 @@ def load_pixels(folder: str | Path):
 
 
 def make_demo(folder: str | Path, seed: int = 0, vae_seconds: float | None = None,
-              per_combo: int = DEMO_PER_COMBO) -> Path:
+              per_combo: int = DEMO_PER_COMBO, emit: Callable = lambda event: None) -> Path:
     """Build the demo under `folder`: images/ (captioned PNGs) and model/ (a diffusers folder whose tiny VAE is
     fitted to those images, so that samples can look like them). Parts already there are kept; each part is
-    written under a temporary name and renamed when complete.
+    written under a temporary name and renamed when complete. `emit` hears what it does as events: a Status for
+    each of the three stages (the VAE fit's about once a second, with its share done), a Log line for each part.
 
     vae_seconds: time for the VAE fit; None reads SEACHANGE_DEMO_VAE_SECONDS (tests set a few seconds), else 50.
     """
     import shutil
+    started = time.monotonic()
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     images_dir, model_dir = folder / "images", folder / "model"
+    if images_dir.exists() and (model_dir / "model_index.json").exists():
+        return folder
+    if vae_seconds is None:
+        vae_seconds = float(os.environ.get("SEACHANGE_DEMO_VAE_SECONDS", DEMO_VAE_SECONDS))
+    emit(ev.Log("info", f"Building the demo in {folder}: captioned images of coloured shapes, and a tiny SD "
+                        f"1.5-shaped model whose VAE is fitted to them for {vae_seconds:.0f} s"))
     if not images_dir.exists():
+        count = len(COLORS) * len(SHAPES) * len(BACKGROUNDS) * per_combo
+        emit(ev.Status(f"Demo 1/3: drawing {count} images"))
         tmp = folder / "images.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         make_demo_images(tmp, per_combo=per_combo, seed=seed)
         tmp.replace(images_dir)
+        emit(ev.Log("info", f"Demo: {count} captioned images written to {images_dir}"))
     if not (model_dir / "model_index.json").exists():
-        if vae_seconds is None:
-            vae_seconds = float(os.environ.get("SEACHANGE_DEMO_VAE_SECONDS", DEMO_VAE_SECONDS))
+        emit(ev.Status("Demo 2/3: making a tiny model"))
         components = build_tiny_components(seed, vae_norm_groups=8)
         pixels = load_pixels(images_dir)
-        fit_demo_vae(components.vae, pixels, seconds=vae_seconds, seed=seed)
+        fit_started = time.monotonic()
+        steps = fit_demo_vae(components.vae, pixels, seconds=vae_seconds, seed=seed,
+                             on_step=vae_fit_reporter(vae_seconds, emit))
+        emit(ev.Log("info", f"Demo: VAE fitted to the images in {steps} steps, "
+                            f"{time.monotonic() - fit_started:.0f} s"))
         calibrate_latent_scale(components.vae, pixels)
         from diffusers import DDPMScheduler
         # The demo trains its random UNet for v-prediction with zero terminal SNR (presets/demo.json): its
@@ -258,9 +279,24 @@ def make_demo(folder: str | Path, seed: int = 0, vae_seconds: float | None = Non
         components.noise_scheduler = DDPMScheduler.from_config(components.noise_scheduler.config,
                                                                prediction_type="v_prediction",
                                                                rescale_betas_zero_snr=True)
+        emit(ev.Status("Demo 3/3: writing the model"))
         tmp = folder / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_diffusers_folder(components, tmp)
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.replace(model_dir)
+    emit(ev.Log("info", f"Demo built in {time.monotonic() - started:.0f} s: model in {model_dir}"))
     return folder
+
+
+def vae_fit_reporter(seconds: float, emit: Callable) -> Callable[[int, float], None]:
+    """An on_step for fit_demo_vae that emits "Demo 2/3: fitting its VAE, 12 of 50 s (24%)" about once a second
+    and at the end."""
+    last = [-1.0]
+
+    def report(step: int, done: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or done >= 1.0:
+            last[0] = now
+            emit(ev.Status(f"Demo 2/3: fitting its VAE, {done * seconds:.0f} of {seconds:.0f} s ({done:.0%})"))
+    return report

@@ -37,7 +37,11 @@ class LossTracker:
     wait for the device, unless the report is forced (before anything that records them: a sample, backup or
     save, the end of an epoch or run, a command). A non-finite loss (its step was skipped, see optim.Stepper)
     is reported with a warning and counted; past `skip_nan_steps` of them the run fails with NonFiniteLoss.
-    `state_dict()` is what backups keep: the smoothed loss and the count of skipped steps."""
+    `state_dict()` is what backups keep: the smoothed loss and the count of skipped steps.
+
+    Speed (it/s) is counted over about the last SPEED_WINDOW_SECONDS; the time left over the whole run, from the
+    mean step time since training (or its resume) started, leaving out the first step (warm-up, compilation):
+    samples and backups along the way count in that mean, and one slow stretch moves it little."""
 
     def __init__(self, total_steps: int, total_epochs: int, skip_nan_steps: int, deferred: bool, emit: Callable,
                  log_scalars: Callable, time_first_step: bool = False, clock: Callable = time.monotonic):
@@ -50,11 +54,23 @@ class LossTracker:
         self.time_first_step = time_first_step
         self.started = self.last_read = self.window_start = clock()
         self.window_steps = 0
+        self.steps_timed = 0  # steps added since start()
+        self.first_step_at = self.last_step_at = self.started  # when the first and the newest of them were added
 
     def start(self) -> float:
-        """Start the clocks (speed, the first step's time) as training starts; returns the time (clock's units)."""
+        """Start the clocks (speed, time left, the first step's time) as training starts; returns the time (clock's
+        units)."""
         self.started = self.last_read = self.window_start = self.clock()
+        self.steps_timed, self.first_step_at = 0, self.started
         return self.started
+
+    def eta(self, step: int) -> float:
+        """Seconds left after `step`: the steps to go times the mean step time since start(), counted from the
+        first step's end (warm-up and compilation make the first step no measure); inf before the second step."""
+        if self.steps_timed < 2:
+            return math.inf
+        per_step = (self.last_step_at - self.first_step_at) / (self.steps_timed - 1)
+        return (self.total_steps - step) * per_step
 
     def add(self, step_loss: StepLoss) -> None:
         """Queue one step's loss for the next report."""
@@ -63,6 +79,10 @@ class LossTracker:
             self.emit(ev.Log("info", f"First step, torch.compile included: {self.clock() - self.started:.1f} s"))
         self.pending.append(step_loss)
         self.window_steps += 1
+        self.steps_timed += 1
+        self.last_step_at = self.clock()
+        if self.steps_timed == 1:
+            self.first_step_at = self.last_step_at
 
     def report(self, force: bool = False) -> None:
         """Emit a Progress for every queued step: at once unless reads are deferred, else when forced or due.
@@ -86,8 +106,7 @@ class LossTracker:
                 value = self._skipped(p.step, value)
             self.smooth = value if self.smooth is None else SMOOTHING * self.smooth + (1 - SMOOTHING) * value
             self.emit(ev.Progress(p.step, self.total_steps, p.epoch, self.total_epochs, p.epoch_step, p.epoch_steps,
-                                  value, self.smooth, p.lr, it_s, (self.total_steps - p.step) / max(it_s, 1e-9),
-                                  vram))
+                                  value, self.smooth, p.lr, it_s, self.eta(p.step), vram))
             self.log_scalars(p.step, value, self.smooth, p.lr)
 
     def _skipped(self, step: int, value: float) -> float:
@@ -107,4 +126,5 @@ class LossTracker:
         return {"smooth": self.smooth, "nan_skipped": self.nan_skipped}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() gave."""
         self.smooth, self.nan_skipped = state.get("smooth"), state.get("nan_skipped", 0)

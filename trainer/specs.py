@@ -76,6 +76,8 @@ class CompareSpec:
     seeds: list[int] = opt(None, "Seeds", "Seeds to try for every prompt (a row per prompt and seed); empty "
                            "uses each prompt's own seed.", factory=list)
     output_png: str = opt("workspace/compare.png", "Export to", "The grid as one labelled PNG.", kind="file")
+    replace_output: bool = opt(False, "Replace the file", "Write over the file at Export to when it exists. Off, "
+                               "a comparison whose file exists stops before it starts (the window asks first).")
     cell_size: int = opt(256, "Cell size", "Each image is scaled to this many pixels on its longer side in the "
                          "grid; 0 keeps its size.", min=0, max=4096)
     base_config: str = opt("", "Base config", "Optional diffusers config folder for single-file models whose "

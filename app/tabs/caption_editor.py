@@ -9,13 +9,21 @@ from typing import Callable
 import customtkinter as ctk
 
 from app.widgets import ERROR, GROUP_COLOUR, MUTED, SUCCESS, WARNING, Group, SwitchField, Tooltip, bury, \
-    load_thumbnail
+    close_on_escape, load_thumbnail
 from trainer.captions import TXT_SOURCES, caption_file_for, find_replace_captions, read_caption_file, save_caption
 from trainer.config import ConceptConfig
 from trainer.errors import InputError
 
 PREVIEW = 420
 LIST_BG, LIST_FG, LIST_SELECT = "#2b2b2b", "#dcdcdc", "#1f6aa5"
+MARKS = {"ok": ("✓", LIST_FG), "none": ("○", WARNING), "problem": ("⚠", ERROR)}  # caption state -> list mark
+LEGEND = "✓ has a caption   ○ none yet   ⚠ cannot be read"
+
+
+def caption_state(found) -> str:
+    """What a caption file (trainer.captions.read_caption_file) holds for the list's mark: "ok" (a caption),
+    "none" (no file, or an empty one) or "problem" (it cannot be read or decoded)."""
+    return "problem" if found.problem else "ok" if found.lines else "none"
 
 
 def few_files(pairs: list[tuple[Path, str]], limit: int = 3) -> str:
@@ -52,7 +60,7 @@ class CaptionEditor(ctk.CTkToplevel):
         self._build_list()
         self._build_editor()
         self._build_replace()
-        self.protocol("WM_DELETE_WINDOW", self.close)
+        close_on_escape(self, self.close)
         self.bind("<Control-s>", lambda _e: self.save())
         if self.images:
             self.select(0)
@@ -73,16 +81,30 @@ class CaptionEditor(ctk.CTkToplevel):
         box = ctk.CTkFrame(self, width=260)
         box.grid(row=1, column=0, sticky="ns", padx=(10, 4), pady=4)
         box.grid_rowconfigure(0, weight=1)
+        font = ctk.CTkFont().create_scaled_tuple(ctk.ScalingTracker.get_widget_scaling(self))  # the app's font
         self.listbox = tk.Listbox(box, width=30, activestyle="none", exportselection=False, bg=LIST_BG,
                                   fg=LIST_FG, selectbackground=LIST_SELECT, highlightthickness=0, borderwidth=0,
-                                  font=("TkDefaultFont", 11))
+                                  font=font)
         scrollbar = ctk.CTkScrollbar(box, command=self.listbox.yview)
         self.listbox.configure(yscrollcommand=scrollbar.set)
-        self.listbox.grid(row=0, column=0, sticky="ns", padx=(6, 0), pady=6)
-        scrollbar.grid(row=0, column=1, sticky="ns", pady=6)
-        for image in self.images:
-            self.listbox.insert("end", str(image.relative_to(self.folder)))
+        self.listbox.grid(row=0, column=0, sticky="ns", padx=(6, 0), pady=(6, 0))
+        scrollbar.grid(row=0, column=1, sticky="ns", pady=(6, 0))
+        ctk.CTkLabel(box, text=LEGEND, text_color=MUTED, font=ctk.CTkFont(size=11), anchor="w").grid(
+            row=1, column=0, columnspan=2, sticky="w", padx=8, pady=(2, 4))
+        for k, image in enumerate(self.images):
+            self.listbox.insert("end", "")
+            self.mark(k, caption_state(read_caption_file(caption_file_for(image))))
         self.listbox.bind("<<ListboxSelect>>", self._list_clicked)
+
+    def mark(self, k: int, state: str) -> None:
+        """Show image k in the list with the mark of its caption state (caption_state)."""
+        symbol, colour = MARKS[state]
+        selected = k in self.listbox.curselection()
+        self.listbox.delete(k)
+        self.listbox.insert(k, f"{symbol}  {self.images[k].relative_to(self.folder)}")
+        self.listbox.itemconfigure(k, fg=colour, selectforeground=colour if state != "ok" else "white")
+        if selected:
+            self.listbox.selection_set(k)
 
     def _build_editor(self) -> None:
         right = ctk.CTkFrame(self, fg_color="transparent")
@@ -162,7 +184,7 @@ class CaptionEditor(ctk.CTkToplevel):
             self.save()
         self.index = index
         image = self.images[index]
-        old, self._image = self._image, load_thumbnail(image, PREVIEW)
+        old, self._image = self._image, load_thumbnail(image, PREVIEW, self)
         self.preview.configure(image=self._image, text="" if self._image else "(this image cannot be read)")
         bury(old)
         self.listbox.selection_clear(0, "end")
@@ -170,6 +192,7 @@ class CaptionEditor(ctk.CTkToplevel):
         self.listbox.see(index)
         self.file_label.configure(text=f"{index + 1} / {len(self.images)}   {image.name}")
         found = read_caption_file(caption_file_for(image))  # the reader training uses: any common encoding
+        self.mark(index, caption_state(found))
         self.shown_text = "\n".join(found.text.strip().splitlines())
         self.caption.configure(state="normal")
         self.caption.delete("1.0", "end")
@@ -210,6 +233,7 @@ class CaptionEditor(ctk.CTkToplevel):
             return False
         self.shown_text = self.text().strip()
         self.wrote = True
+        self.mark(self.index, "ok" if self.shown_text else "none")
         self._show_state(f"Saved {txt.name}" + (f" ({note})" if note else ""), WARNING if note else SUCCESS)
         return True
 
@@ -243,6 +267,8 @@ class CaptionEditor(ctk.CTkToplevel):
             return 0
         changed = find_replace_captions(self.images, find, replace, whole_word=whole)
         self.wrote = self.wrote or bool(changed)
+        for k, image in enumerate(self.images):  # a caption may be empty now
+            self.mark(k, caption_state(read_caption_file(caption_file_for(image))))
         notes = f"{few_files(changed.notes)}." if changed.notes else ""
         self.replace_result.configure(text=f"Changed {len(changed)} of {len(self.images)} caption files.",
                                       text_color=SUCCESS)

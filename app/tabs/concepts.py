@@ -21,8 +21,28 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  
 THUMBS = 8
 THUMB_SIZE = 120
 STATS_DEBOUNCE_MS = 300
+FOLDER_CHECK_MS = 1000  # while the tab is shown: has the selected concept's folder appeared or gone?
 STATS_INPUTS = ("training.resolution", "training.aspect_bucketing", "training.max_token_length", "general.cache_dir",
                 "general.demo_dir", "model.base_model")  # besides the concept (the tokenizer is the base model's)
+LISTED = ("enabled",)  # concept fields the list shows (a switch per row), so the editor does not repeat them
+
+
+def switches_of(cls) -> dict[str, str]:
+    """field -> the on/off field it belongs to, for the fields named after a bool field of `cls`
+    (random_flip_probability after random_flip, crop_jitter_strength after crop_jitter): they apply only while
+    that switch is on."""
+    hints = typing.get_type_hints(cls)
+    switches = [f.name for f in fields(cls) if hints[f.name] is bool]
+    return {f.name: switch for f in fields(cls) for switch in switches
+            if hints[f.name] is not bool and f.name.startswith(switch + "_")}
+
+
+def set_field_enabled(labelled, enabled: bool) -> None:
+    """Grey out a labelled entry (label and text) and make it read-only, or bring it back."""
+    theme = ctk.ThemeManager.theme
+    labelled.widget.configure(state="normal" if enabled else "disabled",
+                              text_color=theme["CTkEntry"]["text_color"] if enabled else MUTED)
+    labelled.label.configure(text_color=theme["CTkLabel"]["text_color"] if enabled else MUTED)
 
 
 def scan_folder(folder: str) -> list[Path]:
@@ -67,6 +87,7 @@ class ConceptsTab(Tab):
         self.problem_reasons: dict[int, list[str]] = {}  # concept index -> its problems, for the list's tooltips
         self.built = False
         self.caption_editor = None
+        self._watch_after: str | None = None
 
     # ---- building ---------------------------------------------------------------------------------
 
@@ -104,8 +125,9 @@ class ConceptsTab(Tab):
         self.editor = Group(right, "Concept")
         concept_hints = typing.get_type_hints(ConceptConfig)
         for f in fields(hint_of("concepts.0")):
-            if is_scalar(concept_hints[f.name]):
+            if is_scalar(concept_hints[f.name]) and f.name not in LISTED:
                 self.editor_bindings.append((f.name, self.form.field(self.editor, f"concepts.0.{f.name}")))
+        self.switch_of = switches_of(ConceptConfig)
         self.editor.pad_bottom()
         yield
         self.stats_panel = StatsPanel(right, on_rescan=self.rescan)
@@ -124,6 +146,7 @@ class ConceptsTab(Tab):
         self.stats_row, self.editor_row, self.images_row = 1, 2, 3  # statistics first: seen without scrolling
         self.built = True
         self.reload()
+        self._watch_folder()
         yield
 
     # ---- list -------------------------------------------------------------------------------------
@@ -160,7 +183,7 @@ class ConceptsTab(Tab):
                              else "transparent")
         for name, binding in self.editor_bindings:
             self.form.retarget(binding, None if index is None else f"concepts.{index}.{name}")
-        self.show_caption_fields()
+        self.show_applicable_fields()
         if index is None:
             self.editor.grid_remove(), self.stats_panel.grid_remove(), self.images.grid_remove()
             self.placeholder.grid(row=0, column=0, sticky="w", padx=16, pady=16)
@@ -212,7 +235,10 @@ class ConceptsTab(Tab):
         return self.caption_editor
 
     def closing(self) -> None:
-        """The window closes: an open caption editor saves an edited caption first."""
+        """The window closes: an open caption editor saves an edited caption first; the folder check stops."""
+        if self._watch_after is not None:
+            self.frame.after_cancel(self._watch_after)
+            self._watch_after = None
         if self.caption_editor is not None and self.caption_editor.winfo_exists():
             self.caption_editor.on_changed = None
             self.caption_editor.close()
@@ -235,8 +261,8 @@ class ConceptsTab(Tab):
         index, name = int(parts[1]), parts[2]
         if name == "name" and index < len(self.rows):
             self.rows[index][2].configure(text=self.concepts[index].name or "(unnamed)")
-        if index == self.selected and name == "caption_source":
-            self.show_caption_fields()
+        if index == self.selected and (name == "caption_source" or name in self.switch_of.values()):
+            self.show_applicable_fields()
         if index == self.selected and name in ("path", "caption_source", "caption", "missing_caption"):
             if self._thumb_after is not None:
                 self.frame.after_cancel(self._thumb_after)
@@ -244,12 +270,15 @@ class ConceptsTab(Tab):
         if index == self.selected:
             self._schedule_stats()
 
-    def show_caption_fields(self) -> None:
-        """'Without a caption' applies to .txt captions only: shown for caption source txt."""
+    def show_applicable_fields(self) -> None:
+        """'Without a caption' applies to .txt captions only: shown for caption source txt. A strength or
+        probability is editable only while its switch (random flip, crop jitter, …) is on."""
         concept = self.concepts[self.selected] if self.selected is not None else None
         for name, binding in self.editor_bindings:
-            if name == "missing_caption" and binding.labelled is not None:
+            if name == "missing_caption":
                 binding.labelled.set_visible(concept is not None and concept.caption_source == "txt")
+            elif name in self.switch_of:
+                set_field_enabled(binding.labelled, concept is not None and getattr(concept, self.switch_of[name]))
 
     def mark(self, problems: list[str]) -> None:
         """Concepts with a problem show their name in red in the list, the reasons in its tooltip (the editor's
@@ -263,10 +292,21 @@ class ConceptsTab(Tab):
         for i, (_, _, button) in enumerate(self.rows):
             button.configure(text_color=ERROR if i in self.problem_reasons
                              else ctk.ThemeManager.theme["CTkButton"]["text_color"])
+        self.rescan_if_folder_changed()
+
+    def rescan_if_folder_changed(self) -> None:
+        """Scan again when the selected concept's folder appeared (the demo builds its folder at Start; the
+        user made it) or vanished since its statistics were taken."""
         if self.built and self.selected is not None and self.stats_panel.folder_existed is not None:
             path = self.concepts[self.selected].path
             if (bool(path) and Path(path).expanduser().is_dir()) != self.stats_panel.folder_existed:
                 self.rescan()
+
+    def _watch_folder(self) -> None:
+        """Every FOLDER_CHECK_MS while the tab is shown: one stat of the selected folder, no listing."""
+        self._watch_after = self.frame.after(FOLDER_CHECK_MS, self._watch_folder)
+        if self.frame.winfo_ismapped():
+            self.rescan_if_folder_changed()
 
     # ---- statistics -------------------------------------------------------------------------------
 
@@ -323,7 +363,7 @@ class ConceptsTab(Tab):
             return
         path = self.shown_images[k]
         image_label, caption = self.thumb_cards[k]
-        image = load_thumbnail(path, THUMB_SIZE)
+        image = load_thumbnail(path, THUMB_SIZE, self.frame)
         if k < len(self.thumb_images):
             bury(self.thumb_images[k])
             self.thumb_images[k] = image

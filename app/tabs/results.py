@@ -16,6 +16,14 @@ SAMPLES_FIELDS = ("samples_dir", "columns", "max_columns")
 MODEL_FIELDS = ("base_config", "device", "dtype")
 
 
+def free_name(path: Path) -> Path:
+    """The first of NAME-2.png, NAME-3.png, … beside `path` that does not exist."""
+    n = 2
+    while path.with_name(f"{path.stem}-{n}{path.suffix}").exists():
+        n += 1
+    return path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
 class ResultsTab(ToolTab):
     title = "results"
     spec_cls = CompareSpec
@@ -35,10 +43,11 @@ class ResultsTab(ToolTab):
         self.build_toolbar()
         area = self.build_split(form_height=200)
         area.grid_columnconfigure((0, 1), weight=1, uniform="results")
-        self.grid_view = GridView(self.paned)
+        self.grid_view = GridView(self.paned, on_layout=self.fit_grid)
         self.add_lower(self.grid_view, minsize=160)
-        Tooltip(self.grid_view.title, "Drag the bar above to give the grid more room. Click a cell to see it full "
-                                      "size.")
+        self.paned.paneconfigure(self.top_pane, stretch="never")  # a taller window gives the grid the room
+        Tooltip(self.grid_view.title, "Drag the bar above to give the grid more room. Click a cell to see it large; "
+                                      "the arrow keys then step through the grid.")
         self._build_settings(area)
         yield
         self._build_models(area)
@@ -56,7 +65,7 @@ class ResultsTab(ToolTab):
         compare.pad_bottom()
         export = Group(area, "Export")
         export.grid(row=0, column=1, sticky="nsew", padx=6, pady=6)
-        for name in ("cell_size", "output_png"):
+        for name in ("cell_size", "output_png", "replace_output"):
             self.field_rows[name] = self.spec_form.field(export, name)
         export.pad_bottom()
 
@@ -82,6 +91,9 @@ class ResultsTab(ToolTab):
         group.grid(row=2, column=0, columnspan=2, sticky="ew", padx=6, pady=6)
         group.grid_columnconfigure(1, weight=0)
         self.field_rows["seeds"] = self.spec_form.field(group, "seeds")
+        self.seeds_hint = ctk.CTkLabel(group, text="Comma-separated, e.g. 1, 2, 3; empty uses each prompt's own "
+                                                   "seed.", text_color=MUTED, anchor="w")
+        self.seeds_hint.grid(row=group.take_row(), column=1, sticky="w", padx=(0, 12))  # a row below the seeds
         row = group.take_row()
         self.copy_prompts_button = ctk.CTkButton(group, text="Copy the preset's sample prompts", width=240,
                                                  command=self.copy_prompts)
@@ -89,9 +101,6 @@ class ResultsTab(ToolTab):
         Tooltip(self.copy_prompts_button, "Replace the prompts below with the sampling tab's prompts.")
         self.prompts_editor = self.add_editor(group, "prompts", "+ Add prompt")
         self.prompts_editor.grid(row=group.take_row(), column=0, columnspan=2, sticky="ew", padx=8, pady=(0, 10))
-        self.seeds_hint = ctk.CTkLabel(group, text="Seeds: comma-separated, e.g. 1, 2, 3; empty uses each "
-                                                   "prompt's own seed.", text_color=MUTED, anchor="w")
-        self.seeds_hint.grid(row=0, column=1, sticky="e", padx=12, pady=(8, 2))
 
     # ---- what applies to the chosen source ----------------------------------------------------------
 
@@ -153,6 +162,35 @@ class ResultsTab(ToolTab):
         if spec.base_config and not Path(spec.base_config).expanduser().is_dir():
             problems.append(f"base_config: {spec.base_config} is not a folder")
         return problems
+
+    def fit_grid(self) -> None:
+        """Give the grid the height that shows all its rows, up to all but the form's least (see fit_panes); on a
+        tab not laid out yet, once it is."""
+        if self.paned.winfo_height() <= 1:
+            self.paned.bind("<Configure>", lambda _e: (self.paned.unbind("<Configure>"), self.fit_grid()))
+            return
+        self.fit_panes(lower=self.grid_view.wanted_height() + int(self.paned.cget("sashwidth")))
+
+    def start(self) -> bool:
+        """Run the comparison. When its file exists (and "Replace the file" is off) ask first: replace it for
+        this run, export to a free name beside it (shown in Export to), or cancel (False)."""
+        out = Path(self.spec.output_png).expanduser()
+        if self.runner.running or self.validate_now() or self.spec.replace_output or not out.exists():
+            return super().start()
+        beside = free_name(out)
+        answer = self.window.dialogs.choose("Replace the grid?", f"{out} already exists.",
+                                            [f"Replace {out.name}", f"Save as {beside.name}"])
+        if answer is None:
+            return False
+        if answer.startswith("Save as"):
+            self.spec.output_png = str(beside)
+            self.spec_form.refresh("output_png")
+            return super().start()
+        self.spec.replace_output = True  # for this run only: the session runs a copy of the spec
+        try:
+            return super().start()
+        finally:
+            self.spec.replace_output = False
 
     def on_start(self) -> None:
         self.grid_view.clear()

@@ -1,5 +1,5 @@
-"""What the tool tabs share: a spec form, Load/Save spec, Start/Stop with the reason it cannot start, progress and
-the run's outcome."""
+"""What the tool tabs share: a spec form (kept for the next session), Load/Save spec, Start/Stop with the reason it
+cannot start, progress and the run's outcome."""
 from __future__ import annotations
 
 import tkinter as tk
@@ -8,8 +8,10 @@ from typing import Any, Callable, Iterator
 
 import customtkinter as ctk
 
-from app.bottom_bar import DISABLED, LEVEL_COLOURS, START_COLOUR, STOP_COLOUR
+from app.bottom_bar import (DISABLED, START_COLOUR, STOP_COLOUR, UNCUT, Line, MessageLine, problem_text,
+                            set_enabled)
 from app.form import Form, describe_problem
+from app.recent import LastSpec
 from app.tabs.common import ListEditor, Tab
 from app.tool_runner import ToolRunner
 from app.widgets import MUTED, WARNING, Tooltip
@@ -24,7 +26,8 @@ class ToolTab(Tab):
     """A tab that edits a tool spec (its own Form, not the preset's) and runs the tool in a session.
 
     Subclasses set the class attributes, build their body in `steps()` after `build_toolbar()`, and handle the
-    tool's own events in `on_event()`.
+    tool's own events in `on_event()`. The spec as last edited (when valid) is kept beside the window's
+    recent-presets file and shown again when the window opens.
     """
 
     spec_cls: type = object
@@ -36,8 +39,9 @@ class ToolTab(Tab):
 
     def __init__(self, window, frame):
         super().__init__(window, frame)
-        self.spec_form = Form(self.spec_cls(), self._spec_changed, window.dialogs.browse,
-                              validator=self.spec_problems)
+        self.last_spec = LastSpec(window.recent.path.with_name(f"last-{self.what}.json"))
+        spec, prefilled = self.last_spec.read(self.spec_cls) or (self.spec_cls(), {})
+        self.spec_form = Form(spec, self._spec_changed, window.dialogs.browse, validator=self.spec_problems)
         self.spec_editors: list[ListEditor] = []
         self.runner = ToolRunner(self.tool_name, self.make_session, window.run_finished, self.uses_device)
         self.runner.subscribe(self._handle)
@@ -46,7 +50,7 @@ class ToolTab(Tab):
         self.reasons: list[str] = []
         self.last_finished: ev.RunFinished | None = None
         self._validate_id: str | None = None
-        self._prefilled: dict[str, str] = {}
+        self._prefilled: dict[str, str] = prefilled  # spec field -> the preset's value this tab filled in
 
     @property
     def spec(self) -> Any:
@@ -99,12 +103,14 @@ class ToolTab(Tab):
 
     def build_toolbar(self) -> ctk.CTkFrame:
         """Load spec…, Save spec…, progress, count and Start/Stop in one row; the reason Start is disabled and
-        the last run's outcome below it."""
+        the last run's outcome below it, a line each, always there (empty when there is nothing to say), so that
+        the form below never moves."""
         bar = ctk.CTkFrame(self.frame, fg_color="transparent")
         bar.grid(row=0, column=0, sticky="ew", padx=10, pady=(8, 2))
         bar.grid_columnconfigure(3, weight=1)
         self.load_button = ctk.CTkButton(bar, text="Load spec…", width=100, command=self.load_dialog)
         self.save_button = ctk.CTkButton(bar, text="Save spec…", width=100, command=self.save_dialog)
+        self.load_colour = self.load_button.cget("fg_color")
         self.load_button.grid(row=0, column=0, padx=(0, 6))
         self.save_button.grid(row=0, column=1, padx=(0, 16))
         Tooltip(self.load_button, f"Load a {self.what} spec file (the CLI runs the same file: "
@@ -122,8 +128,11 @@ class ToolTab(Tab):
                                           font=ctk.CTkFont(size=14, weight="bold"), command=self.start_stop)
         self.start_button.grid(row=0, column=5)
         Tooltip(self.start_button, self._start_tooltip)
-        self.problem_label = ctk.CTkLabel(bar, text="", text_color=WARNING, anchor="w", justify="left")
-        self.message_label = ctk.CTkLabel(bar, text="", anchor="w", justify="left", wraplength=1000)
+        self.problem_line, self.message_line = Line(bar, tip=False, text_color=WARNING), MessageLine(bar)
+        self.problem_label, self.message_label = self.problem_line.label, self.message_line.label
+        for row, label in ((1, self.problem_label), (2, self.message_label)):
+            label.grid(row=row, column=0, columnspan=6, sticky="ew", pady=(2, 0))
+        bar.bind("<Configure>", lambda _e: self._fit_lines(), add="+")
         self.show_running()
         return bar
 
@@ -174,21 +183,23 @@ class ToolTab(Tab):
             ok = not self.reasons
             self.start_button.configure(text=self.start_text, state="normal" if ok else "disabled",
                                         fg_color=START_COLOUR[0] if ok else DISABLED, hover_color=START_COLOUR[1])
-        self.load_button.configure(state="disabled" if running else "normal")
-        if self.reasons and not running:
-            more = f"   (+{len(self.reasons) - 1} more: hover Start for the list)" if len(self.reasons) > 1 else ""
-            self.problem_label.configure(text=f"Can't start: {self.reasons[0]}{more}")
-            self.problem_label.grid(row=1, column=0, columnspan=6, sticky="w", pady=(2, 0))
-        else:
-            self.problem_label.grid_remove()
+        set_enabled(self.load_button, not running, self.load_colour)
+        self._fit_lines()
 
-    def show_message(self, text: str, level: str = "info") -> None:
-        self.message_label.configure(text=text, text_color=LEVEL_COLOURS.get(level, LEVEL_COLOURS["info"]),
-                                     wraplength=max(600, self.frame.winfo_width() - 40))
-        if text:
-            self.message_label.grid(row=2, column=0, columnspan=6, sticky="w", pady=(2, 0))
-        else:
-            self.message_label.grid_remove()
+    def show_message(self, text: str, level: str = "info", about: str = "") -> None:
+        """The outcome of a run or of a spec load/save; empty text clears it. It goes at the next edit of the
+        spec or Start; one `about` a problem (a "Not saved") once that problem's field has none."""
+        self.message_line.show(text, level, about)
+
+    def _fit_lines(self) -> None:
+        """Fill the problem and message lines, each cut to one line of the tab's width."""
+        if not hasattr(self, "problem_label"):
+            return
+        width = self.frame.winfo_width() - 40 if self.frame.winfo_width() > 1 else UNCUT  # not laid out yet
+        reasons = [] if self.runner.running else self.reasons
+        self.problem_line.text, self.problem_line.tail = problem_text(reasons, "Can't start", self.start_text)
+        self.problem_line.fit(width)
+        self.message_line.fit(width)
 
     def show_count(self, done: int, total: int) -> None:
         self.progress.set(done / total if total else 0)
@@ -205,6 +216,7 @@ class ToolTab(Tab):
         return validate_spec(spec) + (self.path_problems(spec) if check_paths else [])
 
     def _spec_changed(self, path: str) -> None:
+        self.message_line.edited()  # what the last run, load or save said is past
         self.schedule_validation()
 
     def jobs_changed(self) -> None:
@@ -216,12 +228,17 @@ class ToolTab(Tab):
 
     def validate_now(self) -> list[str]:
         """Mark the spec's problems on their widgets; Start is disabled with the reasons (a bad value, or the
-        device held by a training or another tool)."""
+        device held by a training or another tool). A spec that would save is kept for the next session."""
         if self._validate_id is not None:
             self.window.after_cancel(self._validate_id)
             self._validate_id = None
-        self.problems = self.spec_form.problems(check_paths=True)
+        save_problems = self.spec_form.problems(check_paths=False)
+        self.problems = save_problems + self.path_problems(self.spec)
         self.spec_form.mark(self.problems)
+        if not save_problems:
+            self.last_spec.write(self.spec, self._prefilled)
+        if hasattr(self, "message_line"):
+            self.message_line.problems_now(save_problems)  # a "Not saved" goes with its problem
         busy = self.window.device_busy(asking=self.runner) if self.uses_device(self.spec) else None
         self.reasons = [f"{busy}; wait for it or stop it"] * bool(busy) + \
             [describe_problem(p, self.spec) for p in self.problems]
@@ -229,9 +246,8 @@ class ToolTab(Tab):
         return self.reasons
 
     def closing(self) -> None:
-        if self._validate_id is not None:
-            self.window.after_cancel(self._validate_id)
-            self._validate_id = None
+        if self._validate_id is not None:  # an edit not validated yet: keep it too
+            self.validate_now()
 
     # ---- running --------------------------------------------------------------------------------------
 
@@ -321,7 +337,7 @@ class ToolTab(Tab):
         """Write the spec as shown; refuses while a value is invalid (the file would not load)."""
         problems = self.spec_form.problems(check_paths=False)
         if problems:
-            self.show_message(f"Not saved: {describe_problem(problems[0], self.spec)}", "error")
+            self.show_message(f"Not saved: {describe_problem(problems[0], self.spec)}", "error", about=problems[0])
             return False
         try:
             save_spec(self.spec, Path(path).expanduser())

@@ -7,7 +7,7 @@ from pathlib import Path
 import customtkinter as ctk
 
 from app.tabs.tool_base import ToolTab
-from app.widgets import MUTED, Group, Tooltip, bury, load_thumbnail, show_image_window
+from app.widgets import MUTED, Group, RootImage, Tooltip, bury, load_thumbnail, show_image_window
 from trainer import events as ev
 from trainer.config import ConceptConfig
 from trainer.specs import GenerateDataSpec
@@ -45,7 +45,7 @@ class ToolsTab(ToolTab):
         super().__init__(window, frame)
         self.newest: list[tuple[str, str]] = []  # (image, caption), newest first
         self.cards: list[tuple[ctk.CTkLabel, ctk.CTkLabel]] = []
-        self._thumbs: OrderedDict[str, ctk.CTkImage | None] = OrderedDict()
+        self._thumbs: OrderedDict[str, RootImage | None] = OrderedDict()
         self._strip_after: str | None = None
         self._strip_shown = False
 
@@ -159,9 +159,9 @@ class ToolsTab(ToolTab):
                 self.strip_empty.grid()
             self.fit_panes(lower=STRIP_HEIGHT if self.newest else STRIP_EMPTY)
 
-    def _thumb(self, path: str) -> ctk.CTkImage | None:
+    def _thumb(self, path: str) -> RootImage | None:
         if path not in self._thumbs:
-            self._thumbs[path] = load_thumbnail(path, THUMB)
+            self._thumbs[path] = load_thumbnail(path, THUMB, self.frame)
             while len(self._thumbs) > 4 * STRIP:
                 old_path, old = self._thumbs.popitem(last=False)
                 if any(p == old_path for p, _ in self.newest):

@@ -136,6 +136,30 @@ def pump(window, seconds: float = 0.15) -> None:
         time.sleep(0.005)
 
 
+def demo_preset(folder: Path):
+    """The built-in demo preset (the defaults when it is missing) with every folder in `folder`: the workspace
+    and output in folder/workspace, its other relative paths (demo/..., its cache) below `folder`. So no test
+    reads or writes the demo/ or workspace/ a user may have in the checkout (`./run.sh` builds the demo there)."""
+    from app.recent import DEFAULT_PRESET
+    from trainer.config import Preset, load_preset
+    preset = load_preset(DEFAULT_PRESET) if DEFAULT_PRESET.exists() else Preset()
+    preset.general.workspace_dir = str(folder / "workspace")
+    preset.model.output_path = str(folder / "workspace" / "model.safetensors")
+    general, model = preset.general, preset.model
+    for owner, name in [(general, "cache_dir"), (general, "demo_dir"), (model, "base_model"),
+                        *((concept, "path") for concept in preset.concepts)]:
+        value = getattr(owner, name)
+        if value and not Path(value).expanduser().is_absolute():
+            setattr(owner, name, str(folder / value))
+    return preset
+
+
+def show_demo_preset(window, folder: Path) -> None:
+    """Show demo_preset(folder) in `window` as the built-in demo preset (loaded from its file, as on start)."""
+    from app.recent import DEFAULT_PRESET
+    window.set_preset(demo_preset(folder), DEFAULT_PRESET if DEFAULT_PRESET.exists() else None)
+
+
 @pytest.fixture(scope="module")
 def shared_window(gui_display, tmp_path_factory):
     """One fully built window per test module (building one takes about a second)."""
@@ -143,7 +167,10 @@ def shared_window(gui_display, tmp_path_factory):
     from app.window import Window
     dialogs = StubDialogs()
     recent = RecentFiles(tmp_path_factory.mktemp("recent") / "recent.json")
-    window = Window(session_factory=FakeSession, dialogs=dialogs, recent=recent, lazy=False)
+    folder = tmp_path_factory.mktemp("demo-preset")
+    window = Window(preset=demo_preset(folder), session_factory=FakeSession, dialogs=dialogs, recent=recent,
+                    lazy=False)
+    show_demo_preset(window, folder)
     window.update()
     yield window
     if not window.closed:
@@ -152,10 +179,8 @@ def shared_window(gui_display, tmp_path_factory):
 
 @pytest.fixture
 def window(shared_window, tmp_path):
-    """The shared window reset to the demo preset (or the defaults) with nothing running; its workspace and
-    output are in tmp_path (Start looks there for an earlier run)."""
-    from app.recent import DEFAULT_PRESET
-    from trainer.config import Preset, load_preset
+    """The shared window reset to the demo preset (or the defaults) with nothing running; its workspace, output
+    and demo folders are in tmp_path (Start looks there for an earlier run)."""
     w = shared_window
     assert not w.runner.running, "a previous test left a run going"
     w.dialogs.__init__()
@@ -164,10 +189,7 @@ def window(shared_window, tmp_path):
         tab.runner.session_factory = tab.make_session
         tab.set_spec(tab.spec_cls())
         tab.clear()
-    preset = load_preset(DEFAULT_PRESET) if DEFAULT_PRESET.exists() else Preset()
-    preset.general.workspace_dir = str(tmp_path / "workspace")
-    preset.model.output_path = str(tmp_path / "workspace" / "model.safetensors")
-    w.set_preset(preset, DEFAULT_PRESET if DEFAULT_PRESET.exists() else None)
+    show_demo_preset(w, tmp_path)
     w.run_tab.clear()
     w.bottom.show_message("", "info")
     w.tabview.set("general")
@@ -205,11 +227,12 @@ def make_window(gui_display, tmp_path):
         kw.setdefault("session_factory", FakeSession)
         kw.setdefault("dialogs", StubDialogs())
         kw.setdefault("recent", RecentFiles(tmp_path / "recent.json"))
+        demo = "preset" not in kw and "preset_path" not in kw
+        if demo:  # the demo preset, its folders in tmp_path (Start looks there for earlier runs)
+            kw["preset"] = demo_preset(tmp_path)
         window = Window(**kw)
-        if "preset" not in kw:  # the demo preset: its workspace in tmp_path (Start looks there for earlier runs)
-            window.preset.general.workspace_dir = str(tmp_path / "workspace")
-            window.preset.model.output_path = str(tmp_path / "workspace" / "model.safetensors")
-            window.set_preset(window.preset, window.preset_path)
+        if demo:
+            show_demo_preset(window, tmp_path)
         window.update()
         made.append(window)
         return window

@@ -100,3 +100,37 @@ def test_closing_the_window_saves_an_open_editors_caption(editor, window):
     window.tabs["concepts"].closing()
     assert not editor.winfo_exists()
     assert caption(editor, "a.png") == "a red circle, saved on the way out\n"
+
+
+def test_the_file_list_marks_captions_in_the_apps_font(editor, window):
+    """✓ for an image with a caption, ○ (amber) for one without, ⚠ (red) for a caption file that cannot be
+    read; the mark follows a save; the list's font is the one every label of the app uses."""
+    import customtkinter as ctk
+    from tkinter import font as tkfont
+
+    from app.widgets import ERROR, WARNING
+    (editor.folder / "c.txt").write_bytes(b"red hat\x00\x00\x00\xff")  # undecodable: read when selected
+    lines = list(editor.listbox.get(0, "end"))
+    assert lines == ["✓  a.png", "✓  b.png", "✓  c.png", "○  d.png"]
+    assert editor.listbox.itemcget(3, "fg") == WARNING and editor.listbox.itemcget(0, "fg") != WARNING
+    editor.select(2)
+    assert editor.listbox.get(2) == "⚠  c.png" and editor.listbox.itemcget(2, "fg") == ERROR
+    editor.select(3)
+    editor.set_text("a blue circle")
+    editor.save()
+    assert editor.listbox.get(3) == "✓  d.png" and editor.listbox.curselection() == (3,)
+    shown = tkfont.Font(root=editor, font=editor.listbox.cget("font")).actual()
+    app = ctk.CTkFont().actual()
+    assert (shown["family"], abs(shown["size"])) == (app["family"], abs(app["size"]))
+
+
+def test_escape_closes_the_editor_after_saving_an_edit(editor, window):
+    rescans = []
+    editor.on_changed = lambda: rescans.append(True)
+    editor.set_text("a red circle, kept on Escape")
+    editor.caption.focus_force()
+    window.update()
+    editor.caption._textbox.event_generate("<Escape>")
+    window.update()
+    assert not editor.winfo_exists() and rescans == [True]
+    assert caption(editor, "a.png") == "a red circle, kept on Escape\n"

@@ -100,17 +100,39 @@ def test_editing_the_folder_recomputes_and_ignores_stale_results(window, tmp_pat
     assert tab.stats_panel._token == requests
 
 
-def test_demo_folder_that_is_not_made_yet_is_not_an_error(window):
+def test_demo_folder_not_made_yet_is_no_error_and_is_scanned_once_made(window, pump):
+    """Before Start the demo's images folder is not there: said without alarm. Once Start (here: the test) has
+    made it, the statistics follow while the tab is shown, with no Rescan, edit or focus change; while another
+    tab is shown nothing is checked."""
     tab = window.tabs["concepts"]
-    if not window.preset.general.demo_dir or not window.preset.concepts:
-        return
+    assert window.preset.general.demo_dir and window.preset.concepts, "the demo preset has its demo folder"
+    window.tabview.set("concepts")
     tab.select(0)
-    folder = window.preset.concepts[0].path
-    if Path(folder).expanduser().is_dir():
-        return
-    wait_for(window, lambda: not tab.stats_panel.pending() and tab.stats_panel.shown is not None, "statistics")
+    folder = Path(window.preset.concepts[0].path)
+    assert not folder.exists(), "the demo's folder lies in the test's tmp_path"
+    wait_for(window, lambda: settled(tab, folder), "the statistics")
     assert "the demo builds it there" in tab.stats.cget("text")
     assert tab.stats.cget("text_color") != ERROR
+
+    folder.mkdir(parents=True)
+    for i, colour in enumerate(("red", "blue", "green")):
+        Image.new("RGB", (64, 64), colour).save(folder / f"{colour}.png")
+        (folder / f"{colour}.txt").write_text(f"a {colour} square\n")
+    wait_for(window, lambda: settled(tab, folder) and tab.stats.cget("text") == "3 of 3 images usable",
+             "the new folder's statistics", timeout_s=5)
+
+    window.tabview.set("general")
+    (folder / "blue.png").unlink()
+    pump(window, 1.5)
+    assert tab.stats.cget("text") == "3 of 3 images usable"  # hidden: not rechecked (and no folder change)
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    pump(window, 1.5)
+    assert tab.stats_panel.folder_existed is True  # hidden: not checked
+    window.tabview.set("concepts")
+    wait_for(window, lambda: settled(tab, folder) and "the demo builds it there" in tab.stats.cget("text"),
+             "the statistics of the vanished folder", timeout_s=5)
 
 
 def test_screenshot_of_concept_statistics(window, tmp_path, pump, screenshots):

@@ -239,3 +239,51 @@ def test_switching_concepts_drops_text_that_did_not_parse(window):
     assert f"concepts.{first}.repeats" not in window.form.parse_errors
     tab.select(first)
     assert window.form.widget_for(f"concepts.{first}.repeats").get_raw() == "1.0"
+
+
+def test_a_tool_tabs_problem_list_names_its_own_button(window, tmp_path):
+    for title, button in (("tools", "Generate"), ("results", "Run")):
+        tab = window.tabs[title]
+        window.tabview.set(title)
+        for path in ("steps", "width") if title == "tools" else ("cell_size", "max_columns"):
+            type_into(tab.spec_form.widget_for(path), "not a number")
+        window.update()
+        tab.validate_now()
+        window.update()
+        text = tab.problem_label.cget("text")
+        assert tab.start_button.cget("text") == button and len(tab.reasons) > 1
+        assert f"hover {button} for the list" in text and "Start" not in text
+
+
+def test_tooltips_stay_on_the_screen_at_its_right_and_bottom_edges(window, pump, screenshots):
+    from PIL import ImageGrab
+    for path in ("training.learning_rate", "training.epochs", "training.ema_decay", "training.resolution"):
+        type_into(window.form.widget_for(path), "a value that is not a number at all, typed in by mistake")
+    window.update()
+    window.validate_now()
+    tip = window.bottom.start_tip
+    assert len(window.bottom.problem_reasons) == 4 and "Fix these first" in tip.current_text()
+    screen_w, screen_h = window.winfo_screenwidth(), window.winfo_screenheight()
+    corners = ((screen_w - 3, screen_h - 3), (screen_w - 3, 200), (200, screen_h - 3), (200, 200))
+    for px, py in corners:
+        window.event_generate("<Motion>", warp=True, x=px - window.winfo_rootx(), y=py - window.winfo_rooty())
+        window.update()
+        assert (window.winfo_pointerx(), window.winfo_pointery()) == (px, py)
+        tip.show()
+        window.update()
+        x, y = tip._tip.winfo_rootx(), tip._tip.winfo_rooty()
+        width, height = tip._tip.winfo_width(), tip._tip.winfo_height()
+        assert 0 <= x and x + width <= screen_w and 0 <= y and y + height <= screen_h, (px, py, x, y, width, height)
+        if px < screen_w / 2:  # room on the right: it keeps to the right of the pointer
+            assert x > px
+        if py < screen_h / 2:  # room below: it stays below the pointer, off the widget
+            assert y > py
+        else:
+            assert y + height < py
+    window.event_generate("<Motion>", warp=True, x=screen_w - 3 - window.winfo_rootx(),
+                          y=screen_h - 3 - window.winfo_rooty())
+    tip.show()
+    pump(window, 0.2)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    ImageGrab.grab().save(screenshots / "tooltip_at_the_corner.png")
+    tip.hide()

@@ -39,7 +39,7 @@ def earlier_run_files(workspace: Path, step: int | None = 8, epoch: int = 2, sam
     if step is not None:
         backup = workspace / "backup" / f"step-{step}"
         backup.mkdir(parents=True)
-        (backup / "manifest.json").write_text(json.dumps({"step": step, "epoch": epoch, "epoch_step": 1,
+        (backup / "manifest.json").write_text(json.dumps({"step": step, "epoch": epoch, "epoch_step": 0,
                                                           "run_id": run_id, "files": []}))
     (workspace / "samples").mkdir(exist_ok=True)
     for i in range(samples):

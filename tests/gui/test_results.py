@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from gui_helpers import screenshot
 from PIL import Image
 
+from trainer import events as ev
 from trainer.config import SamplePrompt
 from trainer.specs import CompareModel, CompareSpec
 
@@ -55,6 +57,7 @@ def test_samples_of_a_run_fill_the_grid_and_export_it(window, tmp_path, wait_for
 
     results.spec_form.widget_for("columns").set("epochs")
     window.update()
+    window.dialogs.choose_answers = ["Replace"]  # the grid of the first run is there
     finished = run(window, results, wait_for)
     assert finished.outcome == "completed"
     assert grid.column_labels == ["epoch 0 (step 20)", "epoch 1 (step 30)"]
@@ -137,3 +140,88 @@ def test_run_folder_and_export_follow_the_workspace(window, tmp_path):
     entry.insert(0, str(tmp_path / "ws2"))
     window.update()
     assert results.spec.samples_dir == str(tmp_path / "ws2")
+
+
+def test_thumbnail_size_scales_the_images_and_the_grid_takes_the_height(window, fake_session, tmp_path, pump,
+                                                                       screenshots):
+    results = window.tabs["results"]
+    window.tabview.set("results")
+    results.runner.session_factory = fake_session
+    results.set_spec(CompareSpec(samples_dir=str(fake_samples(tmp_path / "ws")), output_png=str(tmp_path / "g.png")))
+    window.update()
+    assert results.start(), results.reasons
+    q = results.runner.session.events
+    q.put(ev.GridStarted(("prompt 0", "prompt 1"), ("step 10 (epoch 0)", "step 20 (epoch 0)", "step 30 (epoch 1)"),
+                         str(tmp_path / "g.png")))
+    for k, path in enumerate(sorted((tmp_path / "ws" / "samples").iterdir())):  # step by step, prompt 0 then 1
+        q.put(ev.GridCell(str(path), k % 2, k // 2, k + 1, 6))
+    pump(window, 0.3)
+    grid = results.grid_view
+    try:
+        paned = results.paned.winfo_height()
+        assert grid.winfo_height() >= grid.wanted_height() - 2, "the grid's rows do not fit though there is room"
+        box = grid.canvas.bbox("cell0_0")
+        assert box[2] - box[0] == 96, "a 48 px sample is not enlarged to the 128 px thumbnail size"
+        small = screenshot(window, pump, screenshots, "results_grid_128").count(grid.canvas, "red", 30)
+
+        grid.set_cell_size(256)
+        pump(window, 0.3)
+        box = grid.canvas.bbox("cell0_0")
+        assert box[2] - box[0] == 240 and grid.size_menu.get() == "256", "the 256 px thumbnails are not bigger"
+        shot = screenshot(window, pump, screenshots, "results_grid_256")
+        assert shot.count(grid.canvas, "red", 30) > 3 * small, "the grid does not show bigger images"
+        assert grid.wanted_height() > paned
+        assert grid.winfo_height() >= paned - 100 - 8 - 2, "the grid does not take the tab's height"
+    finally:
+        results.runner.session.finish("completed", "grid written", output_path=str(tmp_path / "g.png"))
+        pump(window)
+
+
+def test_a_grid_laid_out_before_its_tab_was_shown_gets_the_height(make_window, pump):
+    window = make_window(lazy=False)
+    results = window.tabs["results"]
+    assert results.paned.winfo_height() <= 1, "the results tab was laid out already"
+    results.grid_view.layout(("a", "b", "c"), ("1", "2"))  # as a GridStarted does
+    window.tabview.set("results")
+    pump(window, 0.3)
+    room = results.paned.winfo_height() - 100 - 8  # all but the form's least and the bar
+    assert results.grid_view.winfo_height() >= min(results.grid_view.wanted_height(), room) - 2
+
+
+def test_an_existing_grid_is_written_over_only_when_the_user_says_so(window, tmp_path, wait_for):
+    results = window.tabs["results"]
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"an earlier grid")
+    results.set_spec(CompareSpec(samples_dir=str(fake_samples(tmp_path / "ws")), output_png=str(out), cell_size=16))
+    window.dialogs.choose_answers = [None]
+    assert results.start() is False and not results.runner.running
+    title, message, options = window.dialogs.chosen()[-1]
+    assert str(out) in message and options == ["Replace grid.png", "Save as grid-2.png"]
+
+    window.dialogs.choose_answers = ["Save as"]
+    assert run(window, results, wait_for).outcome == "completed"
+    assert results.spec.output_png == str(tmp_path / "grid-2.png")
+    assert results.spec_form.widget_for("output_png").get_raw() == str(tmp_path / "grid-2.png")
+    assert Image.open(tmp_path / "grid-2.png").size[0] > 16 and out.read_bytes() == b"an earlier grid"
+
+    results.spec.output_png = str(out)
+    results.spec_form.refresh("output_png")
+    window.dialogs.choose_answers = ["Replace"]
+    assert run(window, results, wait_for).outcome == "completed"
+    assert Image.open(out).format == "PNG" and results.spec.replace_output is False  # for that run only
+
+    results.spec_form.widget_for("replace_output").toggle()  # the switch: no question
+    asked = len(window.dialogs.chosen())
+    assert run(window, results, wait_for).outcome == "completed" and len(window.dialogs.chosen()) == asked
+
+
+def test_the_seeds_hint_sits_below_the_prompts_heading(window):
+    results = window.tabs["results"]
+    window.tabview.set("results")
+    results.spec_form.widget_for("source").set("models")
+    window.update()
+    assert not results.spec.prompts  # the empty list: the heading's row holds the heading alone
+    (title,) = results.prompts_group.grid_slaves(row=0, column=0)
+    assert results.seeds_hint.winfo_rooty() >= title.winfo_rooty() + title.winfo_height()
+    seeds = results.spec_form.widget_for("seeds")
+    assert results.seeds_hint.winfo_rooty() >= seeds.winfo_rooty() + seeds.winfo_height()

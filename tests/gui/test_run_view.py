@@ -60,7 +60,7 @@ def test_events_update_bars_chart_gallery_log_and_buttons(running, tmp_path, pum
     assert bottom.epoch_label.cget("text") == "epoch 2/2"
     assert bottom.epoch_bar.get() == pytest.approx((1 + 5 / 10) / 2)
     assert bottom.speed_label.cget("text") == "4.00 it/s"
-    assert bottom.eta_label.cget("text") == "ETA 1:35"
+    assert bottom.eta_label.cget("text").startswith("1:35 left · done ≈ ")  # time left, and the clock time
     assert bottom.vram_label.cget("text") == "VRAM 3.2 GiB"
     chart = window.run_tab.chart
     assert chart.steps == list(range(1, 16)) and chart.loss[-1] == pytest.approx(1 / 15)
@@ -79,6 +79,8 @@ def test_events_update_bars_chart_gallery_log_and_buttons(running, tmp_path, pum
     assert bottom.start_button.cget("text") == "Start" and bottom.start_button.cget("state") == "normal"
     assert all(b.cget("state") == "disabled" for b in bottom.command_buttons.values())
     assert "completed" in bottom.message.cget("text") and "ws/model.safetensors" in bottom.message.cget("text")
+    assert bottom.speed_label.cget("text") == "– it/s" and bottom.eta_label.cget("text") == "time left –"
+    assert bottom.step_label.cget("text") == "step 15/20"  # where it ended stays
 
 
 def test_gallery_browses_earlier_steps_and_opens_full_size(running, tmp_path, pump):
@@ -106,9 +108,20 @@ def test_commands_reach_the_session(running, pump):
     for name, button in window.bottom.command_buttons.items():
         button.invoke()
     assert session.sent == [ev.SAMPLE_NOW, ev.BACKUP_NOW, ev.SAVE_NOW]
+    session.events.put(progress(4))
+    pump(window)
+    assert window.bottom.eta_label.cget("text").startswith("1:35 left")
+    session.send = session.sent.append  # the session stops a step later: one more Progress comes first
     window.bottom.start_button.invoke()  # Stop
     assert session.sent[-1] == ev.STOP
     assert window.bottom.start_button.cget("text") == "Stopping…"
+    bottom = window.bottom
+    assert bottom.eta_label.cget("text") == "time left –" and bottom.speed_label.cget("text") == "– it/s"
+    session.events.put(progress(5))
+    pump(window)
+    assert window.bottom.step_label.cget("text") == "step 5/20"
+    assert window.bottom.eta_label.cget("text") == "time left –"  # stopping: no time left to show
+    session.finish("stopped", step=3)
     pump(window)
     assert not window.runner.running and "stopped at step 3" in window.bottom.message.cget("text")
 

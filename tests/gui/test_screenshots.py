@@ -68,12 +68,13 @@ def test_screenshots_of_every_tab(window, sessions, pump, tmp_path, screenshots)
         loss = 0.08 + 0.2 * math.exp(-step / 60) + rng.uniform(-0.05, 0.05)
         smooth = 0.9 * smooth + 0.1 * loss
         lr = 3e-4 * min(1.0, step / 10)
-        q.put(ev.Progress(step, 400, step // 100, 4, step % 100 or 100, 100, loss, smooth, lr, 3.4, 47.0))
+        q.put(ev.Progress(step, 400, (step - 1) // 100, 4, step % 100 or 100, 100, loss, smooth, lr, 3.4, 47.0))
         if step % 60 == 0:
             for index in range(3):
                 q.put(ev.SampleReady(fake_sample(tmp_path, index, step), index,
                                      ("a red circle on a white background", "a blue square on a black background",
-                                      "a green triangle on a white background")[index], step, step // 100))
+                                      "a green triangle on a white background")[index], step,
+                                     (step - 1) // 100 + 1))  # the 1-based epoch of that step, as the engine
     q.put(ev.Log("info", "Run started on cpu: 400 steps, 4 epochs"))
     q.put(ev.Log("warning", "3 images have no caption file; using the concept caption"))
     q.put(ev.Status("Training"))
