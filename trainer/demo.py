@@ -242,7 +242,8 @@ def make_demo(folder: str | Path, seed: int = 0, vae_seconds: float | None = Non
     written under a temporary name and renamed when complete. `emit` hears what it does as events: a Status for
     each of the three stages (the VAE fit's about once a second, with its share done), a Log line for each part.
 
-    vae_seconds: time for the VAE fit; None reads SEACHANGE_DEMO_VAE_SECONDS (tests set a few seconds), else 50.
+    vae_seconds: time for the VAE fit; None reads the SEACHANGE_DEMO_VAE_SECONDS environment variable (a shorter
+    build on a slow machine, at the cost of blurrier demo images; the test suite sets 3), else 50.
     """
     import shutil
     started = time.monotonic()
