@@ -4,20 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from test_real_inputs import session_run  # through a TrainingSession, as the CLI and the window run it
 from tiny_presets import make_preset
 from trainer import events as ev
 from trainer.event_log import EVENT_LOG, EventRecorder, read_event_log
-from trainer.session import TrainingSession
-
-
-def session_run(preset, **options) -> tuple[ev.RunFinished, list]:
-    session = TrainingSession(preset, **options)
-    session.start()
-    events = []
-    while not events or not isinstance(events[-1], ev.RunFinished):
-        events.append(session.events.get(timeout=300))
-    session.join(10)
-    return events[-1], events
 
 
 def quick(tmp_path, tiny_model_dir, color_concept, **training):

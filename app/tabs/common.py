@@ -108,7 +108,37 @@ class Tab:
                 yield
 
 
-class ListEditor(ctk.CTkFrame):
+class ListRows:
+    """What an editor of a preset list (`form`, `list_path`, `item_cls`, one entry of `rows` per item, `rebuild()`)
+    does with its items: add one, remove one, rebuild after a preset load. `on_change()` (None: nothing) runs after
+    each change, before the form hears of it."""
+
+    on_change: Callable[[], None] | None = None
+
+    def items(self) -> list:
+        return read(self.form.preset, self.list_path)
+
+    def sync(self) -> None:
+        """After a preset load: rebuild only when the number of items changed (the form refreshes values)."""
+        if len(self.rows) != len(self.items()):
+            self.rebuild()
+
+    def add(self) -> None:
+        self.items().append(self.item_cls())
+        self._changed()
+
+    def remove(self, index: int) -> None:
+        del self.items()[index]
+        self._changed()
+
+    def _changed(self) -> None:
+        self.rebuild()
+        if self.on_change:
+            self.on_change()
+        self.form.on_change(self.list_path)
+
+
+class ListEditor(ListRows, ctk.CTkFrame):
     """Rows of compact widgets for a list of dataclass items, with Add and a remove button per row."""
 
     WIDTHS = {"prompt": 250, "negative_prompt": 190, "path": 420}
@@ -131,9 +161,6 @@ class ListEditor(ctk.CTkFrame):
         self.add_button = ctk.CTkButton(self, text=add_text, width=120, command=self.add)
         self.add_button.pack(anchor="w", pady=(6, 0), padx=3)
         self.rebuild()
-
-    def items(self) -> list:
-        return read(self.form.preset, self.list_path)
 
     def rebuild(self) -> None:
         """Re-create the rows for the preset's list (after add, remove or loading another preset)."""
@@ -160,21 +187,4 @@ class ListEditor(ctk.CTkFrame):
         else:
             self.empty.grid(row=1, column=0, columnspan=len(self.names), sticky="w", padx=3, pady=6)
 
-    def sync(self) -> None:
-        """After a preset load: rebuild only when the number of items changed (the form refreshes values)."""
-        if len(self.rows) != len(self.items()):
-            self.rebuild()
 
-    def add(self) -> None:
-        self.items().append(self.item_cls())
-        self._changed()
-
-    def remove(self, index: int) -> None:
-        del self.items()[index]
-        self._changed()
-
-    def _changed(self) -> None:
-        self.rebuild()
-        if self.on_change:
-            self.on_change()
-        self.form.on_change(self.list_path)

@@ -6,8 +6,8 @@ from dataclasses import fields
 
 import customtkinter as ctk
 
-from app.form import Form, item_type, read
-from app.tabs.common import Tab, scroll_area
+from app.form import Form, item_type
+from app.tabs.common import ListRows, Tab, scroll_area
 from app.widgets import MUTED, Group, Tooltip, bury
 
 GROUPS = [("Interval", ["every", "unit", "before_training"])]
@@ -15,7 +15,7 @@ TEXT_HEIGHTS = {"prompt": 60, "negative_prompt": 40}  # px: the texts of a promp
 CARD_COLOUR = ("gray80", "gray24")
 
 
-class PromptsEditor(ctk.CTkFrame):
+class PromptsEditor(ListRows, ctk.CTkFrame):
     """A list of sample prompts, one card each: the prompt and negative prompt as wide multi-line boxes, the
     other fields (seed, CFG scale, steps, size, sampler) in a row below, ✕ to remove it, and an Add button.
 
@@ -32,9 +32,6 @@ class PromptsEditor(ctk.CTkFrame):
         self.empty = ctk.CTkLabel(self, text="No sample prompts yet: training samples nothing.", text_color=MUTED)
         self.add_button = ctk.CTkButton(self, text=add_text, width=120, command=self.add)
         self.rebuild()
-
-    def items(self) -> list:
-        return read(self.form.preset, self.list_path)
 
     def rebuild(self) -> None:
         """Re-create the cards for the preset's list (after add, remove or loading another preset)."""
@@ -85,22 +82,6 @@ class PromptsEditor(ctk.CTkFrame):
         Tooltip(label, meta.get("help") or "")
         return label
 
-    def sync(self) -> None:
-        """After a preset load: rebuild only when the number of items changed (the form refreshes values)."""
-        if len(self.rows) != len(self.items()):
-            self.rebuild()
-
-    def add(self) -> None:
-        self.items().append(self.item_cls())
-        self._changed()
-
-    def remove(self, index: int) -> None:
-        del self.items()[index]
-        self._changed()
-
-    def _changed(self) -> None:
-        self.rebuild()
-        self.form.on_change(self.list_path)
 
 
 class SamplingTab(Tab):
