@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import json
+import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from trainer.demo import (BACKGROUNDS, COLORS, SHAPES, build_tiny_components, demo_pixels, fit_demo_vae,
-                          load_pixels, make_demo, make_demo_images, reconstruction_error)
+from trainer.demo import (BACKGROUNDS, COLORS, SHAPES, build_tiny_components, demo_pixels, draw_shape,
+                          fit_demo_vae, load_pixels, make_demo, make_demo_images, reconstruction_error)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_demo  # noqa: E402  (after the path is set)
 
 
 def test_demo_images_have_matching_captions(tmp_path):
@@ -28,7 +34,14 @@ def test_fitted_vae_reconstructs_the_demo_images():
     vae = build_tiny_components(seed=0, vae_norm_groups=8).vae
     pixels = demo_pixels()
     before = reconstruction_error(vae, pixels)
-    steps = fit_demo_vae(vae, pixels, seconds=600, max_steps=60, seed=0)  # steps, not time, end this fit
+    threads, threads_in_fit = torch.get_num_threads(), set()
+    torch.set_num_threads(2)
+    try:
+        steps = fit_demo_vae(vae, pixels, seconds=600, max_steps=60, seed=0,  # steps, not time, end this fit
+                             on_step=lambda step, done: threads_in_fit.add(torch.get_num_threads()))
+        assert threads_in_fit == {1} and torch.get_num_threads() == 2  # one thread, then as it was
+    finally:
+        torch.set_num_threads(threads)
     after = reconstruction_error(vae, pixels)
     assert steps == 60
     assert after < before / 2, (before, after)  # a minute's fit in make_demo reaches about before / 30
@@ -110,3 +123,18 @@ def test_make_demo_says_what_it_does_and_how_far_along(tmp_path, monkeypatch):
     events.clear()
     make_demo(tmp_path / "demo", emit=events.append)
     assert events == [], "nothing to build: nothing to say"
+
+
+def test_demo_benchmark_judges_colour_and_shape(tmp_path):
+    rng = random.Random(0)
+    for shape in ("circle", "square"):
+        draw_shape("red", shape, "white", 64, rng).save(tmp_path / f"red_{shape}.png")
+    draw_shape("blue", "circle", "white", 64, rng).save(tmp_path / "blue_circle.png")
+    circle = bench_demo.judge(tmp_path / "red_circle.png", "a red circle on a white background")
+    assert circle["colour"] and circle["shape"] and circle["iou"]["circle"] > 0.8, circle
+    square = bench_demo.judge(tmp_path / "red_square.png", "a red circle on a white background")
+    assert square["colour"] and not square["shape"], square  # right colours, wrong shape
+    blue = bench_demo.judge(tmp_path / "blue_circle.png", "a red circle on a white background")
+    assert not blue["colour"], blue
+    assert bench_demo.settled([1.0, 2.0, 3.0, 4.0], [True, False, True, True]) == 3.0
+    assert bench_demo.settled([1.0, 2.0], [True, False]) is None

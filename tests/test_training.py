@@ -230,3 +230,19 @@ def test_bad_override_exits_2(tiny_model_dir, color_concept, tmp_path, capsys):
     code, err = cli(make_preset(tmp_path, tiny_model_dir, color_concept), tmp_path, capsys,
                     "--set", "training.batch_size=0")
     assert code == 2 and "training.batch_size" in err
+
+
+def test_cpu_threads_hold_for_the_run_and_are_given_back(tiny_model_dir, color_concept, tmp_path):
+    """general.cpu_threads sets torch's threads while a CPU run trains (the demo uses 1: on a busy 2-core machine
+    two threads stall); the count the process had comes back afterwards."""
+    from trainer import events as ev
+    from trainer.loop import train
+    before = torch.get_num_threads()
+    preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={"max_steps": 2},
+                         general={"cpu_threads": 1 if before != 1 else 2})
+    during = []
+    finished = train(preset, lambda e: during.append(torch.get_num_threads()) if isinstance(e, ev.Progress) else None,
+                     queue.Queue())
+    assert finished.outcome == "completed", finished.message
+    assert during and set(during) == {preset.general.cpu_threads}
+    assert torch.get_num_threads() == before

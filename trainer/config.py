@@ -37,6 +37,9 @@ class GeneralConfig:
                                   "cached latents), 2-8 on a GPU without latent caching.", min=0, max=64)
     device: str = opt("auto", "Device", "Where to train: auto picks the GPU when there is one.",
                       choices=DEVICES)
+    cpu_threads: int = opt(0, "CPU threads", "torch threads when training on the CPU; 0 keeps torch's default (one "
+                           "per core). 1 is fastest for small models on a machine that is busy with other work.",
+                           min=0, max=256)
     tensorboard: bool = opt(True, "TensorBoard", "Write loss, learning rate and samples for TensorBoard "
                             "under workspace/tensorboard.")
     demo_dir: str = opt("", "Demo folder", "When set and the folder is missing, the embedded demo (a tiny model "

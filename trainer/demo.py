@@ -1,6 +1,7 @@
 """The embedded demo: a tiny SD-1.5-shaped model and a generated concept of coloured shapes. No UI here."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -91,7 +92,7 @@ def fit_demo_vae(vae, pixels, seconds: float = 60.0, seed: int = 0, crop: int = 
     """Train the VAE's encoder and decoder to reconstruct `pixels` (B, 3, H, W in [-1, 1]) for about `seconds`
     of wall time (or max_steps); returns the steps taken. Leaves the VAE in eval mode, frozen. `on_step(steps,
     done)` hears after each step how many were taken and how far the fit is (0 to 1: time or steps, whichever
-    ends it).
+    ends it). Runs on one torch thread (one_thread).
 
     Random flips and random crops (shifts) of the demo images; MSE + 0.5 L1 reconstruction loss, Adam with a
     short warm-up and a cosine decay over the time budget. No KL term: the posterior is kept near-deterministic
@@ -103,6 +104,11 @@ def fit_demo_vae(vae, pixels, seconds: float = 60.0, seed: int = 0, crop: int = 
       smooth colour map that the diffusion model learns quickly. The fourth channel is free (shape edges) with
       a weak L2 that keeps it in range.
     """
+    with one_thread():
+        return _fit_demo_vae(vae, pixels, seconds, seed, crop, batch_size, learning_rate, max_steps, on_step)
+
+
+def _fit_demo_vae(vae, pixels, seconds, seed, crop, batch_size, learning_rate, max_steps, on_step) -> int:
     import math
 
     import torch
@@ -136,6 +142,20 @@ def fit_demo_vae(vae, pixels, seconds: float = 60.0, seed: int = 0, crop: int = 
         step += 1
     vae.requires_grad_(False).eval()
     return step
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one CPU thread inside the block, as it was after. The tiny demo model's operations are too
+    small to share out: split over the cores, each one waits for the slowest thread, and on a shared CPU a thread
+    that lost its core stalls them all (on 2 shared cores the VAE fit took 60 times fewer steps on 2 threads)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def start_attention_as_identity(model) -> None:

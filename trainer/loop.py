@@ -44,7 +44,10 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     accelerator = make_accelerator(preset)
     device, emit = accelerator.device, main_process_only(emit, accelerator)
     inputs = check_run(preset, accelerator, resume, fresh, allow_changed_data, emit)
-    # 2. Seeds.
+    # 2. Seeds, and the CPU's threads when it trains (given back at the end).
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and preset.general.cpu_threads:
+        torch.set_num_threads(preset.general.cpu_threads)
     torch.manual_seed(preset.general.seed)
     np.random.seed(preset.general.seed % 2**32)
     # 3. The model, loaded offline: each part on its device and dtype, the objective resolved.
@@ -120,6 +123,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     finally:
         tensorboard.close()
         accelerator.free_memory()
+        torch.set_num_threads(threads)
 
 
 def resume_from(folder, start: Position, model: TrainingModel, state: TrainingState, plan: EpochPlan, accelerator,
