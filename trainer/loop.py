@@ -23,7 +23,8 @@ from trainer.data import EpochPlan
 from trainer.ema import training_ema
 from trainer.intervals import Boundaries
 from trainer.outputs import RunOutputs, TensorBoard, sampling_hint
-from trainer.processes import commands_now, main_process_first, main_process_only, make_accelerator
+from trainer.processes import (commands_now, main_process_first, main_process_only, make_accelerator,
+                                use_cpu_threads)
 from trainer.progress import LossTracker, StepLoss
 from trainer.step import step_loss
 from trainer.training_model import TrainingModel
@@ -45,9 +46,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     device, emit = accelerator.device, main_process_only(emit, accelerator)
     inputs = check_run(preset, accelerator, resume, fresh, allow_changed_data, emit)
     # 2. Seeds, and the CPU's threads when it trains (given back at the end).
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and preset.general.cpu_threads:
-        torch.set_num_threads(preset.general.cpu_threads)
+    threads = use_cpu_threads(preset.general.cpu_threads, device)
     torch.manual_seed(preset.general.seed)
     np.random.seed(preset.general.seed % 2**32)
     # 3. The model, loaded offline: each part on its device and dtype, the objective resolved.

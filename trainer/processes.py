@@ -77,3 +77,12 @@ def commands_now(accelerator, commands: queue.Queue | None) -> set[str]:
     flags = torch.tensor([float(name in names) for name in ev.COMMANDS], device=accelerator.device)
     flags = accelerator.reduce(flags, "sum")
     return {name for name, flag in zip(ev.COMMANDS, flags.tolist()) if flag > 0}
+
+
+def use_cpu_threads(count: int, device: torch.device) -> int:
+    """Train on `count` torch threads when the device is the CPU (general.cpu_threads; 0 keeps torch's choice).
+    Returns the count the process had, to give back with torch.set_num_threads when the run ends."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and count:
+        torch.set_num_threads(count)
+    return threads
