@@ -9,7 +9,7 @@ import customtkinter as ctk
 
 from app.form import split_problem
 from app.run_widgets import CHECKPOINTS, run_outcome
-from app.widgets import ERROR, MUTED, SUCCESS, WARNING, Tooltip
+from app.widgets import ERROR, MUTED, SUCCESS, WARNING, Tooltip, fit_text, reconfigure
 from trainer import events as ev
 
 START_COLOUR, STOP_COLOUR, DISABLED = ("#2f8f4e", "#276f3e"), ("#b83a36", "#8f2c29"), "#4a4d50"
@@ -49,21 +49,10 @@ def format_speed(it_per_s: float) -> str:
     return f"{it_per_s:.2f} it/s" if it_per_s >= 1 else f"{1 / it_per_s:.2f} s/it"
 
 
-def fit_text(font, text: str, width: int) -> str:
-    """`text` on one line (line breaks become spaces), cut with "…" to fit `width` pixels in `font`."""
-    text = " ".join(text.split())
-    if font.measure(text) <= width:
-        return text
-    lo, hi = 0, len(text)
-    while lo < hi:  # the longest prefix that fits with the ellipsis
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if font.measure(text[:mid] + "…") <= width else (lo, mid - 1)
-    return text[:lo].rstrip() + "…"
-
-
 def set_enabled(button: ctk.CTkButton, enabled: bool, colour) -> None:
-    """Enable a button in its `colour`, or disable it and fill it grey (not only its text), so that it looks off."""
-    button.configure(state="normal" if enabled else "disabled", fg_color=colour if enabled else DISABLED)
+    """Enable a button in its `colour`, or disable it and fill it grey (not only its text), so that it looks off;
+    a button that already looks so is left alone (not redrawn)."""
+    reconfigure(button, state="normal" if enabled else "disabled", fg_color=colour if enabled else DISABLED)
 
 
 class Line:
@@ -75,6 +64,7 @@ class Line:
         self.font = ctk.CTkFont()
         self.label = ctk.CTkLabel(master, text="", height=LINE_HEIGHT, anchor="w", font=self.font, **kw)
         self.text, self.tail, self.width = "", "", UNCUT
+        self._fitted: tuple | None = None  # (text, tail, width) the label shows now
         if tip:
             Tooltip(self.label, lambda: self.text + self.tail if self.label.cget("text") != self.text + self.tail
                     else "")
@@ -85,10 +75,13 @@ class Line:
         self.fit()
 
     def fit(self, width: int | None = None) -> None:
-        """Cut the text to `width` pixels (default: the last width given)."""
+        """Cut the text to `width` pixels (default: the last width given); no work when nothing changed."""
         self.width = width or self.width
+        if self._fitted == (self.text, self.tail, self.width):
+            return
+        self._fitted = (self.text, self.tail, self.width)
         cut = fit_text(self.font, self.text, self.width - self.font.measure(self.tail)) if self.text else ""
-        self.label.configure(text=cut + self.tail)
+        reconfigure(self.label, text=cut + self.tail)
 
 
 class MessageLine(Line):
@@ -103,7 +96,7 @@ class MessageLine(Line):
     def show(self, text: str, level: str = "info", about: str = "") -> None:
         """Show `text` (empty: clear it); `about` is the problem it reports, as Form.problems gives it."""
         self.field = split_problem(about)[0] if text and about else ""
-        self.label.configure(text_color=LEVEL_COLOURS.get(level, LEVEL_COLOURS["info"]))
+        reconfigure(self.label, text_color=LEVEL_COLOURS.get(level, LEVEL_COLOURS["info"]))
         self.set(text)
 
     def edited(self) -> None:
@@ -210,13 +203,11 @@ class BottomBar(ctk.CTkFrame):
         if stopping:
             self.clear_speed()
         if running:
-            self.start_button.configure(text="Stopping…" if stopping else "Stop",
-                                        state="disabled" if stopping else "normal",
-                                        fg_color=STOP_COLOUR[0], hover_color=STOP_COLOUR[1])
+            reconfigure(self.start_button, text="Stopping…" if stopping else "Stop",
+                        state="disabled" if stopping else "normal", fg_color=STOP_COLOUR[0], hover_color=STOP_COLOUR[1])
         else:
-            self.start_button.configure(text="Start", state="normal" if self.can_start else "disabled",
-                                        fg_color=START_COLOUR[0] if self.can_start else DISABLED,
-                                        hover_color=START_COLOUR[1])
+            reconfigure(self.start_button, text="Start", state="normal" if self.can_start else "disabled",
+                        fg_color=START_COLOUR[0] if self.can_start else DISABLED, hover_color=START_COLOUR[1])
         self._fit_lines()
 
     def set_problems(self, reasons: list[str]) -> None:

@@ -28,10 +28,14 @@ def bury(obj: Any) -> None:
 
 
 def flush_graveyard() -> None:
-    """Free buried Tk objects now, from the Tk thread."""
+    """Free buried Tk objects now, from the Tk thread; then freeze the objects left (gc.freeze: no collection
+    looks at them until the next flush), so that the collections during the run pass over the objects made
+    since, not over the whole window (a full pass takes 40-70 ms on a slow machine: a stall of the window)."""
     import gc
     _graveyard.clear()
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
 
 
 def format_value(value: Any) -> str:
@@ -39,6 +43,39 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return "" if value is None else str(value)
+
+
+def reconfigure(widget, **options) -> None:
+    """`widget.configure(**options)` for the options whose value differs from the widget's (cget) only, and no
+    call when none does: CTk redraws a widget at every configure of a colour or state, tens of ms for a window's
+    worth of buttons on a slow machine."""
+    changed = {name: value for name, value in options.items() if widget.cget(name) != value}
+    if changed:
+        widget.configure(**changed)
+
+
+def fit_text(font, text: str, width: float, lines: int = 1) -> str:
+    """`text` (line breaks become spaces) as Tk shows it wrapped at words to `width` pixels of `font`, cut with
+    "…" so that it takes at most `lines` lines (the last line is cut anywhere, not only between words)."""
+    words = text.split()
+    text = " ".join(words)
+    if font.measure(text) <= width:
+        return text
+    shown = []
+    while len(shown) < lines - 1 and words and font.measure(words[0]) <= width:
+        n = len(words)
+        while font.measure(" ".join(words[:n])) > width:
+            n -= 1
+        shown.append(" ".join(words[:n]))
+        words = words[n:]
+    rest = " ".join(words)
+    if font.measure(rest) > width:
+        lo, hi = 0, len(rest)
+        while lo < hi:  # the longest prefix that fits with the ellipsis
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if font.measure(rest[:mid] + "…") <= width else (lo, mid - 1)
+        rest = rest[:lo].rstrip() + "…"
+    return " ".join(shown + [rest] if rest else shown)
 
 
 class Tooltip:
@@ -247,26 +284,38 @@ class PathField(ctk.CTkFrame):
 
 
 class LabelledField:
-    """Label, widget and a reason line (shown only for a bad value), gridded into two columns of `parent`."""
+    """Label and widget, gridded into two columns of `parent`, and in red the reason for a bad value, which never
+    moves another widget: it is placed (it takes no room in the grid) beside the widget, in two lines at most
+    within the widget's row; below a widget that fills its row (`stretch`), in one line, in the row under it that
+    is kept free for it. A reason cut to fit ends in "…"; the widget's tooltip has all of it."""
+
+    REASON_GAP = 8  # px between a widget and the reason beside it
+    REASON_MIN = 40  # px: with less room beside the widget only "⚠" is shown there (none without room for it)
 
     def __init__(self, parent, row: int, label: str, help_text: str, widget, stretch: bool = False):
-        self.widget, self.help_text, self.reason = widget, help_text, None
+        self.widget, self.help_text, self.reason, self.stretch = widget, help_text, None, stretch
         self.label = ctk.CTkLabel(parent, text=label, anchor="w")
         self.label.grid(row=row, column=0, sticky="w", padx=(12, 8), pady=(4, 0))
         widget.grid(row=row, column=1, sticky="ew" if stretch else "w", padx=(0, 12), pady=(4, 0))
         self._parent, self._row, self._error_label = parent, row, None
+        self._font = ctk.CTkFont(size=11)
+        self._keep_reason_row(stretch)
         Tooltip(self.label, help_text)
         Tooltip(widget, self.tooltip_text)
 
     def tooltip_text(self) -> str:
         return self.help_text + (f"\n\n⚠ {self.reason}" if self.reason else "")
 
+    def _keep_reason_row(self, keep: bool) -> None:
+        line = self._font.metrics("linespace") * ctk.ScalingTracker.get_widget_scaling(self.widget)
+        self._parent.grid_rowconfigure(self._row + 1, minsize=round(line) if keep else 0)
+
     def set_visible(self, visible: bool) -> None:
         """Show or hide the whole row (a field that does not apply to the current choice)."""
         for part in (self.label, self.widget):
             part.grid() if visible else part.grid_remove()
-        if self._error_label is not None:
-            self._error_label.grid() if visible and self.reason else self._error_label.grid_remove()
+        self._keep_reason_row(visible and self.stretch)
+        self._show_reason()
 
     def set_error(self, reason: str | None) -> None:
         if reason == self.reason:
@@ -275,14 +324,31 @@ class LabelledField:
         self.widget.set_error(reason)
         if reason and self._error_label is None:
             self._error_label = ctk.CTkLabel(self._parent, text="", text_color=ERROR, anchor="w", justify="left",
-                                             wraplength=300, font=ctk.CTkFont(size=11))
-        if self._error_label is not None:
-            if reason:  # as wide as the field (a long path then wraps once, not word by word)
-                width = int(self.widget.winfo_width() / ctk.ScalingTracker.get_widget_scaling(self.widget))
-                self._error_label.configure(text=reason, wraplength=max(300, width))
-                self._error_label.grid(row=self._row + 1, column=1, sticky="w", padx=(0, 12))
-            else:
-                self._error_label.grid_remove()
+                                             height=1, font=self._font)
+            for changes in (self._parent, self.widget):  # the room there is, where the widget is
+                changes.bind("<Configure>", lambda _e: self._show_reason(), add="+")
+        self._show_reason()
+
+    def _show_reason(self) -> None:
+        """Place the reason (cut to the room there is now) beside or below the widget; or take it away."""
+        label = self._error_label
+        if label is None:
+            return
+        scaling = ctk.ScalingTracker.get_widget_scaling(self.widget)
+        gap = round(self.REASON_GAP * scaling)
+        room = (self._parent.winfo_width() - self.widget.winfo_x() - self.widget.winfo_width() - gap) / scaling - 12
+        if not self.reason or not self.widget.winfo_manager() or (
+                not self.stretch and room < self._font.measure("⚠")):
+            label.place_forget()
+            return
+        if self.stretch:
+            width = self.widget.winfo_width() / scaling
+            reconfigure(label, text=fit_text(self._font, self.reason, width), wraplength=0)
+            label.place(in_=self.widget, x=0, rely=1.0, anchor="nw")
+            return
+        text = fit_text(self._font, self.reason, room, lines=2) if room >= self.REASON_MIN else "⚠"
+        reconfigure(label, text=text, wraplength=max(room, 1))
+        label.place(in_=self.widget, relx=1.0, x=gap, rely=0.5, anchor="w")
 
 
 class Group(ctk.CTkFrame):
@@ -298,7 +364,7 @@ class Group(ctk.CTkFrame):
 
     def take_row(self) -> int:
         row = self.next_row
-        self.next_row += 2  # the odd row below holds the field's reason line when it has one
+        self.next_row += 2  # the odd row below: a reason line's, under a field that fills its row
         return row
 
     def pad_bottom(self) -> None:

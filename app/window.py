@@ -359,10 +359,23 @@ class Window(ctk.CTk):
         return self.runner.running or any(tool.running for tool in self.tool_runners)
 
     def jobs_changed(self) -> None:
-        """A training or a tool started or finished: every Start button re-checks whether it may run."""
+        """A training or a tool started or finished: every Start button re-checks whether it may run. The window
+        checks first, then the tabs one at a time, each in a Tk tick of its own: a check may redraw buttons and
+        fields (tens of ms on a slow machine), and all of them in one tick would hold up the window."""
         self.schedule_validation()
-        for tab in self.tabs.values():
-            tab.jobs_changed()
+        self._tell_tabs(list(self.tabs.values()), now=False)
+
+    def _tell_tabs(self, tabs: list, now: bool = True) -> None:
+        """Tell `tabs[0]` that the jobs changed (`now`); the next tab hears it in the tick after the checks that
+        wait for an idle moment (this tab's, the window's) have run. A timer, not an idle callback: CTk runs
+        the idle callbacks there are whenever it redraws a scrollbar, and the checks would pile up there."""
+        if self.closed or not tabs:
+            return
+        if now:
+            tabs[0].jobs_changed()
+            tabs = tabs[1:]
+        if tabs:
+            self.after_idle(lambda: None if self.closed else self.after(0, self._tell_tabs, tabs))
 
     def sessions(self) -> list:
         """The live sessions (training and tools), for a clean shutdown after the window closed."""

@@ -13,7 +13,7 @@ import customtkinter as ctk
 from app.form import hint_of, is_scalar, split_problem
 from app.tabs.common import Tab
 from app.tabs.concept_stats import StatsPanel, stats_key
-from app.widgets import ERROR, MUTED, WARNING, Group, Tooltip, bury, load_thumbnail
+from app.widgets import ERROR, MUTED, WARNING, Group, Tooltip, bury, load_thumbnail, reconfigure
 from trainer.captions import caption_lines
 from trainer.config import ConceptConfig
 
@@ -289,9 +289,9 @@ class ConceptsTab(Tab):
             parts = path.split(".")
             if len(parts) > 1 and parts[0] == "concepts" and parts[1].isdigit():
                 self.problem_reasons.setdefault(int(parts[1]), []).append(reason)
-        for i, (_, _, button) in enumerate(self.rows):
-            button.configure(text_color=ERROR if i in self.problem_reasons
-                             else ctk.ThemeManager.theme["CTkButton"]["text_color"])
+        for i, (_, _, button) in enumerate(self.rows):  # only a name whose colour changes is redrawn
+            reconfigure(button, text_color=ERROR if i in self.problem_reasons
+                        else ctk.ThemeManager.theme["CTkButton"]["text_color"])
         self.rescan_if_folder_changed()
 
     def rescan_if_folder_changed(self) -> None:

@@ -14,7 +14,7 @@ from app.form import Form, describe_problem
 from app.recent import LastSpec
 from app.tabs.common import ListEditor, Tab
 from app.tool_runner import ToolRunner
-from app.widgets import MUTED, WARNING, Tooltip
+from app.widgets import MUTED, WARNING, Tooltip, reconfigure
 from trainer import events as ev
 from trainer.fields import ConfigError, default_of
 from trainer.specs import load_spec, save_spec, validate_spec
@@ -176,12 +176,12 @@ class ToolTab(Tab):
             return
         running = self.runner.running
         if running:
-            self.start_button.configure(text="Stopping…" if self.runner.stopping else "Stop",
+            reconfigure(self.start_button, text="Stopping…" if self.runner.stopping else "Stop",
                                         state="disabled" if self.runner.stopping else "normal",
                                         fg_color=STOP_COLOUR[0], hover_color=STOP_COLOUR[1])
         else:
             ok = not self.reasons
-            self.start_button.configure(text=self.start_text, state="normal" if ok else "disabled",
+            reconfigure(self.start_button, text=self.start_text, state="normal" if ok else "disabled",
                                         fg_color=START_COLOUR[0] if ok else DISABLED, hover_color=START_COLOUR[1])
         set_enabled(self.load_button, not running, self.load_colour)
         self._fit_lines()

@@ -207,4 +207,7 @@ def shoot_results(window, fake_session, pump, tmp_path, screenshots) -> None:
     results.validate_now()
     shot = screenshot(window, pump, screenshots, "11_results_models")
     assert len(results.spec.models) == 3 and shot.colours(results.models_editor) > 20, "no model rows"
-    assert shot.colours(results.prompts_editor) > 20, "no prompt rows"
+    results.prompts_group.master._parent_canvas.yview_moveto(1.0)  # the prompts: below the models
+    shot = screenshot(window, pump, screenshots, "11_results_prompts")
+    assert shot.inside(results.prompts_editor, results.top_pane) and shot.colours(results.prompts_editor) > 20, \
+        "no prompt rows"

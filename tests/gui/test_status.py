@@ -10,6 +10,7 @@ import pytest
 from gui_helpers import screenshot, type_into
 
 from app.bottom_bar import DISABLED, format_eta
+from app.widgets import ERROR
 from trainer import events as ev
 
 
@@ -125,23 +126,25 @@ def geometry(*widgets) -> list[tuple[int, int, int]]:
 
 
 def test_lines_that_come_and_go_never_move_the_form(window, tmp_path, pump):
-    """The problem and message lines keep their place and height, empty or not, however long the text: the
-    fields under the mouse stay where they are."""
+    """The problem and message lines keep their place and height, empty or not, however long the text, and so
+    does a field's reason line: the fields under the mouse stay where they are."""
     window.tabview.set("training")
     pump(window)
     bottom, field = window.bottom, window.form.widget_for("training.learning_rate")  # another group than epochs
-    before = geometry(bottom, window.tabview, field)
+    below = window.form.widget_for("training.max_steps")  # under epochs, in its group
+    before = geometry(bottom, window.tabview, field, below)
     type_into(window.form.widget_for("training.epochs"), "many")
     window.save_to(tmp_path / "x.json")
     bottom.show_message("Training failed: " + "a very long reason, " * 40, "error")
     pump(window)
     assert bottom.problem.cget("text") and bottom.message.cget("text").endswith("…")
     assert bottom.message_line.text.endswith("reason, ")  # whole in the tooltip
-    assert geometry(bottom, window.tabview, field) == before
+    assert window.form.bindings_for("training.epochs")[0].labelled._error_label.winfo_ismapped()
+    assert geometry(bottom, window.tabview, field, below) == before
     type_into(window.form.widget_for("training.epochs"), "3")
     pump(window)
     assert bottom.problem.cget("text") == "" and bottom.message.cget("text") == ""
-    assert geometry(bottom, window.tabview, field) == before
+    assert geometry(bottom, window.tabview, field, below) == before
 
     tools = window.tabs["tools"]
     window.tabview.set("tools")
@@ -157,6 +160,31 @@ def test_lines_that_come_and_go_never_move_the_form(window, tmp_path, pump):
     pump(window)
     assert "Steps" not in tools.problem_label.cget("text") and tools.message_label.cget("text") == ""  # it goes
     assert geometry(tools.paned, steps) == before
+
+
+@pytest.mark.parametrize("tab, path, bad, below, says", [
+    ("training", "training.learning_rate", "fast", "training.weight_decay", "expected a number, got 'fast'"),
+    ("model", "model.base_model", "nowhere", "model.base_config", "nowhere does not exist")])
+def test_a_fields_reason_moves_nothing_below_it(window, pump, screenshots, tab, path, bad, below, says):
+    """A bad value's reason shows in red beside its field (a number: within the field's row) or in the line kept
+    under it (a field as wide as its group: a path); the field below it in the same group stays where it is,
+    and the reason covers none of it."""
+    window.tabview.set(tab)
+    field, under = window.form.widget_for(path), window.form.widget_for(below)
+    pump(window)
+    labelled, good, before = window.form.bindings_for(path)[0].labelled, field.get_raw(), geometry(under)
+    type_into(field, bad)
+    shot = screenshot(window, pump, screenshots, f"status_reason_{tab}")
+    reason = labelled._error_label
+    assert reason.winfo_ismapped() and reason.cget("text") == says
+    assert shot.count(reason, ERROR, 60) > 20, "the reason is not shown in red"
+    assert geometry(under) == before
+    assert reason.winfo_rooty() + reason.winfo_height() <= under.winfo_rooty(), "the reason covers the field below"
+    group = field.master
+    assert reason.winfo_rootx() + reason.winfo_width() <= group.winfo_rootx() + group.winfo_width()
+    type_into(field, good)
+    pump(window)
+    assert not reason.winfo_ismapped() and geometry(under) == before
 
 
 def test_disabled_run_commands_look_disabled(window, sessions, pump, screenshots):
