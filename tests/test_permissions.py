@@ -65,7 +65,7 @@ def test_backup_follows_the_umask(tmp_path, tiny_model_dir, color_concept, umask
     preset = make_preset(tmp_path, tiny_model_dir, color_concept)
     for mask, file_mode, dir_mode in MASKS:
         umask(mask)
-        folder = write_backup(tmp_path / f"b{mask:o}", "step1", {"unet": torch.nn.Linear(2, 2)},
+        folder = write_backup(tmp_path / f"b{mask:o}", "step1", {"unet": torch.nn.Linear(2, 2).state_dict()},
                               {"step": 1}, preset, Position(1, 0, 1), dataset={"images": []})
         assert stat.S_IMODE(folder.stat().st_mode) == dir_mode
         assert_modes(folder, file_mode, dir_mode)

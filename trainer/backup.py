@@ -111,7 +111,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Preset, position: Position,
+def write_backup(root: Path, name: str, weights: dict[str, dict], state: dict, preset: Preset, position: Position,
                  num_processes: int = 1, run_id: str = "", dataset: dict | None = None) -> Path:
     """Write one backup folder atomically; on any error the partial folder is removed and the error raised.
     The manifest records the process count (the position inside an epoch is counted in steps of all of them)
@@ -124,10 +124,10 @@ def write_backup(root: Path, name: str, modules: dict, state: dict, preset: Pres
     try:
         tmp.mkdir()
         files = []
-        for module_name, module in modules.items():
-            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-            save_file(tensors, str(tmp / f"{module_name}.safetensors"))
-            files.append(f"{module_name}.safetensors")
+        for part, part_tensors in weights.items():  # {"unet": {name: tensor}, ...}: PART.safetensors each
+            tensors = {k: v.detach().contiguous().cpu() for k, v in part_tensors.items()}
+            save_file(tensors, str(tmp / f"{part}.safetensors"))
+            files.append(f"{part}.safetensors")
         torch.save(state, tmp / STATE)
         files.append(STATE)
         atomic_write_text(tmp / "preset.json", preset_to_json(preset))

@@ -23,6 +23,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")  # the objectives SeaChange train
 DEVICES = ("auto", "cpu", "cuda")  # auto: the GPU when there is one
 OUTPUT_FORMATS = ("single_file", "diffusers")
 OUTPUT_DTYPES = ("float16", "bfloat16", "float32")  # precisions a model is saved in, as torch names them
+METHODS = ("full", "lora", "embedding")  # what a run trains: all weights, a LoRA-family adapter, an embedding
+LORA_TYPES = ("lora", "loha", "lokr")  # the LoRA family as kohya and LyCORIS name its kinds (LoCon: lora + convs)
 
 
 @dataclass
@@ -56,12 +58,22 @@ class ModelConfig:
                          "(model_ema.*): start from the EMA weights instead of the raw ones (the raw ones are "
                          "usually right for fine-tuning).")
     output_path: str = opt("workspace/run/model.safetensors", "Output", "Where the final model is written: "
-                           "a .safetensors file, or a folder for the diffusers format.", kind="path")
+                           "a .safetensors file, or a folder for the diffusers format. Method lora: the LoRA "
+                           "file; method embedding: the embedding file (A1111 calls it by its file name).",
+                           kind="path")
     output_format: str = opt("single_file", "Output format", "single_file: one .safetensors that A1111, "
-                             "ComfyUI and diffusers load; diffusers: a diffusers folder.",
-                             choices=OUTPUT_FORMATS)
+                             "ComfyUI and diffusers load; diffusers: a diffusers folder. Method lora: the "
+                             "format of the merged model.", choices=OUTPUT_FORMATS)
     output_dtype: str = opt("float16", "Output precision", "Precision of the saved weights.",
                             choices=OUTPUT_DTYPES)
+    lora_weights: str = opt("", "Start from LoRA", "Method lora: a LoRA .safetensors (kohya's layout, as "
+                            "SeaChange, kohya and OneTrainer write it) to continue training; its type, rank and "
+                            "alpha must match the LoRA settings. Empty starts a new LoRA.", kind="file")
+    merged_output_path: str = opt("", "Merged model", "Method lora: also write the base model with the LoRA "
+                                  "merged in at the end, here (in the output format and precision below); "
+                                  "empty writes none.", kind="path")
+    merge_strength: float = opt(1.0, "Merge strength", "Method lora: the LoRA's strength in the merged model "
+                                "(1 = as trained).", min=-10.0, max=10.0)
     embed_preset: bool = opt(True, "Embed the preset", "Write the run's preset into each saved model's metadata "
                              "(paths as the workspace sees them, never your home folder); off writes none.")
 
@@ -121,6 +133,9 @@ class ConceptConfig:
 
 @dataclass
 class TrainingConfig:
+    method: str = opt("full", "Method", "full: fine-tune the model's weights; lora: train a small LoRA-family "
+                      "adapter beside the frozen model (a file of a few MB); embedding: train a new word "
+                      "(textual inversion) with everything else frozen.", choices=METHODS)
     epochs: int = opt(10, "Epochs", "Passes over the concepts.", min=1, max=100000)
     max_steps: int = opt(0, "Max steps", "Optimizer steps to train; 0 uses the epochs.", min=0, max=10**8)
     batch_size: int = opt(1, "Batch size", "Images per forward pass.", min=1, max=1024)
@@ -163,6 +178,29 @@ class TrainingConfig:
                                             "the UNet learning rate.", min=0.0, max=10.0)
     text_encoder_stop_epoch: int = opt(0, "Stop text encoder after epoch", "Freeze the text encoder after this "
                                        "many epochs; 0 never freezes it.", min=0, max=100000)
+    lora_type: str = opt("lora", "LoRA type", "lora: low-rank matrices (Hu et al. 2021); loha: Hadamard "
+                         "product of two low-rank pairs (LyCORIS); lokr: Kronecker product (LyCORIS). A1111 and "
+                         "ComfyUI load all three; diffusers loads lora.", choices=LORA_TYPES)
+    lora_rank: int = opt(16, "Rank", "Rank (kohya's network_dim) of the adapter on the attention and "
+                         "feed-forward layers.", min=1, max=1024)
+    lora_alpha: float = opt(8.0, "Alpha", "The adapter's output is scaled by alpha / rank (kohya's "
+                            "network_alpha); alpha = rank scales by 1.", min=0.0, max=4096.0)
+    lora_conv_rank: int = opt(0, "Conv rank", "Rank on the UNet's ResNet, down- and upsampling convolutions "
+                              "too (LoCon, kohya's conv_dim); 0 leaves them out.", min=0, max=1024)
+    lora_conv_alpha: float = opt(1.0, "Conv alpha", "Alpha of the convolution adapters (kohya's conv_alpha).",
+                                 min=0.0, max=4096.0)
+    lora_dropout: float = opt(0.0, "Dropout", "Dropout on the adapter's input while training (0 = none).",
+                              min=0.0, max=1.0)
+    embedding_placeholder: str = opt("", "Placeholder", "The new word, as captions and prompts use it (for "
+                                     "example 'mystyle'; letters, digits, - and _, not a word CLIP knows). "
+                                     "Method embedding: required; with full or lora: an extra embedding "
+                                     "trained beside, written next to the output (empty: none).")
+    embedding_vectors: int = opt(1, "Vectors", "Token vectors the word is made of (more can hold more, 1-8 "
+                                 "is usual).", min=1, max=75)
+    embedding_init_text: str = opt("*", "Initialize from", "A word or phrase whose token vectors start the "
+                                   "embedding (repeated over the vectors).")
+    embedding_learning_rate: float = opt(5e-3, "Embedding LR", "Learning rate of the embedding's vectors.",
+                                         min=0.0, max=10.0)
     ema: str = opt("off", "EMA", "Keep an exponential moving average of the weights, on the GPU or in CPU "
                    "memory; used for samples and the saved model.", choices=("off", "gpu", "cpu"))
     ema_decay: float = opt(0.999, "EMA decay", "Share of the old average kept each step.", min=0.0, max=1.0)
@@ -336,10 +374,37 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
         problems.append("training.zero_terminal_snr: needs prediction v_prediction (an epsilon model cannot "
                         "predict at zero SNR)")
     problems += _precision_problems(preset.training)
-    if not (preset.training.train_unet or preset.training.train_text_encoder):
-        problems.append("training.train_unet: nothing to train (turn on the UNet or the text encoder)")
+    problems += _method_problems(preset)
     if check_paths:
         problems += _path_problems(preset)
+    return problems
+
+
+def _method_problems(preset: Preset) -> list[str]:
+    """What training.method needs: something to train; a LoRA or an embedding written as a .safetensors file; a
+    new word that CLIP does not know yet."""
+    from trainer.embedding import placeholder_problem
+    t, model, problems = preset.training, preset.model, []
+    if t.method != "embedding" and not (t.train_unet or t.train_text_encoder):
+        problems.append("training.train_unet: nothing to train (turn on the UNet or the text encoder)")
+    if t.method == "embedding" or t.embedding_placeholder:
+        reason = placeholder_problem(t.embedding_placeholder)
+        if reason:
+            problems.append(f"training.embedding_placeholder: {reason}" + (
+                " (method embedding trains a new word)" if not t.embedding_placeholder else ""))
+        if not t.embedding_init_text.strip():
+            problems.append("training.embedding_init_text: give a word or phrase to start the embedding from")
+    if t.method != "full" and Path(model.output_path).suffix.lower() != ".safetensors":
+        problems.append(f"model.output_path: a {t.method} is written as one .safetensors file; end the name in "
+                        ".safetensors")
+    if t.method == "lora" and t.fused_backward:
+        problems.append("training.fused_backward: for a full fine-tune only (a LoRA's few weights need no fused "
+                        "back pass)")
+    if t.method != "lora" and model.lora_weights:
+        problems.append("model.lora_weights: a LoRA to start from needs method lora")
+    if t.method == "lora" and model.merged_output_path and _inside(model.merged_output_path, model.output_path,
+                                                                     False):
+        problems.append("model.merged_output_path: the same path as the LoRA itself; choose another")
     return problems
 
 
@@ -389,6 +454,8 @@ def _path_problems(preset: Preset) -> list[str]:
         problems.append(f"model.base_model: {preset.model.base_model} does not exist")
     if preset.model.base_config and not Path(preset.model.base_config).expanduser().is_dir():
         problems.append(f"model.base_config: {preset.model.base_config} is not a folder")
+    if preset.model.lora_weights and not Path(preset.model.lora_weights).expanduser().is_file():
+        problems.append(f"model.lora_weights: {preset.model.lora_weights} is not a file (choose a LoRA .safetensors)")
     enabled = [c for c in preset.concepts if c.enabled]
     if not enabled:
         problems.append("concepts: no enabled concept to train on")

@@ -56,7 +56,7 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     # 5. The epoch plan; the main process fills the caches, the others then only read them.
     plan = EpochPlan(preset, inputs.items, accelerator.process_index, accelerator.num_processes)
     with main_process_first(accelerator):
-        plan.prepare(model.components, device, model.frozen_dtype, encode_text=not model.text_encoder_trains,
+        plan.prepare(model.components, device, model.frozen_dtype, encode_text=not model.text_learns,
                      emit=emit)
     total_steps, total_epochs = plan.run_length(training.epochs, training.max_steps)
     # 6. LR schedule, EMA, loss bookkeeping, outputs; the models handed to accelerate.
@@ -135,7 +135,7 @@ def resume_from(folder, start: Position, model: TrainingModel, state: TrainingSt
     tensors, saved = load_backup(folder)
     if start.epoch_step >= plan.epoch_steps(start.epoch):  # resumed on fewer images: that epoch is over
         start = Position(start.step, start.epoch + 1, 0)
-    model.load_weights(accelerator, tensors)
+    model.load_weights(accelerator, tensors, str(folder))
     state.load_state_dict(saved)
     emit(ev.Log("info", f"Resumed from {folder} at step {start.step} (epoch {start.epoch}, {start.epoch_step} steps "
                         "into it)"))

@@ -397,22 +397,31 @@ def _converted(state_dict: dict, dtype_name: str) -> dict:
 
 
 def _save_single_file(components: SDComponents, path: Path, dtype: str, metadata: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
-
-    from trainer.fields import give_umask_mode
-
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder; cannot write a single-file model there")
     state_dict = convert.diffusers_to_original(
         _converted(components.unet.state_dict(), dtype), _converted(components.vae.state_dict(), dtype),
         _converted(components.text_encoder.state_dict(), dtype), components.unet.config, components.vae.config)
-    state_dict = {key: value.contiguous() for key, value in state_dict.items()}
     header = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
               "modelspec.implementation": "https://github.com/CompVis/stable-diffusion",
               CONFIGS_KEY: _configs_of(components), **metadata}
+    return write_safetensors(path, state_dict, header)
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> Path:
+    """Write `tensors` (name -> tensor) with the `metadata` header to the .safetensors file `path` atomically (a
+    temporary file beside it, then renamed), with the mode the umask gives; returns `path`. IsADirectoryError
+    when `path` is a folder."""
+    from safetensors.torch import save_file
+
+    from trainer.fields import give_umask_mode
+
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; cannot write a .safetensors file there")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        save_file(state_dict, str(tmp), metadata=header)
+        save_file({key: value.contiguous() for key, value in tensors.items()}, str(tmp), metadata=metadata)
         give_umask_mode(tmp)  # save_file creates 0600 whatever the umask
         os.replace(tmp, path)
     finally:

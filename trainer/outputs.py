@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from trainer import events as ev
 from trainer.backup import Position, TrainingState, prune_backups, write_backup
@@ -17,7 +18,9 @@ from trainer.config import Preset, portable_preset, preset_to_json
 from trainer.fields import atomic_write_text
 from trainer.errors import FinalSaveFailed, plain_text
 from trainer.intervals import Actions
-from trainer.models import save_model
+from trainer import lora
+from trainer.embedding import embedding_file_tensors, embedding_metadata
+from trainer.models import save_model, write_safetensors
 from trainer.runs import RUN_ID_KEY, backup_root
 from trainer.sampling import generate, make_pipeline, sample_path
 from trainer.training_model import TrainingModel
@@ -62,7 +65,10 @@ class RunOutputs:
             self.sample(position.step, position.epoch_number)
         if self.preset.backup.backup_before_save:
             self.backup(position)
-        return self.save_final(position)
+        output = self.save_final(position)
+        if self.model.method == "lora" and self.preset.model.merged_output_path and self.accelerator.is_main_process:
+            self.save_merged(position.step)
+        return output
 
     def sample(self, step: int, epoch: int) -> None:
         """Render every sample prompt from the modules in memory (EMA weights swapped in when EMA is on), named
@@ -101,10 +107,74 @@ class RunOutputs:
         self.emit(ev.Status("Training"))
 
     def save(self, path: Path, kind: str, step: int) -> Path:
-        """Write the model (EMA weights when on) in the preset's output format and dtype."""
+        """Write what the run trains (EMA weights when on): the model in the preset's output format and dtype, a
+        LoRA in kohya's layout, or an embedding; a word trained beside a model or LoRA goes next to it (see
+        embedding_path). Returns the file or folder written."""
         if not self.accelerator.is_main_process:
             return path
         self.emit(ev.Status(f"Saving {path}"))
+        if self.ema:
+            self.ema.swap_in()
+        try:
+            written = self._write(path, step, during_run=kind == "save")
+        finally:
+            if self.ema:
+                self.ema.swap_out()
+        self.emit(ev.CheckpointWritten(kind, str(written), step))
+        return written
+
+    def _write(self, path: Path, step: int, during_run: bool) -> Path:
+        model, training, dtype = self.model, self.preset.training, getattr(torch, self.preset.model.output_dtype)
+        metadata, size = self.metadata(path, step), self.preset.training.resolution.split(",")[0].strip()
+        word = model.embedding
+        if word is not None:
+            vectors = word.module.vectors
+            word_meta = {**metadata, **embedding_metadata(word.placeholder, len(vectors), training.embedding_init_text,
+                                                          step, size)}
+            beside = path if model.method == "embedding" else embedding_path(path, word.placeholder, during_run)
+            written = write_safetensors(suffixed(beside), embedding_file_tensors(vectors, dtype), word_meta)
+            if model.method == "embedding":
+                return written
+        unwrapped = model.unwrapped(self.accelerator)
+        if model.method == "lora":
+            tensors = {key: value.to(dtype) for part in ("unet", "text_encoder")
+                       for key, value in lora.kohya_tensors(getattr(unwrapped, part), part).items()}
+            header = {**metadata, **lora.lora_metadata(
+                training, training.lora_type, title=path.stem, resolution=size,
+                prediction=MODELSPEC_PREDICTION[self.prediction_type], step=step,
+                base_model=self.preset.model.base_model, text_encoder=model.text_encoder_trains)}
+            return write_safetensors(suffixed(path), tensors, header)
+        written = save_model(unwrapped, path, self.preset.model.output_format, self.preset.model.output_dtype,
+                             metadata)
+        if self.preset.model.output_format == "single_file" and not write_a1111_config(written, self.prediction_type) \
+                and self.prediction_type == "v_prediction":
+            self.emit(ev.Log("warning", f"{written.with_suffix('.yaml')} is not SeaChange's, so it was left as it is: "
+                                        "A1111 reads that config for this v-prediction model"))
+        return written
+
+    def save_merged(self, step: int) -> Path:
+        """The end of a LoRA run with model.merged_output_path: the base model with the LoRA merged in at
+        model.merge_strength, written in the output format and dtype. The adapters leave the model (it is the
+        last thing the run does)."""
+        target = Path(self.preset.model.merged_output_path).expanduser()
+        self.emit(ev.Status(f"Merging the LoRA into {target}"))
+        unwrapped = self.model.unwrapped(self.accelerator)
+        if self.ema:
+            self.ema.swap_in()
+        for part in ("unet", "text_encoder"):
+            lora.merge_adapter(getattr(unwrapped, part), self.preset.model.merge_strength)
+        written = save_model(unwrapped, target, self.preset.model.output_format, self.preset.model.output_dtype,
+                             {**self.metadata(target, step),
+                              "seachange.merged_lora": str(Path(self.preset.model.output_path).name),
+                              "seachange.merge_strength": str(self.preset.model.merge_strength)})
+        if self.preset.model.output_format == "single_file":
+            write_a1111_config(written, self.prediction_type)
+        self.emit(ev.CheckpointWritten("merged", str(written), step))
+        return written
+
+    def metadata(self, path: Path, step: int) -> dict[str, str]:
+        """The header every file written carries: modelspec's title, date, resolution and prediction type,
+        SeaChange's step, objective, token length, run id and (model.embed_preset) the preset."""
         size = self.preset.training.resolution.split(",")[0].strip()
         metadata = {
             "seachange.step": str(step),
@@ -119,20 +189,7 @@ class RunOutputs:
         }
         if self.preset.model.embed_preset:  # paths relative to the workspace or their last part only
             metadata["seachange.preset"] = preset_to_json(portable_preset(self.preset))
-        if self.ema:
-            self.ema.swap_in()
-        try:
-            written = save_model(self.model.unwrapped(self.accelerator), path, self.preset.model.output_format,
-                                 self.preset.model.output_dtype, metadata)
-        finally:
-            if self.ema:
-                self.ema.swap_out()
-        if self.preset.model.output_format == "single_file" and not write_a1111_config(written, self.prediction_type) \
-                and self.prediction_type == "v_prediction":
-            self.emit(ev.Log("warning", f"{written.with_suffix('.yaml')} is not SeaChange's, so it was left as it is: "
-                                        "A1111 reads that config for this v-prediction model"))
-        self.emit(ev.CheckpointWritten(kind, str(written), step))
-        return written
+        return metadata
 
     def save_final(self, position: Position) -> Path:
         """Write the final model to model.output_path. If that fails (disk full, a folder that appeared there,
@@ -164,7 +221,8 @@ class RunOutputs:
 
     def save_now_path(self, position: Position) -> Path:
         """WORKSPACE/save/PREFIXstep0000012-epoch0003[.safetensors]: a save during the run (Position.epoch_number)."""
-        suffix = ".safetensors" if self.preset.model.output_format == "single_file" else ""
+        suffix = ".safetensors" if self.preset.model.output_format == "single_file" or self.model.method != "full" \
+            else ""
         name = f"{self.preset.backup.prefix}step{position.step:07d}-epoch{position.epoch_number:04d}{suffix}"
         return self.workspace / "save" / name
 
@@ -176,8 +234,8 @@ class RunOutputs:
         self.emit(ev.Status(f"Writing backup at step {position.step}"))
         settings = self.preset.backup
         name = f"{settings.prefix}step{position.step:07d}-epoch{position.epoch_number:04d}"
-        modules = self.model.trained_modules(self.accelerator, self.preset.training)
-        folder = write_backup(backup_root(self.preset), name, modules, self.state.state_dict(), self.preset, position,
+        weights = self.model.trained_weights(self.accelerator, self.preset.training)
+        folder = write_backup(backup_root(self.preset), name, weights, self.state.state_dict(), self.preset, position,
                               num_processes=self.accelerator.num_processes, run_id=self.run_id, dataset=self.dataset)
         for old in prune_backups(backup_root(self.preset), settings.rolling_backups):
             self.emit(ev.Log("info", f"Deleted old backup {old}"))
@@ -258,3 +316,16 @@ def sampling_hint(prediction_type: str, zero_terminal_snr: bool) -> str:
     return (". It predicts v: in ComfyUI load it through a ModelSamplingDiscrete node set to v_prediction"
             f"{' with zsnr on' if zero_terminal_snr else ''} (A1111 reads the .yaml beside a single file, diffusers "
             "the scheduler config)")
+
+
+def suffixed(path: Path) -> Path:
+    """`path` ending in .safetensors (the suffix added when it has another one or none)."""
+    return path if path.suffix.lower() == ".safetensors" else path.with_name(path.name + ".safetensors")
+
+
+def embedding_path(model_path: Path, placeholder: str, during_run: bool) -> Path:
+    """Where a word trained beside a model or LoRA is written: PLACEHOLDER.safetensors next to the final output
+    (A1111 calls an embedding by its file name), STEM-PLACEHOLDER.safetensors beside a save during the run."""
+    if during_run:
+        return model_path.with_name(f"{model_path.name.removesuffix('.safetensors')}-{placeholder}.safetensors")
+    return model_path.parent / f"{placeholder}.safetensors"

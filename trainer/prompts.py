@@ -29,10 +29,27 @@ def chunk_count(max_token_length: int) -> int:
 
 
 def _text_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Each text's token ids without BOS/EOS, uncut (verbose=False: no "longer than 77" warning)."""
+    """Each text's token ids without BOS/EOS, uncut (verbose=False: no "longer than 77" warning); the id of a
+    multi-vector embedding's word stands for all its vectors' ids (trainer.embedding)."""
     if not texts:
         return []
-    return tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    rows = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    words = multi_vector_words(tokenizer)
+    return [[t for i in row for t in words.get(i, (i,))] for row in rows] if words else rows
+
+
+def multi_vector_words(tokenizer) -> dict[int, tuple[int, ...]]:
+    """{id of `name`: ids of name, name_1, ..., name_{N-1}} for each added word that has an added `name_1`:
+    diffusers' convention for a textual-inversion embedding of N vectors (its maybe_convert_prompt)."""
+    added = tokenizer.added_tokens_encoder
+    words = {}
+    for name in [name for name in added if f"{name}_1" in added]:
+        count = 1
+        while f"{name}_{count}" in added:
+            count += 1
+        words[name] = [added[f"{name}_{i}"] for i in range(1, count)]
+    inner = {i for ids in words.values() for i in ids}  # "w_1" of a word "w" is no word itself
+    return {added[name]: (added[name], *ids) for name, ids in words.items() if added[name] not in inner}
 
 
 def token_count(tokenizer, text: str) -> int:

@@ -79,10 +79,10 @@ def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, training: 
     # 3. Forward diffusion: the noisy latents at those timesteps.
     noisy = scheduler.add_noise(latents, noise, timesteps)
     # 4. Condition on the captions, (B, 77 * chunks, 768); with gradients only while the text encoder learns.
-    if batch.text_embeddings is not None and not model.text_encoder_trains:
+    if batch.text_embeddings is not None and not model.text_learns:
         hidden = to_device(batch.text_embeddings, device)
     else:
-        with torch.set_grad_enabled(model.text_encoder_trains), accelerator.autocast():
+        with torch.set_grad_enabled(model.text_learns), accelerator.autocast():
             hidden = encode_prompts(components.tokenizer, components.text_encoder, batch.captions,
                                     training.max_token_length, device)
     # 5. The UNet's prediction, its target (epsilon or v) and the loss, with optional min-SNR weights.
