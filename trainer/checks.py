@@ -73,7 +73,47 @@ def check_inputs(preset: Preset, emit: Callable) -> Items:
     on_gpu = preset.general.device != "cpu" and torch.cuda.is_available()
     if preset.training.mixed_precision == "fp16" and not on_gpu:
         raise InputError("training.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on the CPU")
-    return collect_items(preset)
+    if preset.training.method == "lora" and preset.model.lora_weights:
+        check_lora_file(preset)
+    items = collect_items(preset)
+    check_placeholder_in_captions(preset, items, emit)
+    return items
+
+
+def check_lora_file(preset: Preset) -> None:
+    """The LoRA to continue (model.lora_weights) is an SD 1.5 LoRA in kohya's layout, of the kind, parts and ranks
+    the LoRA settings make (its shapes against the model's layers are checked once the model loads). Raises
+    InputError naming the field and what to set."""
+    from trainer.lora import read_lora_file
+    training, path = preset.training, preset.model.lora_weights
+    found = read_lora_file(path)
+    if found.kind != training.lora_type:
+        raise InputError(f"model.lora_weights: {path} is a {found.kind}; set training.lora_type to {found.kind}")
+    for part, on in (("unet", training.train_unet), ("text_encoder", training.train_text_encoder)):
+        if on != (part in found.parts):
+            raise InputError(f"model.lora_weights: {path} has {'no ' if on else ''}{part.replace('_', ' ')} "
+                             f"layers: turn training.train_{part} {'off' if on else 'on'} to continue it")
+    ranks = {rank for rank in found.ranks.values() if rank is not None}
+    wanted = {training.lora_rank} | ({training.lora_conv_rank} if training.lora_conv_rank else set())
+    if ranks - wanted:
+        raise InputError(f"model.lora_weights: {path} has rank {', '.join(map(str, sorted(ranks)))}; set "
+                         f"training.lora_rank (and lora_conv_rank for its convolutions) to the file's")
+
+
+def check_placeholder_in_captions(preset: Preset, items: Items, emit: Callable) -> None:
+    """A new word (training.embedding_placeholder) learns only from captions that use it: none that does is
+    refused (InputError) for method embedding; images whose captions never use it are said in the log."""
+    word = preset.training.embedding_placeholder.lower()
+    if not word:
+        return
+    without = [item for item in items if not any(word in caption.lower() for caption in item.captions)]
+    if len(without) == len(items) and preset.training.method == "embedding":
+        raise InputError(f"training.embedding_placeholder: no caption uses {word!r}, so the word cannot learn: write "
+                         f"it into the captions (e.g. 'a painting in {word} style'), or use caption source single "
+                         "with a concept caption that has it")
+    if without:
+        emit(ev.Log("warning", f"{len(without)} of {len(items)} images have no caption with {word!r} (e.g. "
+                               f"{without[0].path.name}); they do not teach the word"))
 
 
 def check_resume(folder: Path | None, preset: Preset, num_processes: int, dataset: dict, allow_changed_data: bool,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainer import events as ev
@@ -78,6 +79,57 @@ def model_label(entry) -> str:
     return path.stem if path.suffix else path.name
 
 
+@dataclass
+class ModelColumn:
+    """One column of a model comparison: the model at `path` (index `model` in spec.models), with the LoRA file
+    `lora` merged in at `strength` ("" for the model alone), under `label`."""
+    label: str
+    path: str
+    model: int
+    lora: str = ""
+    strength: float = 0.0
+
+
+def lora_label(entry, strength: float, several: bool) -> str:
+    """A LoRA column's title: "NAME + LORA @ 0.5", the LoRA named by its file's stem; a strength of 0 is marked
+    "(no LoRA)". An entry's own label stands alone for a single column, and replaces "NAME + LORA" for several."""
+    own = entry.label.strip()
+    if own and not several:
+        return own
+    head = own or f"{model_label(entry)} + {Path(entry.lora.strip()).stem}"
+    return f"{head} @ {strength:g}" + (" (no LoRA)" if strength == 0 else "")
+
+
+def model_columns(spec: CompareSpec) -> list[ModelColumn]:
+    """The columns of a model comparison, in the order of spec.models: a model without a LoRA is one column; a
+    model with one is a column per strength of spec.lora_strengths (when set) or one at its own lora_strength.
+    At strength 0 the column is the model alone (nothing merged)."""
+    columns = []
+    for i, entry in enumerate(spec.models):
+        lora = entry.lora.strip()
+        if not lora:
+            columns.append(ModelColumn(model_label(entry), entry.path, i))
+            continue
+        strengths = list(spec.lora_strengths) or [entry.lora_strength]
+        for strength in strengths:
+            columns.append(ModelColumn(lora_label(entry, strength, len(strengths) > 1), entry.path, i,
+                                       lora if strength != 0 else "", strength))
+    return columns
+
+
+def check_models(spec: CompareSpec) -> None:
+    """Raises InputError naming the field (models.N.path, models.N.lora) when a model does not exist, or a LoRA
+    does not exist or is not a LoRA for SD 1.5 in kohya's layout (trainer.lora.read_lora_file): before any model
+    loads, so a bad last column costs no time."""
+    for i, entry in enumerate(spec.models):
+        if not Path(entry.path).expanduser().exists():
+            raise InputError(f"models.{i}.path: {entry.path or '(empty)'} does not exist")
+    from trainer.lora import read_lora_file
+    for i, entry in enumerate(spec.models):
+        if entry.lora.strip():
+            read_lora_file(entry.lora.strip(), f"models.{i}.lora")
+
+
 def model_rows(spec: CompareSpec) -> list:
     """One SamplePrompt per row: every prompt with every seed of spec.seeds (or its own seed)."""
     rows = []
@@ -133,30 +185,35 @@ def compare(spec: CompareSpec, emit, commands=None) -> ev.RunFinished:
 
 
 def generate_cells(spec: CompareSpec, emit, commands):
-    """Generate every row's prompt with every model (model by model, each loaded once); returns the table, or
-    None for the cells when stopped."""
+    """Generate every row's prompt in every column (model_columns: column by column, each model loaded once per
+    column and its LoRA, if any, merged in at the column's strength); returns the table, or None for the cells
+    when stopped. Raises InputError naming the field for a missing model or a missing or wrong LoRA before
+    anything loads (check_models), and for a LoRA whose layers the model lacks when it is merged."""
     import torch
 
+    from trainer.lora import apply_lora_file
     from trainer.models import load_model
     from trainer.sampling import generate, make_pipeline, make_sampler
     from trainer.specs import resolve_device, resolve_dtype
-    for i, entry in enumerate(spec.models):
-        if not Path(entry.path).expanduser().exists():
-            raise InputError(f"models.{i}.path: {entry.path or '(empty)'} does not exist")
+    check_models(spec)
     rows = model_rows(spec)
     labels = [f"{p.prompt} (seed {p.seed})" for p in rows]
-    columns = [model_label(m) for m in spec.models]
+    plan = model_columns(spec)
+    columns = [column.label for column in plan]
     emit(ev.GridStarted(tuple(labels), tuple(columns), spec.output_png))
     folder = cell_folder(spec)
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     cells, total = {}, len(rows) * len(columns)
-    for c, entry in enumerate(spec.models):
-        emit(ev.Status(f"Loading {columns[c]} ({entry.path})"))
-        model = load_model(entry.path, spec.base_config or None)
+    for c, column in enumerate(plan):
+        emit(ev.Status(f"Loading {columns[c]} ({column.path})"))
+        model = load_model(column.path, spec.base_config or None)
         if model.weights_note:
             emit(ev.Log("info", f"{columns[c]}: loaded the {model.weights_note}"))
+        if column.lora:
+            emit(ev.Status(f"Merging {Path(column.lora).name} at strength {column.strength:g} into {columns[c]}"))
+            apply_lora_file(model, column.lora, column.strength, what=f"models.{column.model}.lora")
         move_model(model, device, dtype)
         pipe = make_pipeline(model.unet, model.vae, model.text_encoder, model.tokenizer,
                              model.noise_scheduler.config, rows[0].sampler)

@@ -253,9 +253,10 @@ def read_lora_file(path: str | Path, what: str = "model.lora_weights") -> LoraFi
         raise InputError(f"{what}: {path} holds no LoRA weights")
     width = {tuple(t.shape)[1] for k, t in tensors.items() if "attn2_to_k" in k and k.endswith(
         ("lora_down.weight", "hada_w1_b", "hada_w2_b"))}
-    if width - {768}:
-        model = {1024: "SD 2.x", 2048: "SDXL"}.get(max(width), f"a model with {max(width)}-wide text features")
-        raise InputError(f"{what}: {path} is a LoRA for {model} (its cross-attention reads {max(width)} values per "
+    other = {1024: "SD 2.x", 1280: "SDXL", 2048: "SDXL"}  # the text width other models' cross-attention reads
+    if width & set(other):
+        wide = max(width & set(other))
+        raise InputError(f"{what}: {path} is a LoRA for {other[wide]} (its cross-attention reads {wide} values per "
                          "token; SD 1.5 reads 768)")
     found.tensors = tensors
     return found

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ SPEC_VERSION = 1
 # Migrations: SPEC_MIGRATIONS[n] turns a version-n spec dict into version n+1 (both kinds). Keep a fixture per entry.
 SPEC_MIGRATIONS: dict = {}
 DTYPES = ("auto", *OUTPUT_DTYPES)  # auto: float16 on a GPU, float32 on a CPU (resolve_dtype)
+LORA_STRENGTH_LIMIT = 10.0  # |strength| beyond this is a typo, not a setting (A1111's slider ends at 2)
 
 
 @dataclass
@@ -56,7 +58,13 @@ class GenerateDataSpec:
 class CompareModel:
     path: str = opt("", "Model", "A diffusers folder, .safetensors or .ckpt: the base model, a save, a backup's "
                     "model or the final output.", kind="path")
-    label: str = opt("", "Label", "Column title; empty uses the file or folder name.")
+    label: str = opt("", "Label", "Column title; empty uses the file or folder name (with a LoRA: and the LoRA's "
+                     "name and strength).")
+    lora: str = opt("", "LoRA", "Optional: a LoRA for SD 1.5 (a kohya-layout .safetensors, as SeaChange, kohya, "
+                    "A1111 and ComfyUI use) merged into this model for its column.", kind="file")
+    lora_strength: float = opt(1.0, "LoRA strength", "How much of the LoRA is merged: 0 is the model alone, 1 the "
+                               "LoRA as trained, a negative value pushes the other way. LoRA strengths, when set, "
+                               "replace it.", min=-LORA_STRENGTH_LIMIT, max=LORA_STRENGTH_LIMIT)
 
 
 @dataclass
@@ -70,7 +78,11 @@ class CompareSpec:
                        "sample of each epoch).", choices=("steps", "epochs"))
     max_columns: int = opt(0, "Max columns", "0 keeps every column; otherwise this many, evenly spaced, first "
                            "and last included.", min=0, max=10000)
-    models: list[CompareModel] = opt(None, "Models", "The models to compare, one column each.", factory=list)
+    models: list[CompareModel] = opt(None, "Models", "The models to compare, one column each (a model with a "
+                                     "LoRA: a column per LoRA strength).", factory=list)
+    lora_strengths: list[float] = opt(None, "LoRA strengths", "Strengths to try every model's LoRA at, e.g. 0, "
+                                      "0.5, 1: a column each (0: the model without its LoRA). Empty: each model's "
+                                      "own LoRA strength.", factory=list)
     prompts: list[SamplePrompt] = opt(None, "Prompts", "The prompts to generate with each model, one row each "
                                       "(per seed).", factory=list)
     seeds: list[int] = opt(None, "Seeds", "Seeds to try for every prompt (a row per prompt and seed); empty "
@@ -114,6 +126,28 @@ def validate_spec(spec: Any) -> list[str]:
             problems.append("prompts: no prompt to generate")
         problems += [f"seeds.{i}: {s} is outside 0 .. 2147483647" for i, s in enumerate(spec.seeds)
                      if not 0 <= s < 2**31]
+        problems += lora_problems(spec)
+    return problems
+
+
+def lora_problems(spec: CompareSpec) -> list[str]:
+    """The LoRA settings of a model comparison that cannot run, as 'dotted.path: reason': a LoRA that is not a
+    .safetensors file, a strength that is not a finite number within +-LORA_STRENGTH_LIMIT, strengths to try
+    with no model that has a LoRA. Whether the files exist is checked when the tool runs (and by the window)."""
+    problems = []
+    for i, model in enumerate(spec.models):
+        lora = model.lora.strip()
+        if lora and not lora.lower().endswith(".safetensors"):
+            problems.append(f"models.{i}.lora: {lora} is not a .safetensors file (a LoRA for SD 1.5 in kohya's "
+                            "layout)")
+        if not math.isfinite(model.lora_strength):  # NaN passes the range check
+            problems.append(f"models.{i}.lora_strength: expected a finite number, got {model.lora_strength}")
+    limit = LORA_STRENGTH_LIMIT
+    problems += [f"lora_strengths.{k}: {s:g} is outside {-limit:g} .. {limit:g}"
+                 for k, s in enumerate(spec.lora_strengths) if not -limit <= s <= limit]  # NaN fails too
+    if spec.lora_strengths and not any(m.lora.strip() for m in spec.models):
+        problems.append("lora_strengths: no model has a LoRA to try at these strengths (choose a model's LoRA, or "
+                        "empty this)")
     return problems
 
 
