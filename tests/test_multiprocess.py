@@ -209,3 +209,23 @@ def test_commands_sent_to_one_process_take_effect_on_both(tiny_model_dir, two_bu
     assert r0["unet_sha256"] == r1["unet_sha256"] and r1["written"] == []
     assert [kind for kind, _ in r0["written"]] == ["backup", "backup", "final"]  # asked for, on stop, final
     assert len(complete_backups(backups)) == 2 and Path(preset.model.output_path).is_file()
+
+
+def test_a_lora_and_a_word_stay_identical_on_two_processes(tiny_model_dir, two_buckets, tmp_path):
+    """The adapter's and the new word's gradients are averaged over the processes (DDP), so both processes hold
+    the same adapter and word after every step; the files are written once."""
+    for k in range(len(SIZES)):
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        shutil.copy(two_buckets / f"img{k}.png", tmp_path / "imgs" / f"img{k}.png")
+        (tmp_path / "imgs" / f"img{k}.txt").write_text(f"picture {k} in wordxq style\n")
+    preset = preset_for(tmp_path, tiny_model_dir, tmp_path / "imgs",
+                        training={"method": "lora", "lora_rank": 2, "train_text_encoder": True,
+                                  "embedding_placeholder": "wordxq", "gradient_accumulation_steps": 2})
+    preset.model.output_path = str(tmp_path / "out" / "lora.safetensors")
+    save_preset(preset, tmp_path / "preset.json")
+    result = launch(tmp_path / "preset.json", tmp_path / "dump")
+    assert result.returncode == 0, result.stderr[-4000:]
+    r0, r1 = ranks(tmp_path / "dump")
+    assert r0["unet_sha256"] == r1["unet_sha256"] and r0["word_sha256"] == r1["word_sha256"] != ""
+    assert load_file(str(tmp_path / "out" / "lora.safetensors")) and \
+        load_file(str(tmp_path / "out" / "wordxq.safetensors"))["emb_params"].shape[0] == 1

@@ -83,10 +83,13 @@ def rank_dump(folder: Path) -> callable:
         for name, tensor in sorted(unet.state_dict().items()) if unet is not None else []:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        word = models[-1].embedding if models else None
+        word_digest = hashlib.sha256(word.module.vectors.detach().cpu().numpy().tobytes()).hexdigest() if word else ""
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"rank{rank}.json").write_text(json.dumps({**record, "process_index": rank, "num_processes": world,
-                                                             "unet_sha256": digest.hexdigest()}))
+                                                             "unet_sha256": digest.hexdigest(),
+                                                             "word_sha256": word_digest}))
     return write
 
 

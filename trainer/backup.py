@@ -29,7 +29,9 @@ BREAKING = (
     "training.optimizer", "training.batch_size", "training.gradient_accumulation_steps", "training.resolution",
     "training.train_unet", "training.train_text_encoder", "training.ema", "training.mixed_precision",
     "training.prediction_type", "training.zero_terminal_snr", "training.lr_scheduler",
-    "training.max_token_length",
+    "training.max_token_length", "training.method", "training.lora_type", "training.lora_rank",
+    "training.lora_alpha", "training.lora_conv_rank", "training.lora_conv_alpha", "model.lora_weights",
+    "training.embedding_placeholder", "training.embedding_vectors",
 )
 
 

@@ -172,6 +172,8 @@ def load_kohya_tensors(model: torch.nn.Module, part: str, tensors: dict[str, tor
             targets = {attr: getattr(layer, attr)[ADAPTER] for attr in FILE_SUFFIXES[kind]
                        if ADAPTER in getattr(layer, attr)}
         alpha = tensors.get(f"{key}.alpha")
+        if kind == "lokr" and "lokr_w2" in targets:
+            alpha = None  # two full factors: loaders apply no alpha, and kohya_tensors put the scale into w1
         if alpha is not None and abs(float(alpha) - _alpha(layer)) > 1e-6 * max(1.0, abs(_alpha(layer))):
             raise InputError(f"model.lora_weights: {source} has alpha {float(alpha):g} at {key}, the LoRA settings "
                              f"{_alpha(layer):g}: set training.lora_alpha (or lora_conv_alpha) to the file's")
@@ -304,9 +306,14 @@ def apply_lora_file(components, path: str | Path, strength: float, what: str = "
         unknown = sorted(modules - set(candidates))
         if unknown:
             raise InputError(f"{what}: {path} adapts {unknown[0]}, which this SD 1.5 model does not have")
-        specs = [LayerSpec(candidates[m].name, candidates[m].conv, found.ranks[m],
-                           found.alphas[m] if found.alphas[m] is not None else float(found.ranks[m]))
-                 for m in sorted(modules)]
+        specs = []
+        for m in sorted(modules):
+            rank = found.ranks[m]
+            if rank is None:  # a lokr of two full factors: a rank that keeps w2 full, and alpha / rank = 1
+                rank = max(found.tensors[f"{m}.lokr_w2"].shape[:2])
+                found.alphas[m] = None
+            alpha = found.alphas[m] if found.alphas[m] is not None else float(rank)  # no alpha: scale 1
+            specs.append(LayerSpec(candidates[m].name, candidates[m].conv, rank, alpha))
         add_adapter(model, part, found.kind, specs, 0.0)
         load_kohya_tensors(model, part, found.tensors, str(path))
         merge_adapter(model, strength)
