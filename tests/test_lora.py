@@ -174,3 +174,25 @@ def test_a_lora_of_other_shapes_is_refused_naming_the_setting(tiny_model_dir, co
                         model_section={"lora_weights": str(tmp_path / "first" / "lora.safetensors")})
     with pytest.raises(InputError, match="lora_type to lora"):
         train(again, lambda e: None)
+
+
+def test_samples_show_the_base_with_the_lora_applied(tiny_model_dir, color_concept, tmp_path):
+    """The run's last sample is the merged model's image (same prompt, seed, sampler), and differs from the sample
+    before training (the base's)."""
+    import numpy as np
+    from PIL import Image
+    from trainer.config import SamplePrompt
+    from trainer.sampling import generate, make_pipeline
+    prompt = {"prompt": "a red square", "steps": 2, "width": 32, "height": 32, "sampler": "ddim", "seed": 3}
+    preset = lora_preset(tmp_path, tiny_model_dir, color_concept, training={"train_text_encoder": True},
+                         model_section={"merged_output_path": str(tmp_path / "merged"), "output_format": "diffusers",
+                                        "output_dtype": "float32"},
+                         sampling={"unit": "steps", "every": STEPS, "before_training": True, "prompts": [prompt]})
+    _, events = run(preset)
+    samples = [e.path for e in events if isinstance(e, ev.SampleReady)]
+    first, last = (np.asarray(Image.open(path), dtype=float) for path in (samples[0], samples[-1]))
+    merged = load_model(str(tmp_path / "merged"))
+    pipe = make_pipeline(merged.unet, merged.vae, merged.text_encoder, merged.tokenizer,
+                         merged.noise_scheduler.config, "ddim")
+    expected = np.asarray(generate(pipe, SamplePrompt(**prompt), "cpu"), dtype=float)
+    assert abs(last - expected).max() <= 1 and abs(first - last).mean() > 0.5
