@@ -383,7 +383,7 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
 def _method_problems(preset: Preset) -> list[str]:
     """What training.method needs: something to train; a LoRA or an embedding written as a .safetensors file; a
     new word that CLIP does not know yet."""
-    from trainer.embedding import placeholder_problem
+    from trainer.prompts import placeholder_problem
     t, model, problems = preset.training, preset.model, []
     if t.method != "embedding" and not (t.train_unet or t.train_text_encoder):
         problems.append("training.train_unet: nothing to train (turn on the UNet or the text encoder)")

@@ -13,42 +13,10 @@ A1111 reads it and calls it by the file's name, ComfyUI as `embedding:NAME`, dif
 """
 from __future__ import annotations
 
-import json
-import re
-from functools import lru_cache
-from pathlib import Path
-
 import torch
 
 from trainer.errors import InputError
-
-PLACEHOLDER_PATTERN = re.compile(r"[a-z0-9_\-]+")
-BUNDLED_VOCAB = Path(__file__).parent / "assets" / "sd15" / "tokenizer" / "vocab.json"
-
-
-def token_names(placeholder: str, vectors: int) -> list[str]:
-    """The added tokens of a word of `vectors` vectors: [placeholder, placeholder_1, ...]."""
-    return [placeholder] + [f"{placeholder}_{i}" for i in range(1, vectors)]
-
-
-@lru_cache(maxsize=4)
-def _vocab(path: Path) -> frozenset:
-    return frozenset(json.loads(path.read_text(encoding="utf-8")))
-
-
-def placeholder_problem(placeholder: str, vocab_file: Path = BUNDLED_VOCAB) -> str | None:
-    """Why `placeholder` cannot be a new word (None when it can): empty, characters other than lowercase letters,
-    digits, - and _, or a word CLIP's vocabulary already has (as a whole word, "cat</w>", or a word start)."""
-    if not placeholder:
-        return "no placeholder word given"
-    if not PLACEHOLDER_PATTERN.fullmatch(placeholder):
-        return (f"{placeholder!r}: use lowercase letters, digits, - and _ only (CLIP lowercases what it reads, and "
-                "A1111 names the embedding after its file)")
-    vocab = _vocab(vocab_file)
-    if f"{placeholder}</w>" in vocab or placeholder in vocab:
-        return f"{placeholder!r} is already a token of CLIP's vocabulary: choose a made-up word (e.g. {placeholder}xz)"
-    return None
-
+from trainer.prompts import token_names
 
 class PlaceholderVectors(torch.nn.Module):
     """The trained vectors of one new word: `vectors` (N, D) float32, for token ids first_id .. first_id + N - 1.

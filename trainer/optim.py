@@ -146,7 +146,8 @@ def make_stepper(training: TrainingConfig, param_groups: list[dict], accelerator
     clipping. defer_loss_reads: None reads losses back in batches on a GPU only (see Stepper)."""
     return Stepper(training.optimizer, param_groups, training.learning_rate, training.weight_decay,
                    accelerator=accelerator,
-                   master_weights=training.weight_dtype == "bfloat16" and training.stochastic_rounding,
+                   master_weights=(training.weight_dtype == "bfloat16" and training.stochastic_rounding
+                                   and training.method == "full"),  # adapters and words train in float32
                    fused_backward=training.fused_backward, max_grad_norm=training.max_grad_norm,
                    defer_loss_reads=accelerator.device.type == "cuda" if defer_loss_reads is None else defer_loss_reads)
 

@@ -1,10 +1,21 @@
-"""The training tab: optimizer and learning rate, schedule, captions and text encoder, UNet, noise and loss, EMA,
-precision."""
+"""The training tab: the method first (full fine-tune, LoRA or embedding) with its LoRA and embedding settings,
+then optimizer and learning rate, schedule, captions and text encoder, UNet, noise and loss, EMA, precision.
+Fields that do not apply to the chosen method are hidden (MethodFields; the model tab uses it too)."""
 from __future__ import annotations
 
-from app.tabs.common import Tab, scroll_area
+from collections.abc import Iterator
+from typing import ClassVar
+
+from app.form import Form, split_problem
+from app.tabs.common import GroupSpec, Tab, scroll_area
+
+LORA = ["lora_type", "lora_rank", "lora_alpha", "lora_conv_rank", "lora_conv_alpha", "lora_dropout"]
+EMBEDDING = ["embedding_placeholder", "embedding_vectors", "embedding_init_text", "embedding_learning_rate"]
 
 GROUPS = [
+    ("Method", ["method"]),
+    ("LoRA", LORA),
+    ("Embedding", EMBEDDING),
     ("Optimizer", ["optimizer", "learning_rate", "weight_decay", "max_grad_norm"]),
     ("Learning-rate schedule", ["lr_scheduler", "lr_warmup_steps"]),
     ("Length and batch", ["epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "resolution"]),
@@ -17,9 +28,111 @@ GROUPS = [
                               "gradient_checkpointing"]),
 ]
 
+# The fields that apply to some values of training.method only (what trainer.training_model and optim read for
+# each method); every other field applies to all three. The embedding fields apply to all three: with full or
+# lora a placeholder trains an extra word beside.
+METHODS_OF: dict[str, tuple[str, ...]] = {
+    # the adapter, the LoRA a run starts from and the merged model written at the end
+    **{f"training.{name}": ("lora",) for name in LORA},
+    **{f"model.{name}": ("lora",) for name in ("lora_weights", "merged_output_path", "merge_strength")},
+    # an embedding run trains the new word alone, at embedding_learning_rate and without weight decay, into one
+    # .safetensors file: the UNet's and text encoder's switches and rates and the model format do not apply
+    **{f"training.{name}": ("full", "lora") for name in ("learning_rate", "weight_decay", "train_unet",
+                                                         "train_text_encoder", "text_encoder_learning_rate",
+                                                         "text_encoder_stop_epoch")},
+    "model.output_format": ("full", "lora"),  # lora: the merged model's format
+    # bfloat16 weights (with stochastic rounding) and the fused back pass are a full fine-tune's: a LoRA's and an
+    # embedding's trained weights are few and always float32
+    **{f"training.{name}": ("full",) for name in ("weight_dtype", "stochastic_rounding", "fused_backward")},
+}
 
-class TrainingTab(Tab):
+
+def applies(path: str, method: str) -> bool:
+    """Whether the preset field at dotted `path` matters when training.method is `method` (METHODS_OF)."""
+    return method in METHODS_OF.get(path, (method,))
+
+
+class MethodFields:
+    """The labelled fields of one tab's `section` ("training", "model"), shown when they apply to the preset's
+    training.method and hidden (LabelledField.set_visible) when not; a group whose fields are all hidden is
+    hidden as well, and comes back in its place in its column. A field with a problem (validation's, or text
+    that does not parse) is always shown: no problem the bottom bar lists sits on a field the user cannot see."""
+
+    def __init__(self, form: Form, section: str):
+        self.form = form
+        self.fields = {b.path: b.labelled for b in form.bindings
+                       if b.labelled is not None and b.path and b.path.startswith(section + ".")}
+        self.shown = dict.fromkeys(self.fields, True)
+        self.groups: dict = {}  # Group -> the paths of its fields
+        for path, labelled in self.fields.items():
+            self.groups.setdefault(labelled.label.master, []).append(path)
+        self.columns: dict = {}  # column frame -> [(group, its pack options)] in the order Columns packed them
+        for group in self.groups:
+            column = group.master
+            if column not in self.columns:
+                self.columns[column] = [(g, {k: v for k, v in g.pack_info().items() if k != "in"})
+                                        for g in column.pack_slaves()]
+
+    def problem_paths(self) -> set[str]:
+        """The paths of every field with a problem now. Without the path checks: of the fields that can be hidden
+        only model.lora_weights has one, and hidden (a method other than lora) it has a method problem first."""
+        return set(self.form.parse_errors) | {split_problem(p)[0] for p in self.form.problems(check_paths=False)}
+
+    def update(self, hide: bool) -> None:
+        """Show what applies to the method and what has a problem. With `hide` (after a method change or a preset
+        load) also hide what no longer applies; without (after any other edit) only a hidden field that gained a
+        problem comes back, so no field goes away under the user's hand."""
+        method = self.form.preset.training.method
+        if not hide and all(self.shown.values()):
+            return
+        problems = self.problem_paths()
+        for path, labelled in self.fields.items():
+            show = applies(path, method) or path in problems
+            if show != self.shown[path] and (show or hide):
+                labelled.set_visible(show)
+                self.shown[path] = show
+        for column, groups in self.columns.items():
+            wanted = [(g, options) for g, options in groups if self.group_shown(g)]
+            if [g for g, _ in wanted] != column.pack_slaves():
+                for g, _ in groups:
+                    g.pack_forget()
+                for g, options in wanted:
+                    g.pack(**options)
+
+    def group_shown(self, group) -> bool:
+        """A group is shown while any of its fields is (a group with no field of the section always is)."""
+        paths = self.groups.get(group)
+        return not paths or any(self.shown[p] for p in paths)
+
+
+class MethodTab(Tab):
+    """A tab of grouped fields of `section` where what training.method does not use is hidden (MethodFields)."""
+
+    section = ""
+    groups: ClassVar[GroupSpec] = []
+    columns = 2
+
+    def __init__(self, window, frame):
+        super().__init__(window, frame)
+        self.method_fields: MethodFields | None = None
+
+    def steps(self) -> Iterator[None]:
+        yield from self.grouped(scroll_area(self.frame), self.section, self.groups, columns=self.columns)
+        self.method_fields = MethodFields(self.form, self.section)
+        self.method_fields.update(hide=True)
+
+    def reload(self) -> None:
+        super().reload()
+        if self.method_fields is not None:
+            self.method_fields.update(hide=True)
+
+    def field_changed(self, path: str) -> None:
+        if self.method_fields is not None:
+            self.method_fields.update(hide=path == "training.method")
+
+
+class TrainingTab(MethodTab):
     title = "training"
-
-    def steps(self):
-        yield from self.grouped(scroll_area(self.frame), "training", GROUPS, columns=3)
+    section = "training"
+    groups = GROUPS
+    columns = 3

@@ -276,6 +276,9 @@ def rich_preset(tmp_path: Path):
     preset.training.resolution = "512,640"
     preset.training.fused_backward = False  # on, it needs gradient accumulation 1 and no clipping
     preset.training.max_token_length = 150  # 75, 150 or 225 only
+    preset.training.method = "lora"  # every method's fields shown; a LoRA is written as one .safetensors
+    preset.training.embedding_placeholder = "xqzword"  # a word CLIP does not know
+    preset.model.output_path += ".safetensors"
     preset.concepts = [ConceptConfig(), ConceptConfig()]
     perturb(preset.concepts[0], "c0")
     perturb(preset.concepts[1], "c1")

@@ -34,3 +34,19 @@ def test_trainer_imports_no_tkinter():
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('tkinter', '_tkinter', 'customtkinter', 'app'))))")
     assert loaded == []
+
+
+def test_validating_and_loading_presets_imports_no_heavy_libraries():
+    """The window validates the preset at every edit: every method's checks (a new word against CLIP's
+    vocabulary, LoRA paths) stay torch-free."""
+    loaded = run_python(
+        "import json, sys\n"
+        "from trainer.config import Preset, validate, load_preset\n"
+        "for method in ('full', 'lora', 'embedding'):\n"
+        "    p = Preset(); p.training.method = method; p.training.embedding_placeholder = 'cat'\n"
+        "    p.model.lora_weights = 'x.safetensors'; validate(p, check_paths=True)\n"
+        "for name in ('sd15_lora', 'sd15_embedding'):\n"
+        "    load_preset(f'presets/{name}.json')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'diffusers', 'transformers', 'accelerate'))))")
+    assert loaded == []
