@@ -6,6 +6,7 @@ import queue
 
 import numpy as np
 import pytest
+from lora_helpers import write_tiny_lora
 from PIL import Image
 
 from trainer import events as ev
@@ -195,3 +196,146 @@ def test_a_model_comparison_refuses_an_existing_grid_before_loading_a_model(tmp_
     with pytest.raises(InputError, match="already exists"):
         compare(spec, lambda e: None)
     assert not (tmp_path / "grid_cells").exists() and out.read_bytes() == b"an earlier grid"
+
+
+# ---- a LoRA at several strengths beside its base ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_lora(tiny_model_dir, tmp_path_factory):
+    """lora_helpers.write_tiny_lora's LoRA for the tiny model, as style.safetensors."""
+    return write_tiny_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "style.safetensors")
+
+
+def lora_spec(tmp_path, model, lora_file, strengths, name="lora.png") -> CompareSpec:
+    prompt = SamplePrompt(prompt="a red square", seed=3, steps=2, width=32, height=32, sampler="ddim", cfg_scale=2)
+    return CompareSpec(source="models", models=[CompareModel(str(model), "base"),
+                                                CompareModel(str(model), lora=str(lora_file))],
+                       lora_strengths=strengths, prompts=[prompt], seeds=[1, 2], output_png=str(tmp_path / name),
+                       cell_size=0, device="cpu")
+
+
+def merged_by_hand(model_dir, lora_file, strength: float):
+    """The tiny model with the LoRA file added to its weights from the file's tensors alone (kohya's rule: the
+    change is up @ down * alpha / rank, times the strength), without PEFT or trainer.lora."""
+    from safetensors.torch import load_file
+
+    from trainer.models import load_model
+    model = load_model(str(model_dir))
+    modules = {"lora_unet_" + name.replace(".", "_"): module for name, module in model.unet.named_modules()}
+    tensors = load_file(str(lora_file))
+    for key in {k.split(".")[0] for k in tensors}:
+        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+        change = (up.flatten(1) @ down.flatten(1)) * float(tensors[f"{key}.alpha"]) / down.shape[0]
+        weight = modules[key].weight
+        weight.data += strength * change.reshape(weight.shape)
+    return model
+
+
+def drawn_alone(model_dir, lora_file, strength: float, seed: int) -> np.ndarray:
+    """The image of lora_spec's prompt at `seed` from merged_by_hand's model, as ints."""
+    from trainer.sampling import generate, make_pipeline
+    model = merged_by_hand(model_dir, lora_file, strength)
+    pipe = make_pipeline(model.unet, model.vae, model.text_encoder, model.tokenizer, model.noise_scheduler.config,
+                         "ddim")
+    row = SamplePrompt(prompt="a red square", seed=seed, steps=2, width=32, height=32, sampler="ddim", cfg_scale=2)
+    return np.asarray(generate(pipe, row, "cpu")).astype(int)
+
+
+def test_a_lora_at_several_strengths_stands_beside_its_base(tiny_model_dir, tiny_lora, tmp_path):
+    events = []
+    finished = compare(lora_spec(tmp_path, tiny_model_dir, tiny_lora, [0, 0.5, 1]), events.append, queue.Queue())
+    assert finished.outcome == "completed", finished.message
+    started = next(e for e in events if isinstance(e, ev.GridStarted))
+    assert started.column_labels == ("base", "model + style @ 0 (no LoRA)", "model + style @ 0.5",
+                                     "model + style @ 1")
+    assert any(isinstance(e, ev.Status) and "Merging style.safetensors at strength 0.5" in e.text for e in events)
+    cells = {(e.row, e.column): np.asarray(Image.open(e.path)).astype(int) for e in events
+             if isinstance(e, ev.GridCell)}
+    assert len(cells) == 2 * 4
+    for row in range(2):
+        base = cells[(row, 0)]
+        assert np.array_equal(cells[(row, 1)], base)  # strength 0: the base itself
+        half, full = (np.abs(cells[(row, c)] - base).mean() for c in (2, 3))
+        assert 0.5 < half < full, (half, full)  # the LoRA changes the image, more at 1 than at 0.5
+    # The strength-0.5 column is the model with half of each layer's change from the file, drawn alone (float
+    # rounding may move a pixel value by one).
+    assert np.abs(drawn_alone(tiny_model_dir, tiny_lora, 0.5, seed=2) - cells[(1, 2)]).max() <= 1
+    grid = np.asarray(Image.open(finished.output_path))
+    header = header_height(grid, 2, 32)
+    for c in range(4):
+        x = 220 + PAD + c * (32 + PAD) + 16
+        assert tuple(grid[header + 16, x]) == tuple(cells[(0, c)][16, 16])  # the exported grid has each column
+
+
+def test_a_model_row_with_a_lora_and_no_strengths_is_one_column_at_its_own_strength(tiny_model_dir, tiny_lora,
+                                                                                    tmp_path):
+    spec = lora_spec(tmp_path, tiny_model_dir, tiny_lora, [])
+    spec.models[1].lora_strength = -0.5
+    spec.seeds = [2]
+    events = []
+    assert compare(spec, events.append).outcome == "completed"
+    assert next(e for e in events if isinstance(e, ev.GridStarted)).column_labels == ("base", "model + style @ -0.5")
+    cell = next(np.asarray(Image.open(e.path)).astype(int) for e in events if isinstance(e, ev.GridCell)
+                and e.column == 1)
+    assert np.abs(drawn_alone(tiny_model_dir, tiny_lora, -0.5, seed=2) - cell).max() <= 1
+
+
+def test_column_labels_of_lora_rows():
+    from trainer.compare import model_columns
+    spec = CompareSpec(source="models", models=[
+        CompareModel("m/base.safetensors"), CompareModel("m/run", "mine", lora="l/ink.safetensors"),
+        CompareModel("m/run", lora="l/ink.safetensors", lora_strength=-0.25)])
+    plan = model_columns(spec)
+    assert [(c.label, c.model, c.strength, c.lora) for c in plan] == [
+        ("base", 0, 0.0, ""), ("mine", 1, 1.0, "l/ink.safetensors"), ("run + ink @ -0.25", 2, -0.25, "l/ink.safetensors")]
+    spec.lora_strengths = [0, 0.75]
+    assert [(c.label, c.lora) for c in model_columns(spec)] == [
+        ("base", ""), ("mine @ 0 (no LoRA)", ""), ("mine @ 0.75", "l/ink.safetensors"),
+        ("run + ink @ 0 (no LoRA)", ""), ("run + ink @ 0.75", "l/ink.safetensors")]
+
+
+def test_lora_settings_are_validated_naming_the_field(tmp_path):
+    from trainer.fields import ConfigError
+    from trainer.specs import spec_from_dict, spec_to_dict, validate_spec
+    prompt = SamplePrompt(prompt="x", width=32, height=32)
+    spec = CompareSpec(source="models", models=[CompareModel("m", lora="style.safetensors", lora_strength=0.5)],
+                       prompts=[prompt], lora_strengths=[0, 0.5, 1])
+    assert validate_spec(spec) == []
+    assert spec_from_dict(spec_to_dict(spec)) == spec  # the LoRA fields survive a spec file
+    spec.models[0].lora = "style.ckpt"
+    assert validate_spec(spec) == ["models.0.lora: style.ckpt is not a .safetensors file (a LoRA for SD 1.5 in "
+                                   "kohya's layout)"]
+    spec.models[0].lora = "style.safetensors"
+    spec.models[0].lora_strength = 12.0
+    assert validate_spec(spec) == ["models.0.lora_strength: 12.0 is above the maximum 10.0"]
+    spec.models[0].lora_strength = float("nan")
+    assert validate_spec(spec) == ["models.0.lora_strength: expected a finite number, got nan"]
+    spec.models[0].lora_strength = 1.0
+    spec.lora_strengths = [0, float("inf"), -20]
+    assert validate_spec(spec) == ["lora_strengths.1: inf is outside -10 .. 10",
+                                   "lora_strengths.2: -20 is outside -10 .. 10"]
+    spec.lora_strengths = [0.5]
+    spec.models[0].lora = ""
+    assert validate_spec(spec) == ["lora_strengths: no model has a LoRA to try at these strengths (choose a "
+                                   "model's LoRA, or empty this)"]
+    data = spec_to_dict(spec)
+    for value, said in (("0, 0.5, 1", "lora_strengths: expected a list"),
+                        ([0, "half"], "lora_strengths.1: expected a number")):
+        with pytest.raises(ConfigError, match=said):
+            spec_from_dict({**data, "lora_strengths": value})
+
+
+def test_a_missing_or_sdxl_lora_is_refused_naming_the_field_before_any_model_loads(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    spec = lora_spec(tmp_path, tiny_model_dir, tmp_path / "nowhere.safetensors", [0, 1])
+    events = []
+    with pytest.raises(InputError, match=r"models\.1\.lora: .*nowhere\.safetensors does not exist"):
+        compare(spec, events.append)
+    sdxl = tmp_path / "sdxl.safetensors"
+    save_file({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 768),
+               "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(3072, 4)}, str(sdxl))
+    spec = lora_spec(tmp_path, tiny_model_dir, sdxl, [0, 1])
+    with pytest.raises(InputError, match=r"models\.1\.lora: .*sdxl\.safetensors is a LoRA for SDXL"):
+        compare(spec, events.append)
+    assert events == [] and not (tmp_path / "lora_cells").exists()  # refused before the grid or any model

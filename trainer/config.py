@@ -397,6 +397,10 @@ def _method_problems(preset: Preset) -> list[str]:
     if t.method != "full" and Path(model.output_path).suffix.lower() != ".safetensors":
         problems.append(f"model.output_path: a {t.method} is written as one .safetensors file; end the name in "
                         ".safetensors")
+    for name in ("lora_alpha", "lora_conv_alpha"):
+        if t.method == "lora" and getattr(t, name) <= 0:
+            problems.append(f"training.{name}: must be above 0 (the adapter's output is scaled by alpha / rank; "
+                            "alpha = rank scales by 1)")
     if t.method == "lora" and t.fused_backward:
         problems.append("training.fused_backward: for a full fine-tune only (a LoRA's few weights need no fused "
                         "back pass)")

@@ -92,7 +92,8 @@ def embedding_metadata(placeholder: str, vectors: int, init_text: str, step: int
     """The header of an embedding file: modelspec's (kohya's sai_model_spec.py for a textual inversion of SD v1)
     and SeaChange's own (the word and how it started)."""
     return {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1/textual-inversion",
-            "modelspec.implementation": "diffusers", "modelspec.title": placeholder,
+            "modelspec.implementation": "https://github.com/Stability-AI/generative-models",  # kohya's, for SD v1 TI
+            "modelspec.title": placeholder,
             "modelspec.resolution": f"{resolution}x{resolution}",
             "seachange.placeholder": placeholder, "seachange.vectors": str(vectors),
             "seachange.init_text": init_text, "seachange.step": str(step)}

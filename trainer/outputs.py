@@ -137,7 +137,8 @@ class RunOutputs:
                 return written
         unwrapped = model.unwrapped(self.accelerator)
         if model.method == "lora":
-            tensors = {key: value.to(dtype) for part in ("unet", "text_encoder")
+            tensors = {key: value if key.endswith(".alpha") else value.to(dtype)  # alpha float32: 0.1 stays 0.1
+                       for part in ("unet", "text_encoder")
                        for key, value in lora.kohya_tensors(getattr(unwrapped, part), part).items()}
             header = {**metadata, **lora.lora_metadata(
                 training, training.lora_type, title=path.stem, resolution=size,

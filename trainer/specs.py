@@ -58,8 +58,8 @@ class GenerateDataSpec:
 class CompareModel:
     path: str = opt("", "Model", "A diffusers folder, .safetensors or .ckpt: the base model, a save, a backup's "
                     "model or the final output.", kind="path")
-    label: str = opt("", "Label", "Column title; empty uses the file or folder name (with a LoRA: and the LoRA's "
-                     "name and strength).")
+    label: str = opt("", "Label", "Column title; empty uses the file or folder name (with a LoRA: NAME + LORA @ "
+                     "strength). With several LoRA strengths each column adds its own: LABEL @ 0.5.")
     lora: str = opt("", "LoRA", "Optional: a LoRA for SD 1.5 (a kohya-layout .safetensors, as SeaChange, kohya, "
                     "A1111 and ComfyUI use) merged into this model for its column.", kind="file")
     lora_strength: float = opt(1.0, "LoRA strength", "How much of the LoRA is merged: 0 is the model alone, 1 the "
@@ -69,7 +69,8 @@ class CompareModel:
 
 @dataclass
 class CompareSpec:
-    """A labelled grid of images: sample files across steps or epochs, or the same prompts across models."""
+    """A labelled grid of images: sample files across steps or epochs, or the same prompts across models (a
+    model with a LoRA: across LoRA strengths)."""
     source: str = opt("samples", "Source", "samples: the sample images a run already wrote; models: generate "
                       "each prompt with each model at the same seed and settings.", choices=("samples", "models"))
     samples_dir: str = opt("workspace/run", "Run folder", "A run's workspace (or its samples folder) for "

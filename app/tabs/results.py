@@ -7,13 +7,14 @@ from pathlib import Path
 import customtkinter as ctk
 
 from app.grid_view import GridView
+from app.tabs.common import ListEditor
 from app.tabs.tool_base import ToolTab
-from app.widgets import MUTED, Group, Tooltip
+from app.widgets import MUTED, Group, Tooltip, reconfigure
 from trainer import events as ev
 from trainer.specs import CompareModel, CompareSpec
 
 SAMPLES_FIELDS = ("samples_dir", "columns", "max_columns")
-MODEL_FIELDS = ("base_config", "device", "dtype")
+MODEL_FIELDS = ("lora_strengths", "base_config", "device", "dtype")
 
 
 def free_name(path: Path) -> Path:
@@ -22,6 +23,12 @@ def free_name(path: Path) -> Path:
     while path.with_name(f"{path.stem}-{n}{path.suffix}").exists():
         n += 1
     return path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
+class ModelsEditor(ListEditor):
+    """The models list: a model's path a little narrower than ListEditor's, to leave room for its LoRA's."""
+
+    WIDTHS = {**ListEditor.WIDTHS, "path": 360, "label": 140, "lora": 300}
 
 
 class ResultsTab(ToolTab):
@@ -70,7 +77,7 @@ class ResultsTab(ToolTab):
         export.pad_bottom()
 
     def _build_models(self, area) -> None:
-        self.models_group = group = Group(area, "Models (one column each)")
+        self.models_group = group = Group(area, "Models (a column each; with a LoRA, a column per LoRA strength)")
         group.grid(row=1, column=0, columnspan=2, sticky="ew", padx=6, pady=6)
         quick = ctk.CTkFrame(group, fg_color="transparent")
         quick.grid(row=group.take_row(), column=0, columnspan=2, sticky="w", padx=10, pady=(0, 4))
@@ -83,7 +90,8 @@ class ResultsTab(ToolTab):
         Tooltip(self.add_base_button, "Add the model this preset trains from (model tab: base model).")
         Tooltip(self.add_trained_button, "Add the model this preset writes when training completes (model tab: "
                                          "output).")
-        self.models_editor = self.add_editor(group, "models", "+ Add model")
+        self.models_editor = ModelsEditor(group, self.spec_form, "models", add_text="+ Add model")
+        self.spec_editors.append(self.models_editor)
         self.models_editor.grid(row=group.take_row(), column=0, columnspan=2, sticky="ew", padx=8, pady=(0, 10))
 
     def _build_prompts(self, area) -> None:
@@ -159,9 +167,29 @@ class ResultsTab(ToolTab):
                 problems.append(f"models.{i}.path: choose a model")
             elif not Path(model.path).expanduser().exists():
                 problems.append(f"models.{i}.path: {model.path} does not exist")
+            lora = model.lora.strip()
+            if lora and not Path(lora).expanduser().is_file():
+                what = "is a folder" if Path(lora).expanduser().is_dir() else "does not exist"
+                problems.append(f"models.{i}.lora: {lora} {what} (choose a LoRA .safetensors file)")
         if spec.base_config and not Path(spec.base_config).expanduser().is_dir():
             problems.append(f"base_config: {spec.base_config} is not a folder")
         return problems
+
+    def validate_now(self) -> list[str]:
+        reasons = super().validate_now()
+        self.show_lora_strengths()
+        return reasons
+
+    def show_lora_strengths(self) -> None:
+        """A model's LoRA strength is editable (and not greyed) only where it applies: the model has a LoRA and
+        no LoRA strengths are set (they replace it); or when its value is wrong, so that it can be mended."""
+        for i, model in enumerate(self.spec.models):
+            bindings = self.spec_form.bindings_for(f"models.{i}.lora_strength")
+            if not bindings:  # the rows are being rebuilt
+                continue
+            on = bool(model.lora.strip()) and not self.spec.lora_strengths or bindings[0].reason is not None
+            reconfigure(bindings[0].widget, state="normal" if on else "disabled",
+                        text_color=ctk.ThemeManager.theme["CTkEntry"]["text_color"] if on else MUTED)
 
     def fit_grid(self) -> None:
         """Give the grid the height that shows all its rows, up to all but the form's least (see fit_panes); on a

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gui_helpers import screenshot
 from PIL import Image
@@ -225,3 +226,103 @@ def test_the_seeds_hint_sits_below_the_prompts_heading(window):
     assert results.seeds_hint.winfo_rooty() >= title.winfo_rooty() + title.winfo_height()
     seeds = results.spec_form.widget_for("seeds")
     assert results.seeds_hint.winfo_rooty() >= seeds.winfo_rooty() + seeds.winfo_height()
+
+
+def test_the_models_list_edits_each_models_lora_and_its_strengths(window, tmp_path, pump, screenshots):
+    from app.widgets import NumberField, PathField, TextField
+    from gui_helpers import type_into
+    results = window.tabs["results"]
+    window.tabview.set("results")
+    model = tmp_path / "model"
+    model.mkdir()
+    style = tmp_path / "style.safetensors"
+    style.write_bytes(b"")  # the tab checks that it exists; the comparison reads it when it runs
+    prompt = SamplePrompt(prompt="a red square", steps=2, width=32, height=32)
+    results.set_spec(CompareSpec(source="models", models=[CompareModel(str(model), "base"),
+                                                          CompareModel(str(model), "")], prompts=[prompt]))
+    window.update()
+    editor = results.models_editor
+    headings = sorted((int(w.grid_info()["column"]), w.cget("text")) for w in editor.table.grid_slaves(row=0))
+    assert [text for _, text in headings] == ["Model", "Label", "LoRA", "LoRA strength"]
+    lora, strength = (results.spec_form.widget_for(f"models.1.{name}") for name in ("lora", "lora_strength"))
+    assert isinstance(lora, PathField) and isinstance(strength, NumberField)
+    assert editor.rows[1][2] is lora and editor.rows[1][3] is strength  # in the model's row, under the headings
+
+    assert strength.cget("state") == "disabled"  # no LoRA on this model: its strength does not apply
+    type_into(lora, str(style))
+    window.update()
+    results.validate_now()
+    assert strength.cget("state") == "normal"
+    type_into(strength, "0.75")
+    strengths = results.spec_form.widget_for("lora_strengths")
+    assert isinstance(strengths, TextField) and results.field_rows["lora_strengths"].labelled.label.cget(
+        "text") == "LoRA strengths"
+    type_into(strengths, "0, 0.5, 1")
+    window.update()
+    assert results.spec.models[1].lora == str(style) and results.spec.models[1].lora_strength == 0.75
+    assert results.spec.lora_strengths == [0.0, 0.5, 1.0]
+    assert results.validate_now() == [] and results.start_button.cget("state") == "normal"
+    assert strength.cget("state") == "disabled"  # the strengths for all replace the model's own
+    assert results.spec_form.widget_for("models.0.lora_strength").cget("state") == "disabled"
+
+    assert results.field_rows["lora_strengths"].labelled.label.winfo_ismapped()  # beside the other model settings
+    area = results.models_group.master
+    area._parent_canvas.yview_moveto(results.models_group.winfo_y() / area.winfo_height())  # the model rows
+    shot = screenshot(window, pump, screenshots, "results_models_lora")
+    group = results.models_group
+    right = group.winfo_rootx() + group.winfo_width()
+    for widget in editor.rows[1]:  # the row fits in its group, nothing cut at the right
+        assert widget.winfo_ismapped() and widget.winfo_rootx() + widget.winfo_width() <= right
+    assert shot.inside(lora, results.top_pane) and shot.inside(strength, results.top_pane)
+    assert shot.colours(lora) > 4 and shot.colours(strength) > 4  # drawn, not blank
+    assert results.models_group.cget("height") and "a column per LoRA strength" in " ".join(
+        w.cget("text") for w in results.models_group.grid_slaves(row=0))
+
+    # What cannot run is refused before it starts, naming the field.
+    type_into(lora, str(tmp_path / "nowhere.safetensors"))
+    window.update()
+    assert any(r.startswith("Model 2 › LoRA: ") and "does not exist" in r for r in results.validate_now())
+    type_into(lora, str(tmp_path / "style.ckpt"))
+    window.update()
+    assert any(r.startswith("Model 2 › LoRA: ") and "not a .safetensors" in r for r in results.validate_now())
+    type_into(lora, str(style))
+    type_into(strengths, "0, half")
+    window.update()
+    assert any(r.startswith("LoRA strengths: expected numbers") for r in results.validate_now())
+    assert results.start() is False and not results.runner.running
+    type_into(strengths, "0, 20")
+    window.update()
+    assert any("LoRA strength 2: 20 is outside -10 .. 10" in r for r in results.validate_now())
+    type_into(strengths, "")
+    window.update()
+    assert results.validate_now() == [] and results.spec.lora_strengths == []
+    results.spec_form.widget_for("source").set("samples")  # the strengths are a setting of model comparisons
+    window.update()
+    assert not strengths.winfo_ismapped() and not results.models_group.winfo_ismapped()
+
+
+def test_a_lora_at_three_strengths_fills_a_column_each(window, tiny_model_dir, tmp_path, wait_for, pump,
+                                                       screenshots):
+    from lora_helpers import write_tiny_lora
+    results = window.tabs["results"]
+    window.tabview.set("results")
+    style = write_tiny_lora(tiny_model_dir, tmp_path / "style.safetensors")
+    prompt = SamplePrompt(prompt="a red square", steps=2, width=32, height=32, sampler="ddim", cfg_scale=1.0)
+    results.set_spec(CompareSpec(source="models", models=[CompareModel(str(tiny_model_dir), "tiny", lora=str(style))],
+                                 lora_strengths=[0, 0.5, 1], prompts=[prompt], seeds=[1],
+                                 output_png=str(tmp_path / "lora.png"), cell_size=32, device="cpu"))
+    finished = run(window, results, wait_for)
+    assert finished.outcome == "completed", finished.message
+    grid = results.grid_view
+    assert grid.column_labels == ["tiny @ 0 (no LoRA)", "tiny @ 0.5", "tiny @ 1"]
+    assert set(grid.photos) == {(0, 0), (0, 1), (0, 2)}
+    cells = [np.asarray(Image.open(grid.paths[(0, c)])).astype(int) for c in range(3)]
+    assert 0 < np.abs(cells[1] - cells[0]).mean() < np.abs(cells[2] - cells[0]).mean()
+    screenshot(window, pump, screenshots, "results_lora_grid")
+
+    style.write_bytes(b"not a safetensors file")  # refused by the comparison, naming the field
+    results.spec.output_png = str(tmp_path / "again.png")
+    finished = run(window, results, wait_for)
+    assert finished.outcome != "completed" and "models.0.lora" in finished.message
+    assert finished.message.startswith(f"models.0.lora: {style} is not a readable .safetensors file")
+    assert results.message_label.cget("text").startswith("Failed: models.0.lora: ")
