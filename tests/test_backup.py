@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -15,14 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_presets import make_preset
+from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer import losses
 from trainer.backup import complete_backups, prune_backups
 from trainer.config import save_preset
 from trainer.errors import InputError
 from trainer.intervals import Interval
-from trainer.loop import train
 
 STEPS = 12
 TRAINING = {"max_steps": STEPS, "batch_size": 2, "optimizer": "adamw", "lr_scheduler": "cosine",
@@ -34,15 +32,7 @@ def preset_for(tmp_path, model, concept, **backup):
                        backup={"backup_unit": "never", "rolling_backups": 0, **backup})
 
 
-def run(preset, stop_at: int | None = None, resume=None):
-    """Train in-process; stop_at sends STOP once that step is reported."""
-    commands, events = queue.Queue(), []
-
-    def emit(e):
-        events.append(e)
-        if stop_at and isinstance(e, ev.Progress) and e.step == stop_at:
-            commands.put(ev.Command(ev.STOP))
-    return train(preset, emit, commands, resume=resume), events
+run = run_stopping_at
 
 
 def final_state(preset):

@@ -2,7 +2,6 @@
 file is the emb_params layout diffusers and A1111 read, samples use it, resume is exact, bad words are refused."""
 from __future__ import annotations
 
-import queue
 import shutil
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tiny_presets import make_preset
+from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.config import validate
 from trainer.errors import InputError
@@ -41,14 +40,7 @@ def word_preset(tmp_path, model, concept, training=None, **sections):
                        backup={"backup_unit": "never", "rolling_backups": 0}, **sections)
 
 
-def run(preset, stop_at=None, resume=None):
-    commands, events = queue.Queue(), []
-
-    def emit(e):
-        events.append(e)
-        if stop_at and isinstance(e, ev.Progress) and e.step == stop_at:
-            commands.put(ev.Command(ev.STOP))
-    return train(preset, emit, commands, resume=resume), events
+run = run_stopping_at
 
 
 def test_the_word_trains_and_samples_use_it(tiny_model_dir, word_concept, tmp_path):

@@ -2,7 +2,6 @@
 diffusers loads, merges, continuing a file, exact resume, and files for other models refused."""
 from __future__ import annotations
 
-import queue
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tiny_presets import make_preset
+from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.errors import InputError
 from trainer.loop import train
@@ -27,14 +26,7 @@ def lora_preset(tmp_path, model, concept, training=None, model_section=None, **s
                        backup={"backup_unit": "never", "rolling_backups": 0}, **sections)
 
 
-def run(preset, stop_at=None, resume=None):
-    commands, events = queue.Queue(), []
-
-    def emit(e):
-        events.append(e)
-        if stop_at and isinstance(e, ev.Progress) and e.step == stop_at:
-            commands.put(ev.Command(ev.STOP))
-    return train(preset, emit, commands, resume=resume), events
+run = run_stopping_at
 
 
 @pytest.mark.parametrize("kind", ["lora", "loha", "lokr"])
@@ -133,11 +125,13 @@ def test_the_file_header_is_kohyas(tiny_model_dir, color_concept, tmp_path):
     preset = lora_preset(tmp_path, tiny_model_dir, color_concept, model_section={"output_dtype": "float16"})
     run(preset)
     with safe_open(str(tmp_path / "lora.safetensors"), "pt") as f:
-        meta, dtypes = f.metadata(), {f.get_tensor(k).dtype for k in f.keys()}
+        meta = f.metadata()
+        dtypes = {f.get_tensor(k).dtype for k in f.keys() if not k.endswith(".alpha")}
+        alphas = {f.get_tensor(k).dtype for k in f.keys() if k.endswith(".alpha")}
     assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "4"
     assert meta["ss_network_alpha"] == "2.0" and meta["ss_base_model_version"] == "sd_v1" and meta["ss_v2"] == "False"
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
-    assert dtypes == {torch.float16}
+    assert dtypes == {torch.float16} and alphas == {torch.float32}  # alpha exact: fp16 would make 0.1 0.09998
 
 
 def _write(path: Path, tensors: dict) -> Path:

@@ -21,3 +21,19 @@ def make_preset(tmp_path, model_dir, concept_dir, **sections):
         else:
             data[section] = values
     return preset_from_dict(data)
+
+
+def run_stopping_at(preset, stop_at: int | None = None, resume=None):
+    """Train in-process (trainer.loop.train); stop_at sends STOP once that step is reported. Returns
+    (RunFinished, the events)."""
+    import queue
+
+    from trainer import events as ev
+    from trainer.loop import train
+    commands, events = queue.Queue(), []
+
+    def emit(e):
+        events.append(e)
+        if stop_at and isinstance(e, ev.Progress) and e.step == stop_at:
+            commands.put(ev.Command(ev.STOP))
+    return train(preset, emit, commands, resume=resume), events
