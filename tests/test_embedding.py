@@ -106,15 +106,24 @@ def test_resume_of_an_embedding_run_is_exact(tiny_model_dir, word_concept, tmp_p
                        load_file(str(tmp_path / "whole" / f"{WORD}.safetensors"))["emb_params"])
 
 
-def test_a_word_trains_beside_a_lora(tiny_model_dir, word_concept, tmp_path):
+@pytest.mark.parametrize("method, output", [("lora", "lora.safetensors"), ("full", "model.safetensors")])
+def test_a_word_trains_beside_a_lora_or_a_full_fine_tune(method, output, tiny_model_dir, word_concept, tmp_path):
+    """The word is written as WORD.safetensors next to the output, and during the run beside each save; the model
+    itself keeps SD 1.5's 49,408-row token table (no added rows in the checkpoint)."""
     preset = make_preset(tmp_path, tiny_model_dir, word_concept,
-                         training={"method": "lora", "lora_rank": 2, "embedding_placeholder": WORD,
-                                   "max_steps": 3},
-                         model={"output_path": str(tmp_path / "out" / "lora.safetensors")})
+                         training={"method": method, "lora_rank": 2, "embedding_placeholder": WORD,
+                                   "max_steps": 3, "train_text_encoder": True},
+                         model={"output_path": str(tmp_path / "out" / output)},
+                         backup={"save_unit": "steps", "save_every": 2})
     finished, events = run(preset)
-    assert finished.outcome == "completed"
+    assert finished.outcome == "completed" and (tmp_path / "out" / output).is_file()
     word = load_file(str(tmp_path / "out" / f"{WORD}.safetensors"))["emb_params"]
-    assert word.shape[0] == 1 and (tmp_path / "out" / "lora.safetensors").is_file()
+    assert word.shape[0] == 1
+    saves = sorted((tmp_path / "ws" / "save").glob("*.safetensors"))
+    assert [p.name for p in saves] == [f"step0000002-epoch0001-{WORD}.safetensors", "step0000002-epoch0001.safetensors"]
+    if method == "full":
+        rows = load_model(str(tmp_path / "out" / output)).text_encoder.get_input_embeddings().num_embeddings
+        assert rows == load_model(str(tiny_model_dir)).text_encoder.get_input_embeddings().num_embeddings
 
 
 @pytest.mark.parametrize("word, said", [("cat", "already a token"), ("My Style", "lowercase letters"),
