@@ -14,8 +14,8 @@ from trainer import events as ev
 from trainer.errors import plain_text
 
 CHART_BG, GRID, AXIS_TEXT = "#1e1f22", "#34363b", "#a8a8a8"
-RAW, SMOOTH, LR = "#4d6a8c", "#58a6ff", "#e3a64a"
-DRAWS = (ev.RunStarted, ev.Progress, ev.SampleReady)  # the events by which a new run replaces the last one's view
+RAW, SMOOTH, LR, VALIDATION = "#4d6a8c", "#58a6ff", "#e3a64a", "#5fd38d"
+DRAWS = (ev.RunStarted, ev.Progress, ev.ValidationLoss, ev.SampleReady)  # a new run's view replaces the last one's
 CHECKPOINTS = {"backup": "Backup", "save": "Save", "final": "Final model"}  # CheckpointWritten.kind in words
 
 
@@ -53,7 +53,8 @@ def format_tick(value: float) -> str:
 
 
 class LossChart(tk.Canvas):
-    """Raw loss (thin, as a min/max band when dense) and smoothed loss over steps; LR on the right axis."""
+    """Raw loss (thin, as a min/max band when dense) and smoothed loss over steps, the validation loss (its own
+    points, joined, when the run measures one: trainer.validation) on the same axis; LR on the right axis."""
 
     MARGIN = (58, 30, 58, 30)  # left, top (the legend), right, bottom
 
@@ -63,6 +64,8 @@ class LossChart(tk.Canvas):
         self.loss: list[float] = []
         self.smooth: list[float] = []
         self.lr: list[float] = []
+        self.val_steps: list[float] = []  # the validation loss's points (events.ValidationLoss)
+        self.val_loss: list[float] = []
         self.total_steps = 0
         self.min_interval_ms = min_interval_ms
         self._pending: str | None = None
@@ -71,12 +74,15 @@ class LossChart(tk.Canvas):
         self.bind("<Configure>", lambda _e: self.request_redraw(now=True))
 
     def handle(self, event) -> None:
-        """A training event: RunStarted sets the step axis, each Progress adds a point."""
+        """A training event: RunStarted sets the step axis, each Progress adds a point, each ValidationLoss a
+        point of the validation series."""
         if self.stale and isinstance(event, DRAWS):
             self.stale = False
             self.clear()
         if isinstance(event, ev.Progress):
             self.add(event.step, event.loss, event.smooth_loss, event.lr, event.total_steps)
+        elif isinstance(event, ev.ValidationLoss):
+            self.add_validation(event.step, event.loss)
         elif isinstance(event, ev.RunStarted):
             self.total_steps = event.total_steps
         elif isinstance(event, ev.RunFinished):
@@ -88,6 +94,8 @@ class LossChart(tk.Canvas):
         if self.steps and step <= self.steps[-1]:
             cut = bisect.bisect_left(self.steps, step)
             del self.steps[cut:], self.loss[cut:], self.smooth[cut:], self.lr[cut:]
+            cut = bisect.bisect_left(self.val_steps, step)
+            del self.val_steps[cut:], self.val_loss[cut:]
         self.steps.append(step)
         self.loss.append(loss)
         self.smooth.append(smooth)
@@ -95,8 +103,19 @@ class LossChart(tk.Canvas):
         self.total_steps = max(self.total_steps, total_steps)
         self.request_redraw()
 
+    def add_validation(self, step: int, loss: float) -> None:
+        """A validation point at `step`; one at or before the last one first drops the points from there on (a
+        resumed run sends the points its backup kept again)."""
+        if self.val_steps and step <= self.val_steps[-1]:
+            cut = bisect.bisect_left(self.val_steps, step)
+            del self.val_steps[cut:], self.val_loss[cut:]
+        self.val_steps.append(step)
+        self.val_loss.append(loss)
+        self.request_redraw()
+
     def clear(self) -> None:
         self.steps.clear(), self.loss.clear(), self.smooth.clear(), self.lr.clear()
+        self.val_steps.clear(), self.val_loss.clear()
         self.total_steps = 0
         self.request_redraw(now=True)
 
@@ -118,17 +137,18 @@ class LossChart(tk.Canvas):
         x0, y0, x1, y1 = left, top, w - right, h - bottom
         if x1 - x0 < 40 or y1 - y0 < 40:
             return
-        if not self.steps:
+        if not self.steps and not self.val_steps:
             self.create_text((x0 + x1) / 2, (y0 + y1) / 2, fill=MUTED,
                              text="The loss curve appears here once training starts.")
             return
-        s_hi = max(self.total_steps, self.steps[-1], self.steps[0] + 1)
-        s_lo = min(0, self.steps[0])
-        finite = [v for v in self.loss if math.isfinite(v)] or [0.0]
+        first, last = min(self.steps[:1] + self.val_steps[:1]), max(self.steps[-1:] + self.val_steps[-1:])
+        s_hi = max(self.total_steps, last, first + 1)
+        s_lo = min(0, first)
+        finite = [v for v in self.loss + self.val_loss if math.isfinite(v)] or [0.0]
         l_lo, l_hi = min(finite), max(finite)
         pad = (l_hi - l_lo) * 0.05 or abs(l_hi) * 0.05 or 0.05
         l_lo, l_hi = max(0.0, l_lo - pad) if l_lo >= 0 else l_lo - pad, l_hi + pad
-        lr_hi = max(self.lr) or 1.0
+        lr_hi = max(self.lr, default=0.0) or 1.0
 
         def sx(s): return x0 + (s - s_lo) / (s_hi - s_lo) * (x1 - x0)
         def sy(v): return y1 - (v - l_lo) / (l_hi - l_lo) * (y1 - y0)
@@ -148,7 +168,16 @@ class LossChart(tk.Canvas):
         self._polyline(self._band(self.loss, x1 - x0), sx, sy, RAW, 1)
         self._polyline(self._thin(self.smooth, x1 - x0), sx, sy, SMOOTH, 2)
         self._polyline(self._thin(self.lr, x1 - x0), sx, sy_lr, LR, 1, dash=(4, 3))
+        self._validation(sx, sy)
         self._legend(x0, y0 - 15)
+
+    def _validation(self, sx, sy) -> None:
+        """The validation points, joined, each a dot (they are few: one per validation interval)."""
+        points = [(sx(s), sy(v)) for s, v in zip(self.val_steps, self.val_loss) if math.isfinite(v)]
+        if len(points) >= 2:
+            self.create_line(*[c for p in points for c in p], fill=VALIDATION, width=2)
+        for x, y in points:
+            self.create_oval(x - 3, y - 3, x + 3, y + 3, fill=VALIDATION, outline="")
 
     def _thin(self, values: list[float], width: int) -> list[tuple[float, float]]:
         stride = max(1, len(values) // max(width, 1))
@@ -182,7 +211,8 @@ class LossChart(tk.Canvas):
             self.create_oval(coords[0] - 2, coords[1] - 2, coords[0] + 2, coords[1] + 2, fill=colour, outline="")
 
     def _legend(self, x: float, y: float) -> None:
-        for text, colour in (("loss", RAW), ("smoothed", SMOOTH), ("learning rate (right axis)", LR)):
+        entries = [("loss", RAW), ("smoothed", SMOOTH)] + ([("validation", VALIDATION)] if self.val_steps else [])
+        for text, colour in entries + [("learning rate (right axis)", LR)]:
             self.create_line(x, y, x + 16, y, fill=colour, width=2)
             item = self.create_text(x + 20, y, text=text, anchor="w", fill=AXIS_TEXT, font=("TkDefaultFont", 9))
             x = self.bbox(item)[2] + 14

@@ -70,13 +70,15 @@ def test_lora_memory_estimate_counts_a_frozen_bf16_unet_a_float32_adapter_and_it
 def test_lora_memory_estimate_checkpointing_and_8bit_state_save_memory():
     bench_memory = _bench_memory()
     config, _, _ = _tiny_unet_with_adapter(rank=16, alpha=8.0)
-    common = dict(method="lora", rank=16, alpha=8.0, latent_side=32)
+    common = dict(method="lora", rank=16, alpha=8.0, latent_side=16)
     kept = bench_memory.estimate(config, checkpointing=False, **common)["by_kind_bytes"]
     recomputed = bench_memory.estimate(config, **common)["by_kind_bytes"]
     assert recomputed["Activation"] < kept["Activation"] and recomputed["Total"] < kept["Total"]
     eight_bit = bench_memory.estimate(config, optimizer="adamw8bit", **common)
     assert eight_bit["optimizer"] == "adamw8bit"
-    assert eight_bit["by_kind_bytes"]["Optstate"] < recomputed["Optstate"] / 2  # one byte per moment, not four
+    # bitsandbytes keeps 8-bit moments for tensors of 4096+ elements only (float32 ones below): on the tiny model
+    # that is the widest layers' adapters (ff.net.0.proj's 256 x 16 up matrix), a part of the state
+    assert eight_bit["by_kind_bytes"]["Optstate"] < 0.9 * recomputed["Optstate"]
 
 
 def test_bench_memory_real_run_trains_the_lora_preset_with_the_real_loop(tmp_path):

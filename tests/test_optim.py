@@ -8,7 +8,8 @@ from trainer.config import LR_SCHEDULERS, OPTIMIZERS
 from trainer.optim import current_lr, make_lr_scheduler, make_optimizer
 
 # A learning rate that suits each optimizer on the test quadratic (Prodigy finds its own step size from lr=1).
-TEST_LR = {"adamw": 0.05, "adamw8bit": 0.05, "adafactor": 0.05, "lion": 0.02, "prodigy": 1.0, "sgd": 0.05}
+TEST_LR = {"adamw": 0.05, "adamw8bit": 0.05, "adafactor": 0.05, "lion": 0.02, "prodigy": 1.0, "sgd": 0.05,
+           "adamw_schedulefree": 0.05, "prodigy_schedulefree": 1.0, "came": 0.05, "adopt": 0.05, "ademamix": 0.05}
 
 
 def _quadratic_run(name: str, steps: int = 50) -> tuple[float, float, torch.optim.Optimizer, torch.nn.Parameter]:

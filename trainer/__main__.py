@@ -121,7 +121,11 @@ def fill_caches(preset, emit, progress=None) -> dict:
         components.text_encoder.requires_grad_(False).eval().to(device, dtype)
     plan = EpochPlan(preset, items)
     plan.prepare(components, device, dtype, encode_text, emit, progress)
-    return plan.report
+    held_out = EpochPlan(preset, items, validation=True)  # the validation images: cached too, never trained on
+    if not held_out.items or preset.sampling.validate_unit == "never":
+        return plan.report
+    held_out.prepare(components, device, dtype, encode_text, emit, progress)
+    return {key: plan.report.get(key, 0) + held_out.report.get(key, 0) for key in plan.report | held_out.report}
 
 
 def cmd_cache(args) -> int:

@@ -32,6 +32,9 @@ BREAKING = (
     "training.max_token_length", "training.method", "training.lora_type", "training.lora_rank",
     "training.lora_alpha", "training.lora_conv_rank", "training.lora_conv_alpha", "model.lora_weights",
     "training.embedding_placeholder", "training.embedding_vectors",
+    # the optimizer's own settings: a backup's optimizer state keeps the ones it was written with
+    "training.betas", "training.eps", "training.prodigy_d_coef", "training.prodigy_d0", "training.schedulefree_r",
+    "training.schedulefree_weight_lr_power", "training.ademamix_alpha", "training.ademamix_t_alpha_beta3",
 )
 
 
@@ -53,18 +56,22 @@ class Position:
 class TrainingState:
     """Everything a backup keeps beside the trained weights, as one state_dict: the optimizer (accelerate's
     wrapper, or the optimizer itself), the LR schedule, the fp16 grad scaler (None without one), the EMA (None
-    when off), the RNGs of python, numpy, torch and CUDA, and the loss bookkeeping (progress.LossTracker)."""
+    when off), the RNGs of python, numpy, torch and CUDA, the loss bookkeeping (progress.LossTracker) and the
+    validation loss's history (validation.Validation, None without one)."""
 
-    def __init__(self, optimizer, lr_scheduler, scaler, ema, losses):
+    def __init__(self, optimizer, lr_scheduler, scaler, ema, losses, validation=None):
         self.optimizer, self.lr_scheduler, self.scaler, self.ema, self.losses = (optimizer, lr_scheduler, scaler,
                                                                                   ema, losses)
+        self.validation = validation
 
     def state_dict(self) -> dict:
-        """{"optimizer", "lr_scheduler", "scaler", "ema", "rng", "losses"}: what torch.save writes as state.pt."""
+        """{"optimizer", "lr_scheduler", "scaler", "ema", "rng", "losses", "validation"}: what torch.save writes
+        as state.pt."""
         return {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema else None, "rng": rng_state(),
-                "losses": self.losses.state_dict()}
+                "losses": self.losses.state_dict(),
+                "validation": self.validation.state_dict() if self.validation is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict() gave (torch.load of a backup's state.pt); RNGs included."""
@@ -76,6 +83,8 @@ class TrainingState:
             self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         self.losses.load_state_dict(state.get("losses", state))  # older backups kept the two values at the top
+        if self.validation is not None and state.get("validation"):
+            self.validation.load_state_dict(state["validation"])
 
 
 def rng_state() -> dict:

@@ -3,8 +3,10 @@
 One safetensors file per entry under cache_dir/latents/ or cache_dir/text/, named by a hash of everything that
 changes its content (image bytes, bucket size, crop/flip/colour variant, VAE weights, dtype; or caption text, text
 encoder weights, dtype). Each file carries its own key and a checksum of its tensor bytes in the header metadata,
-so a half-written, damaged or misplaced file is detected and rebuilt, never used. Writes go to a temporary file
-that is renamed into place (os.replace), so a crash never leaves a partial file under the final name.
+so a half-written, damaged or misplaced file is detected and rebuilt, never used. The entry of an image with a
+loss mask (trainer.masks) also holds the mask at the latent grid, and its key the mask's content hash. Writes go
+to a temporary file that is renamed into place (os.replace), so a crash never leaves a partial file under the
+final name.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from safetensors.torch import save_file
 
 from trainer.errors import CacheError
 from trainer.fields import umask_mode
-from trainer.images import load_pixels
 from trainer.loader import map_loader
+from trainer.masks import load_with_mask, to_latent_grid
 from trainer.prompts import encode_prompts
 
 CACHE_VERSION = 1
@@ -132,23 +134,30 @@ class TensorCache:
 # ---- filling the caches ---------------------------------------------------------------------------------
 
 def _load_latent_chunk(chunk):
-    return [job[0] for job in chunk], np.stack([load_pixels(job[1], job[2], job[3]) for job in chunk])
+    loaded = [load_with_mask(job[1], job[2], job[3], job[4] if len(job) > 4 else None) for job in chunk]
+    return [job[0] for job in chunk], np.stack([pixels for pixels, _ in loaded]), [mask for _, mask in loaded]
 
 
 def encode_latents(cache: TensorCache, jobs: list, vae, device, dtype, batch_size: int, workers: int,
                    report) -> None:
-    """Encode jobs (key, path, (w, h), Augment) with the VAE, batched per size; report(done, total) after each."""
+    """Encode jobs (key, path, (w, h), Augment[, masks.MaskRef or None]) with the VAE, batched per size;
+    report(done, total) after each. An entry holds "mean" and "std" (4, h, w) and, for a job with a mask, "mask"
+    (1, h, w) float32 in 0..1: the mask cropped as its image and averaged onto the latent grid."""
     by_size: dict = {}
     for job in jobs:
         by_size.setdefault(job[2], []).append(job)
     chunks = [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
     done = 0
-    for keys, pixels in map_loader(_load_latent_chunk, chunks, workers):
+    for keys, pixels, masks in map_loader(_load_latent_chunk, chunks, workers):
         x = torch.as_tensor(pixels).permute(0, 3, 1, 2).contiguous().to(device, dtype)
         with torch.no_grad():
             dist = vae.encode(x).latent_dist
+        grid = (dist.mean.shape[-1], dist.mean.shape[-2])
         for i, key in enumerate(keys):
-            cache.write(key, {"mean": dist.mean[i], "std": dist.std[i]})
+            entry = {"mean": dist.mean[i], "std": dist.std[i]}
+            if masks[i] is not None:
+                entry["mask"] = torch.from_numpy(to_latent_grid(masks[i], grid))[None]
+            cache.write(key, entry)
         done += len(keys)
         report(done, len(jobs))
 

@@ -106,6 +106,7 @@ def check_placeholder_in_captions(preset: Preset, items: Items, emit: Callable) 
     word = preset.training.embedding_placeholder.lower()
     if not word:
         return
+    items = [item for item in items if preset.concepts[item.concept_index].role != "validation"]  # never trained
     without = [item for item in items if not any(word in caption.lower() for caption in item.captions)]
     if len(without) == len(items) and preset.training.method == "embedding":
         raise InputError(f"training.embedding_placeholder: no caption uses {word!r}, so the word cannot learn: write "
@@ -148,6 +149,10 @@ def check_model_inputs(preset: Preset, items: list, components, emit: Callable) 
         raise InputError(f"training.zero_terminal_snr: needs the v_prediction objective, and this run trains "
                          f"{prediction_type} (training.prediction_type {training.prediction_type}); set "
                          "training.prediction_type to v_prediction or turn zero terminal SNR off")
+    steps = components.noise_scheduler.config.num_train_timesteps
+    if training.max_timestep > steps:
+        raise InputError(f"training.max_timestep: {training.max_timestep} is past this model's {steps} training "
+                         f"timesteps; set it to {steps} or less")
     for log in long_caption_report(preset, items, components.tokenizer):
         emit(log)
     for text in sample_prompt_warnings(components.tokenizer, preset.sampling.prompts, training.max_token_length):

@@ -13,7 +13,40 @@ from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_pr
 VERSION = 1
 
 SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")
-OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "prodigy", "sgd")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "prodigy", "sgd", "adamw_schedulefree", "prodigy_schedulefree",
+              "came", "adopt", "ademamix")
+# Schedule-free optimizers (Defazio et al. 2024) average their weights instead of following a decaying schedule:
+# samples and saves use the average (optim.Stepper.evaluation_weights), the LR schedule stays constant.
+SCHEDULE_FREE = ("adamw_schedulefree", "prodigy_schedulefree")
+# Optimizers whose step needs every gradient at once (Prodigy's step size is estimated over all of them): they
+# cannot be stepped in buckets, as the fused back pass and bf16 weights with stochastic rounding step.
+WHOLE_STEP_OPTIMIZERS = ("prodigy", "prodigy_schedulefree")
+# What an empty training.betas / training.eps means, per optimizer: its library's defaults (lion keeps the
+# (0.9, 0.999) SeaChange always gave it). came takes two eps (eps1, eps2); betas of three: came's third
+# averages its confidence, ademamix's third (beta3) is its slow momentum.
+OPTIMIZER_DEFAULTS: dict[str, dict[str, tuple[float, ...]]] = {
+    "adamw": {"betas": (0.9, 0.999), "eps": (1e-8,)},
+    "adamw8bit": {"betas": (0.9, 0.999), "eps": (1e-8,)},
+    "lion": {"betas": (0.9, 0.999)},
+    "prodigy": {"betas": (0.9, 0.999), "eps": (1e-8,)},
+    "adamw_schedulefree": {"betas": (0.9, 0.999), "eps": (1e-8,)},
+    "prodigy_schedulefree": {"betas": (0.9, 0.999), "eps": (1e-8,)},
+    "came": {"betas": (0.9, 0.999, 0.9999), "eps": (1e-30, 1e-16)},
+    "adopt": {"betas": (0.9, 0.9999), "eps": (1e-6,)},
+    "ademamix": {"betas": (0.9, 0.999, 0.9999), "eps": (1e-8,)},
+}
+# The optimizer settings of TrainingConfig and the optimizers that read them (the window shows each one only
+# for those; every other training field applies to every optimizer).
+OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
+    "betas": tuple(name for name in OPTIMIZER_DEFAULTS),
+    "eps": tuple(name for name, defaults in OPTIMIZER_DEFAULTS.items() if "eps" in defaults),
+    "prodigy_d_coef": ("prodigy", "prodigy_schedulefree"),
+    "prodigy_d0": ("prodigy", "prodigy_schedulefree"),
+    "schedulefree_r": SCHEDULE_FREE,
+    "schedulefree_weight_lr_power": SCHEDULE_FREE,
+    "ademamix_alpha": ("ademamix",),
+    "ademamix_t_alpha_beta3": ("ademamix",),
+}
 # The diffusers schedules that need nothing beyond warmup and total steps ("piecewise_constant" needs step rules).
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 INTERVAL_UNITS = ("steps", "epochs", "minutes", "never")
@@ -25,6 +58,15 @@ OUTPUT_FORMATS = ("single_file", "diffusers")
 OUTPUT_DTYPES = ("float16", "bfloat16", "float32")  # precisions a model is saved in, as torch names them
 METHODS = ("full", "lora", "embedding")  # what a run trains: all weights, a LoRA-family adapter, an embedding
 LORA_TYPES = ("lora", "loha", "lokr")  # the LoRA family as kohya and LyCORIS name its kinds (LoCon: lora + convs)
+LOSS_TYPES = ("mse", "l1", "huber", "smooth_l1")  # kohya's --loss_type (its "l2" is mse)
+HUBER_SCHEDULES = ("constant", "exponential", "snr")  # kohya's --huber_schedule (Khrulkov et al. 2024)
+TIMESTEP_DISTRIBUTIONS = ("uniform", "logit_normal")  # OneTrainer's timestep_distribution, the two SD 1.5 uses
+# What a concept's images are for: trained on; mixed into every epoch to keep the base model's knowledge
+# (DreamBooth's prior preservation, kohya's reg images); or held out to measure the validation loss on.
+CONCEPT_ROLES = ("train", "regularization", "validation")
+# Where a concept's loss masks come from (masked training, OneTrainer's): none; each image's alpha channel; a
+# grey mask file beside each image (NAME + mask_suffix + .png, OneTrainer's NAME-masklabel.png).
+MASK_MODES = ("off", "alpha", "file")
 
 
 @dataclass
@@ -83,6 +125,12 @@ class ConceptConfig:
     name: str = opt("concept", "Name", "A name for this concept, shown in logs and statistics.")
     path: str = opt("", "Folder", "Folder holding this concept's images (png, jpg, webp, bmp, tif).", kind="dir")
     enabled: bool = opt(True, "Enabled", "Train on this concept.")
+    role: str = opt("train", "Role", "train: trained on. regularization: images of the base model's own (a "
+                    "prior-preservation set, e.g. made with the tools tab from the base model) mixed into every epoch "
+                    "at the rate below, their loss weighted by the concept's loss weight (kohya's prior loss weight), "
+                    "so a fine-tune on a few images keeps the model's general knowledge. validation: never trained "
+                    "on; their loss is measured with fixed noise and timesteps at the sampling tab's validation "
+                    "interval and drawn beside the training loss.", choices=CONCEPT_ROLES)
     include_subdirectories: bool = opt(False, "Include subfolders", "Also take the images in every folder below "
                                        "this one.")
     caption_source: str = opt("txt", "Caption source", "txt: image.txt beside each image (a random non-empty "
@@ -96,9 +144,29 @@ class ConceptConfig:
                                "out; refuse stops before training and lists the images.",
                                choices=MISSING_CAPTION_ACTIONS)
     repeats: float = opt(1.0, "Repeats", "How often each image is seen per epoch: 2 = twice, 0.5 = half of the "
-                         "images each epoch (a different half each time).", min=0.0, max=1000.0)
-    loss_weight: float = opt(1.0, "Loss weight", "Weight of this concept's images in the loss (1 = normal).",
-                             min=0.0, max=100.0)
+                         "images each epoch (a different half each time). Role train only: a regularization "
+                         "concept has its rate, a validation image is measured once each time.", min=0.0,
+                         max=1000.0)
+    regularization_rate: float = opt(1.0, "Regularization rate", "Role regularization: how many of its images "
+                                     "each epoch mixes in, per training image use of the epoch; 1 = as many as the "
+                                     "training images (kohya's balance), 0.5 = half as many. The images take turns "
+                                     "across epochs, so a large set is used evenly. (Repeats do not apply.)",
+                                     min=0.0, max=100.0)
+    loss_weight: float = opt(1.0, "Loss weight", "Weight of this concept's images in the loss (1 = normal). For a "
+                             "regularization concept this is kohya's prior loss weight.", min=0.0, max=100.0)
+    masks: str = opt("off", "Masks", "Masked training: where the loss counts. alpha: each image's transparency; "
+                     "file: a grey mask beside each image, NAME + the suffix below + .png (OneTrainer's "
+                     "NAME-masklabel.png), the same size as the image. White trains at full weight, black at the "
+                     "unmasked weight, grey in between; an image without a mask trains unmasked.",
+                     choices=MASK_MODES)
+    mask_suffix: str = opt("-masklabel", "Mask suffix", "Masks file: the mask of cat.jpg is cat + this + .png "
+                           "(OneTrainer's -masklabel). Such files are masks, not training images.")
+    unmasked_weight: float = opt(0.1, "Unmasked weight", "Masks on: the loss weight where the mask is black (0 = "
+                                 "ignore it; OneTrainer's unmasked_weight, 0.1 by default). Grey mask levels below it "
+                                 "count as it.", min=0.0, max=1.0)
+    normalize_masked_area_loss: bool = opt(False, "Normalize by mask area", "Masks on: divide each image's loss by "
+                                           "the mean of its weights, so a small masked area counts as much as a "
+                                           "whole image (OneTrainer's normalize_masked_area_loss).")
     resolution: str = opt("", "Resolution", "Training size for this concept, one size or a list like "
                           "'512,640'; empty uses the training resolution.")
     random_flip: bool = opt(False, "Random flip", "Mirror images left-right at random.")
@@ -142,12 +210,39 @@ class TrainingConfig:
     gradient_accumulation_steps: int = opt(1, "Accumulation steps", "Batches summed per optimizer step.",
                                            min=1, max=1024)
     optimizer: str = opt("adamw", "Optimizer", "adamw8bit and lion use bitsandbytes; prodigy sets its own "
-                         "step size (use learning rate 1.0).", choices=OPTIMIZERS)
+                         "step size (use learning rate 1.0). adamw_schedulefree and prodigy_schedulefree need no "
+                         "decaying schedule: they average the weights as they train, and samples and saves use "
+                         "the average (LR schedule constant). came, adopt and ademamix come from "
+                         "pytorch-optimizer. Each optimizer's own settings appear below it.", choices=OPTIMIZERS)
     learning_rate: float = opt(1e-5, "Learning rate", "UNet learning rate.", min=0.0, max=10.0)
     weight_decay: float = opt(1e-2, "Weight decay", "Decoupled weight decay.", min=0.0, max=1.0)
-    lr_scheduler: str = opt("constant", "LR schedule", "diffusers' learning-rate schedules.",
-                            choices=LR_SCHEDULERS)
-    lr_warmup_steps: int = opt(0, "Warmup steps", "Optimizer steps of linear warm-up.", min=0, max=10**7)
+    betas: str = opt("", "Betas", "The optimizer's decay rates (its betas), comma-separated; empty uses its own. "
+                     "Two for adamw, adamw8bit, lion, prodigy (0.9,0.999), adopt (0.9,0.9999) and the schedule-free "
+                     "ones, whose beta1 interpolates between the average and the newest weights (0.9; 0.95-0.98 "
+                     "for long runs); three for came (0.9,0.999,0.9999) and ademamix, whose third is beta3, the "
+                     "slow momentum (0.9999).")
+    eps: str = opt("", "Eps", "The optimizer's eps (keeps its division finite); empty uses its own: 1e-8, adopt "
+                   "1e-6. came takes two, eps1 and eps2 (1e-30,1e-16).")
+    prodigy_d_coef: float = opt(1.0, "d_coef", "Prodigy: multiplies the step size it estimates; below 1 (0.5) "
+                                "trains more gently, above 1 more strongly. Keep the learning rate at 1.0.",
+                                min=0.001, max=1000.0)
+    prodigy_d0: float = opt(1e-6, "d0", "Prodigy: its first step-size estimate, from which it grows; raise it "
+                            "(1e-5, 1e-4) when the first few hundred steps learn too little.", min=1e-12, max=1.0)
+    schedulefree_r: float = opt(0.0, "r", "Schedule-free: the average weighs step t by t^r; 0 weighs every "
+                                "step alike once warmed up.", min=0.0, max=10.0)
+    schedulefree_weight_lr_power: float = opt(2.0, "weight_lr_power", "Schedule-free: the average weighs each "
+                                              "step by its learning rate to this power, so the small warmup "
+                                              "steps count little.", min=0.0, max=10.0)
+    ademamix_alpha: float = opt(5.0, "alpha", "AdEMAMix: the weight of the slow momentum (beta3) beside the "
+                                "fast one; 5 is the paper's, 8 for long runs.", min=0.0, max=100.0)
+    ademamix_t_alpha_beta3: int = opt(0, "t_alpha_beta3", "AdEMAMix: steps over which alpha rises from 0 and "
+                                      "beta3 from beta1 to their values; 0 for none (pytorch-optimizer's "
+                                      "default). The paper warms them up over the whole run: give its steps.",
+                                      min=0, max=10**8)
+    lr_scheduler: str = opt("constant", "LR schedule", "diffusers' learning-rate schedules. The schedule-free "
+                            "optimizers need constant.", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = opt(0, "Warmup steps", "Optimizer steps of linear warm-up (adamw_schedulefree warms "
+                               "up itself over them: its warmup_steps).", min=0, max=10**7)
     max_grad_norm: float = opt(1.0, "Max grad norm", "Clip the gradient norm to this; 0 turns clipping off.",
                                min=0.0, max=1e6)
     mixed_precision: str = opt("no", "Mixed precision", "Autocast precision; fp16 uses a grad scaler.",
@@ -208,6 +303,38 @@ class TrainingConfig:
                               "images); 0.05-0.1 is typical.", min=0.0, max=1.0)
     min_snr_gamma: float = opt(0.0, "Min-SNR gamma", "Min-SNR loss weighting (5 is typical); 0 turns it off.",
                                min=0.0, max=100.0)
+    debiased_estimation: bool = opt(False, "Debiased estimation", "Weight each sample's loss by 1/sqrt(SNR) "
+                                    "(v-prediction: 1/(SNR+1)), the SNR capped at 1000, as kohya's "
+                                    "debiased_estimation_loss (Yu et al. 2024): less weight on barely noised "
+                                    "timesteps. With min-SNR too, both weights multiply, as in kohya.")
+    loss_type: str = opt("mse", "Loss", "mse: squared error (the usual); l1: absolute error; huber: pseudo-Huber "
+                         "2c(sqrt(d²+c²)-c), like mse for small errors and l1 for large ones, so outliers (bad "
+                         "images, odd captions) pull less (Khrulkov et al. 2024); smooth_l1: the same divided by c. "
+                         "As kohya's loss_type.", choices=LOSS_TYPES)
+    huber_c: float = opt(0.1, "Huber c", "Loss huber and smooth_l1: the delta c where the loss turns from squared "
+                         "to linear (kohya's huber_c; 0.1 is kohya's default). With a schedule it is about the value "
+                         "at the noisiest timestep.", min=0.0, max=10.0)
+    huber_schedule: str = opt("snr", "Huber schedule", "Loss huber and smooth_l1: how c changes with the timestep "
+                              "(kohya's huber_schedule). constant: c throughout; exponential: from 1 at timestep 0 "
+                              "down to c at 1000; snr: about 1 at low noise (like mse) falling to c as the noise "
+                              "grows, the schedule of Khrulkov et al. 2024 (kohya's default).",
+                              choices=HUBER_SCHEDULES)
+    timestep_distribution: str = opt("uniform", "Timesteps", "How training timesteps are drawn from the range "
+                                     "below (OneTrainer's timestep_distribution). uniform: all equally often; "
+                                     "logit_normal: sigmoid of a normal draw (Esser et al. 2024, SD3), most in the "
+                                     "middle of the range; the plot shows the distribution.",
+                                     choices=TIMESTEP_DISTRIBUTIONS)
+    timestep_logit_mean: float = opt(0.0, "Logit mean", "Timesteps logit_normal: mean of the normal draw; 0 centres "
+                                     "the draws in the range, above 0 favours noisier timesteps (composition), "
+                                     "below 0 less noisy ones (detail).", min=-10.0, max=10.0)
+    timestep_logit_std: float = opt(1.0, "Logit std", "Timesteps logit_normal: standard deviation of the normal "
+                                    "draw; 1 is SD3's, smaller narrows the draws around the mean, above about 1.4 "
+                                    "they pile up at both ends instead.", min=0.01, max=10.0)
+    min_timestep: int = opt(0, "Min timestep", "Lowest timestep trained on, inclusive (kohya's min_timestep; "
+                            "0 = no noise end).", min=0, max=999)
+    max_timestep: int = opt(1000, "Max timestep", "Timesteps trained on stay below this, exclusive (kohya's "
+                            "max_timestep; 1000 = up to the noisiest, 999). Must be above the min timestep.",
+                            min=1, max=1000)
     prediction_type: str = opt("auto", "Prediction", "What the UNet learns to predict. auto: the base model's "
                                "own objective (its scheduler config, file metadata or A1111 .yaml beside it; SD 1.5 "
                                "is epsilon). Choosing the other one retrains the model's objective.",
@@ -239,6 +366,11 @@ class SamplingConfig:
     every: int = opt(100, "Sample every", "How often to sample, in the unit below.", min=1, max=10**7)
     unit: str = opt("steps", "Unit", "Unit of the sampling interval.", choices=INTERVAL_UNITS)
     before_training: bool = opt(False, "Sample before training", "Sample once before the first step.")
+    validate_every: int = opt(1, "Validate every", "With a validation concept (concept role validation): how "
+                              "often to measure the loss on its images, in the unit below. Also once before the "
+                              "first step and at the end.", min=1, max=10**7)
+    validate_unit: str = opt("epochs", "Validation unit", "Unit of the validation interval; never measures no "
+                             "validation loss.", choices=INTERVAL_UNITS)
     prompts: list[SamplePrompt] = opt(None, "Prompts", "Sample prompts.", factory=list)
 
 
@@ -370,11 +502,22 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
                 problems.append(f"sampling.prompts.{i}.{side}: must be a multiple of 8")
     if preset.training.max_token_length not in MAX_TOKEN_LENGTHS:
         problems.append(f"training.max_token_length: must be 75, 150 or 225, not {preset.training.max_token_length}")
+    if preset.training.min_timestep >= preset.training.max_timestep:
+        problems.append(f"training.max_timestep: must be above the min timestep {preset.training.min_timestep} "
+                        "(the maximum is exclusive: timesteps min to max - 1 are trained)")
+    if preset.training.loss_type in ("huber", "smooth_l1") and preset.training.huber_c <= 0:
+        problems.append(f"training.huber_c: must be above 0 for loss {preset.training.loss_type}")
     if preset.training.zero_terminal_snr and preset.training.prediction_type == "epsilon":
         problems.append("training.zero_terminal_snr: needs prediction v_prediction (an epsilon model cannot "
                         "predict at zero SNR)")
     problems += _precision_problems(preset.training)
+    problems += _optimizer_problems(preset.training)
     problems += _method_problems(preset)
+    problems += _role_problems(preset)
+    for i, c in enumerate(preset.concepts):
+        if c.masks == "file" and (not c.mask_suffix or any(ch in c.mask_suffix for ch in "/\\")):
+            problems.append(f"concepts.{i}.mask_suffix: masks from files need a suffix without / or \\ "
+                            "(OneTrainer's -masklabel)")
     if check_paths:
         problems += _path_problems(preset)
     return problems
@@ -383,7 +526,7 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
 def _method_problems(preset: Preset) -> list[str]:
     """What training.method needs: something to train; a LoRA or an embedding written as a .safetensors file; a
     new word that CLIP does not know yet."""
-    from trainer.prompts import placeholder_problem
+    from trainer.vocab import placeholder_problem
     t, model, problems = preset.training, preset.model, []
     if t.method != "embedding" and not (t.train_unet or t.train_text_encoder):
         problems.append("training.train_unet: nothing to train (turn on the UNet or the text encoder)")
@@ -412,6 +555,75 @@ def _method_problems(preset: Preset) -> list[str]:
     return problems
 
 
+def _role_problems(preset: Preset) -> list[str]:
+    """Regularization and validation concepts accompany training: a preset with either needs an enabled concept
+    of role train."""
+    enabled = [(i, c) for i, c in enumerate(preset.concepts) if c.enabled]
+    if not enabled or any(c.role == "train" for _, c in enabled):
+        return []
+    return [f"concepts.{i}.role: concept {c.name!r} is {c.role} and no enabled concept has role train: "
+            f"{c.role} images only accompany the images trained on; set a concept's role to train"
+            for i, c in enabled[:1]]
+
+
+def optimizer_numbers(t: TrainingConfig, name: str) -> tuple[float, ...]:
+    """training.betas or training.eps (`name`) as numbers: the preset's ('0.9, 0.999' -> (0.9, 0.999)), or when
+    empty the optimizer's own (OPTIMIZER_DEFAULTS; () for an optimizer that reads none). Raises ValueError naming a
+    part that is not a number."""
+    text = getattr(t, name).strip()
+    if not text:
+        return OPTIMIZER_DEFAULTS.get(t.optimizer, {}).get(name, ())
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a number (separate several with commas)") from None
+    return tuple(values)
+
+
+def _optimizer_problems(t: TrainingConfig) -> list[str]:
+    """The optimizer's own settings (training.betas and eps: as many as it takes, in range) and what it cannot do:
+    a schedule-free optimizer follows no decaying schedule and keeps its own average (no EMA on top); Prodigy's
+    step size needs all gradients at once (bf16 weights with stochastic rounding are stepped in buckets)."""
+    problems, defaults = [], OPTIMIZER_DEFAULTS.get(t.optimizer, {})
+    numbers: dict[str, tuple[float, ...]] = {}
+    for name, wanted in defaults.items():
+        try:
+            values = optimizer_numbers(t, name)
+        except ValueError as e:
+            problems.append(f"training.{name}: {e}")
+            continue
+        if len(values) != len(wanted):
+            problems.append(f"training.{name}: {t.optimizer} takes {len(wanted)} ({','.join(map(str, wanted))} "
+                            f"are its own), not {len(values)}; empty uses its own")
+        elif name == "betas" and not all(0.0 <= b < 1.0 for b in values):
+            problems.append("training.betas: each beta must be at least 0 and below 1")
+        elif name == "eps" and not all(0.0 < e < 1.0 for e in values):
+            problems.append("training.eps: each eps must be above 0 and below 1")
+        else:
+            numbers[name] = values
+    beta1 = numbers.get("betas", (None,))[0]
+    if t.optimizer in SCHEDULE_FREE:
+        if t.lr_scheduler not in ("constant", "constant_with_warmup"):
+            problems.append(f"training.lr_scheduler: {t.optimizer} needs constant: it averages its weights instead "
+                            "of following a decaying schedule (warm-up: warmup steps)")
+        if t.ema != "off":
+            problems.append(f"training.ema: {t.optimizer} keeps its own average of the weights, which samples and "
+                            "saves use; an EMA would replace it (turn EMA off)")
+        if beta1 == 0:
+            problems.append(f"training.betas: {t.optimizer} needs beta1 above 0 (its average is the weights it "
+                            "steps extrapolated by 1/beta1)")
+    if t.optimizer == "ademamix" and t.ademamix_t_alpha_beta3 > 0 and beta1 == 0:
+        problems.append("training.betas: ademamix needs beta1 above 0 when t_alpha_beta3 warms beta3 up from it")
+    if (t.optimizer in WHOLE_STEP_OPTIMIZERS and t.method == "full" and t.weight_dtype == "bfloat16"
+            and t.stochastic_rounding):
+        problems.append(f"training.weight_dtype: bfloat16 weights with stochastic rounding are stepped in buckets, "
+                        f"which {t.optimizer} cannot do (it estimates its step size over all gradients at once); "
+                        "use float32 weights or another optimizer")
+    return problems
+
+
 def _precision_problems(t: TrainingConfig) -> list[str]:
     problems = []
     if t.weight_dtype == "bfloat16" and t.mixed_precision != "bf16":
@@ -422,8 +634,8 @@ def _precision_problems(t: TrainingConfig) -> list[str]:
                                "happens during the backward pass)"),
                               (t.max_grad_norm > 0, "needs max grad norm 0 (clipping needs every gradient at "
                                "once, which the fused back pass never holds)"),
-                              (t.optimizer == "prodigy", "does not work with prodigy (its step size is estimated "
-                               "over all gradients at once)"),
+                              (t.optimizer in WHOLE_STEP_OPTIMIZERS, f"does not work with {t.optimizer} (its step "
+                               "size is estimated over all gradients at once)"),
                               (t.mixed_precision == "fp16", "does not work with fp16 (the grad scaler needs "
                                "every gradient); use bf16")):
             if wrong:

@@ -22,8 +22,10 @@ from trainer.captions import caption_lines, captions_vary, fixed_captions, pick_
 from trainer.config import ConceptConfig, Preset, parse_resolutions
 from trainer.errors import InputError
 from trainer.inputs import names
+from trainer.masks import (MaskRef, batch_weights, find_masks, latent_factor, load_with_mask, mask_report,
+                           refuse_problems, separate_mask_files, to_latent_grid)
 from trainer.images import (IMAGE_SUFFIXES, Augment, FileIndex, draw_augment, has_random_augments,
-                            list_image_files, load_pixels, scan_files)
+                            list_image_files, scan_files)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ImageItem:
     height: int = 1
     captions: tuple[str, ...] = ("",)
     has_txt: bool = False
+    mask: MaskRef | None = None  # its loss mask when its concept uses masks and it has one (trainer.masks)
 
 
 class Items(list):
@@ -69,8 +72,10 @@ def scan_concept(concept: ConceptConfig, index: FileIndex) -> tuple[list, list[t
     if not concept.path or not folder.is_dir():
         raise InputError(f"concept {concept.name!r}: folder {folder} does not exist")
     duplicates: list = []
-    usable, skipped = scan_files(list_image_files(folder, concept.include_subdirectories, duplicates), index)
-    return usable, skipped + duplicates
+    listed = list_image_files(folder, concept.include_subdirectories, duplicates)
+    listed, masks = separate_mask_files(listed, concept)  # with masks from files, those files are no images
+    usable, skipped = scan_files(listed, index)
+    return usable, skipped + masks + duplicates
 
 
 @dataclass
@@ -125,8 +130,10 @@ def collect_items(preset: Preset) -> Items:
         skipped += sorted_.skipped
         missing = sorted_.missing
         items.guessed_encodings += sorted_.guessed
-        kept = [ImageItem(info.path, ci, info.digest, info.width, info.height, found.lines, found.has_txt)
-                for info, found in sorted_.kept]
+        masks = find_masks(concept, [info for info, _ in sorted_.kept], index)
+        refuse_problems(ci, concept, masks)
+        kept = [ImageItem(info.path, ci, info.digest, info.width, info.height, found.lines, found.has_txt,
+                          masks.refs.get(info.path)) for info, found in sorted_.kept]
         if missing and concept.missing_caption == "refuse":
             raise InputError(f"concepts.{ci}.missing_caption: {len(missing)} image(s) of concept {concept.name!r} "
                              f"have no caption (missing or empty .txt): {names(missing)}. Write their captions, "
@@ -148,7 +155,11 @@ def collect_items(preset: Preset) -> Items:
         pass  # the index only saves time on the next run
     if not items:
         raise InputError("concepts: no enabled concept to train on")
-    if all(preset.concepts[i.concept_index].repeats <= 0 for i in items):
+    trained = [i for i in items if preset.concepts[i.concept_index].role == "train"]
+    if not trained:
+        raise InputError("concepts: no enabled concept of role train has usable images; regularization and "
+                         "validation images only accompany the images trained on")
+    if all(preset.concepts[i.concept_index].repeats <= 0 for i in trained):
         raise InputError("concepts: every enabled concept has repeats 0, so there is nothing to train on")
     return items
 
@@ -164,11 +175,14 @@ class Batch:
     latent_std: object | None = None
     text_embeddings: object | None = None  # torch tensor B, 77, D when text embeddings are cached
     padding: bool = False  # a repeat with loss weight 0 that keeps processes in step (EpochPlan.process_steps)
+    # torch tensor B, 1, h, w (the latent grid): the loss weight of each latent cell from the samples' masks
+    # (trainer.masks.batch_weights); None when no sample of the batch has a mask
+    mask_weights: object | None = None
 
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader (pin_memory=True on CUDA): page-locked tensors copy to the GPU faster."""
-        pinned = {k: getattr(self, k).pin_memory() for k in ("latent_mean", "latent_std", "text_embeddings")
-                  if getattr(self, k) is not None}
+        pinned = {k: getattr(self, k).pin_memory() for k in ("latent_mean", "latent_std", "text_embeddings",
+                                                             "mask_weights") if getattr(self, k) is not None}
         return replace(self, **pinned)
 
 
@@ -189,10 +203,17 @@ class EpochPlan:
     The loop uses: prepare(...), epoch_steps(epoch), total_steps(epochs), step_samples(epoch, step),
     iter_epoch(epoch, start_step). With several processes (process_index of num_processes) an optimizer step
     holds the micro-batches of all of them, and iter_epoch yields this process's share (process_steps).
+
+    The images of the concepts trained on (role train, and regularization mixed in at its rate: concept_rate)
+    make the plan; validation images never enter it. With validation=True the plan is the other way round: the
+    validation images alone, each used once per epoch (trainer.validation measures their loss on epoch 0's).
     """
 
-    def __init__(self, preset: Preset, items: list[ImageItem], process_index: int = 0, num_processes: int = 1):
-        self.preset, self.items = preset, list(items)
+    def __init__(self, preset: Preset, items: list[ImageItem], process_index: int = 0, num_processes: int = 1,
+                 validation: bool = False):
+        self.validation = validation
+        self.preset = preset
+        self.items = [i for i in items if (preset.concepts[i.concept_index].role == "validation") == validation]
         self.process_index, self.num_processes = process_index, num_processes
         t, self.seed = preset.training, preset.general.seed
         self.batch_size, self.accumulation = t.batch_size, t.gradient_accumulation_steps
@@ -203,16 +224,52 @@ class EpochPlan:
             self.members.setdefault(item.concept_index, []).append(idx)
         self.whole, self.fraction = {}, {}
         for ci, members in self.members.items():
-            r = Fraction(preset.concepts[ci].repeats).limit_denominator(10_000)
+            r = self.concept_rate(ci)
             self.whole[ci], self.fraction[ci] = math.floor(r), (r - math.floor(r)) * len(members)
         self._cycles: dict[int, list[list[int]]] = {}
         self._layouts: dict[int, list[list[PlannedBatch]]] = {}
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
         self.latents = self.texts = None   # TensorCaches, set by prepare()
         self.vae_id, self.dtype_name, self.text_keys, self.pin_memory = "", "", {}, False
+        self.latent_factor = 8  # pixels per latent cell and side; prepare() reads it from the VAE
         self.report: dict[str, int] = {}
 
     # ---- which images an epoch uses ------------------------------------------------------------------
+
+    def training_uses(self) -> Fraction:
+        """The uses of training images (role train) in an epoch, on average over epochs: repeats x images summed
+        over the concepts of role train."""
+        return sum((Fraction(self.preset.concepts[ci].repeats).limit_denominator(10_000) * len(members)
+                    for ci, members in self.members.items() if self.preset.concepts[ci].role == "train"),
+                   Fraction(0))
+
+    def concept_rate(self, ci: int) -> Fraction:
+        """Uses per image per epoch of concept `ci` (exact; the fraction's share is spread over epochs by
+        epoch_uses): its repeats for role train; for role regularization its regularization_rate x the epoch's
+        training uses, shared among its images, as kohya balances reg images against train images (sd-scripts
+        library/train_util.py, DreamBoothDataset: as many reg image uses per epoch as train image uses), except
+        that here every image of a large set takes its turn instead of the first ones only; 1 in a validation
+        plan."""
+        concept = self.preset.concepts[ci]
+        if self.validation:
+            return Fraction(1)
+        if concept.role == "regularization":
+            rate = Fraction(concept.regularization_rate).limit_denominator(10_000)
+            return rate * self.training_uses() / len(self.members[ci])
+        return Fraction(concept.repeats).limit_denominator(10_000)
+
+    def role_summary(self) -> list[str]:
+        """Log lines about the regularization concepts: how many of their images an epoch mixes in, against how
+        many training image uses, at which loss weight (empty without one)."""
+        lines, train = [], self.training_uses()
+        for ci, members in self.members.items():
+            concept = self.preset.concepts[ci]
+            if concept.role == "regularization":
+                per_epoch = self.concept_rate(ci) * len(members)
+                lines.append(f"Regularization concept {concept.name!r}: {float(per_epoch):.4g} of its "
+                             f"{len(members)} images mixed into each epoch of {float(train):.4g} training image "
+                             f"uses (rate {concept.regularization_rate:g}), loss weight {concept.loss_weight:g}")
+        return lines
 
     def _cycle(self, ci: int, k: int) -> list[int]:
         """The k-th seeded permutation of a concept's images, from which fractional repeats take their share.
@@ -360,7 +417,9 @@ class EpochPlan:
 
     def latent_key(self, idx: int, size: tuple[int, int], aug: Augment) -> str:
         from trainer.cache import entry_key
-        return entry_key("latent", self.items[idx].digest, size, aug.key(), self.vae_id, self.dtype_name)
+        mask = self.items[idx].mask  # a masked image's entry holds its mask too: a new mask file, a new key
+        return entry_key("latent", self.items[idx].digest, size, aug.key(), self.vae_id, self.dtype_name,
+                         *([mask.cache_key()] if mask is not None else []))
 
     def _cached_augment(self, idx: int, size: tuple[int, int], rng: random.Random) -> Augment:
         flips, count = self.variants(idx)
@@ -384,9 +443,17 @@ class EpochPlan:
             entries = [self.latents.load(self.latent_key(i, planned.size, a)) for i, a in zip(planned.items, augs)]
             batch.latent_mean = torch.stack([e["mean"] for e in entries])
             batch.latent_std = torch.stack([e["std"] for e in entries])
+            masks = [e["mask"][0].numpy() if "mask" in e else None for e in entries]
         else:
-            batch.pixels = np.stack([load_pixels(self.items[i].path, planned.size, a)
-                                     for i, a in zip(planned.items, augs)])
+            loaded = [load_with_mask(self.items[i].path, planned.size, a, self.items[i].mask)
+                      for i, a in zip(planned.items, augs)]
+            batch.pixels = np.stack([pixels for pixels, _ in loaded])
+            grid = (planned.size[0] // self.latent_factor, planned.size[1] // self.latent_factor)
+            masks = [None if mask is None else to_latent_grid(mask, grid) for _, mask in loaded]
+        weights = batch_weights(masks, [self._concept(i) for i in planned.items])
+        if weights is not None:
+            import torch
+            batch.mask_weights = torch.from_numpy(weights)
         if self.texts is not None and all(c in self.text_keys for c in captions):
             import torch
             batch.text_embeddings = torch.stack([self.texts.load(self.text_keys[c])["hidden"] for c in captions])
@@ -394,13 +461,13 @@ class EpochPlan:
 
     # ---- caches ----------------------------------------------------------------------------------------
 
-    def latent_jobs(self) -> list[tuple[str, Path, tuple[int, int], Augment]]:
-        """Every (key, path, size, augmentation) that training can ask for: each image at each of its
-        resolutions' buckets, in each cached variant and flip."""
+    def latent_jobs(self) -> list[tuple[str, Path, tuple[int, int], Augment, MaskRef | None]]:
+        """Every (key, path, size, augmentation, mask) that training can ask for: each image at each of its
+        resolutions' buckets, in each cached variant and flip, with its mask (None without one)."""
         jobs = {}
         for idx, item in enumerate(self.items):
-            if self._concept(idx).repeats <= 0:
-                continue
+            if not (self.whole[item.concept_index] or self.fraction[item.concept_index]):
+                continue  # never used (repeats or rate 0)
             flips, count = self.variants(idx)
             for r in self.resolutions[item.concept_index]:
                 size = self.bucket_for(idx, r)
@@ -408,7 +475,7 @@ class EpochPlan:
                     for v in range(count):
                         aug = self.variant_augment(idx, size, v, flip)
                         key = self.latent_key(idx, size, aug)
-                        jobs[key] = (key, item.path, size, aug)
+                        jobs[key] = (key, item.path, size, aug, item.mask)
         return list(jobs.values())
 
     def prepare(self, components, device, dtype, encode_text: bool, emit, progress=None) -> None:
@@ -417,10 +484,15 @@ class EpochPlan:
         needs_text_encoder) the text encoder. progress(what, done, total), if given, follows each batch."""
         import torch
         from trainer.cache import TensorCache, encode_latents, encode_texts, entry_key, module_identity
+        for line in self.role_summary():
+            emit(ev.Log("info", line))
+        for log in mask_report(self.preset, self.items):  # masked concepts: images with and without a mask
+            emit(log)
         device = torch.device(device)
         self.pin_memory = device.type == "cuda"
         root = Path(self.preset.general.cache_dir).expanduser()
         self.dtype_name = str(dtype)
+        self.latent_factor = latent_factor(components.vae)  # the latent grid of masks loaded with pixels
         if self.preset.training.cache_latents:
             self.vae_id = module_identity(components.vae, dtype)
             cache = TensorCache(root / "latents")

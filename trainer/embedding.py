@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from trainer.errors import InputError
-from trainer.prompts import token_names
+from trainer.vocab import token_names
 
 class PlaceholderVectors(torch.nn.Module):
     """The trained vectors of one new word: `vectors` (N, D) float32, for token ids first_id .. first_id + N - 1.

@@ -11,8 +11,8 @@ from typing import Callable
 from trainer import events as ev
 
 EVENT_LOG = "events.jsonl"
-RECORDED = {cls.__name__: cls for cls in (ev.RunStarted, ev.Progress, ev.SampleReady, ev.CheckpointWritten, ev.Log,
-                                           ev.RunFinished)}
+RECORDED = {cls.__name__: cls for cls in (ev.RunStarted, ev.Progress, ev.ValidationLoss, ev.SampleReady,
+                                           ev.CheckpointWritten, ev.Log, ev.RunFinished)}
 
 
 class EventRecorder:

@@ -38,6 +38,17 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class ValidationLoss:
+    """The loss on the validation images (concept role validation, never trained on) after `step` optimizer
+    steps (0: before the first), with fixed noise and timesteps, so points of one run compare (trainer.validation).
+    `epoch`: Position.epoch_number; `images`: how many images it was measured on."""
+    step: int
+    epoch: int
+    loss: float
+    images: int
+
+
+@dataclass(frozen=True)
 class SampleReady:
     path: str
     prompt_index: int
@@ -103,8 +114,8 @@ class GridCell:
     total: int
 
 
-Event = (RunStarted | Status | Progress | SampleReady | CheckpointWritten | Log | RunFinished | ImageGenerated |
-         GridStarted | GridCell)
+Event = (RunStarted | Status | Progress | ValidationLoss | SampleReady | CheckpointWritten | Log | RunFinished |
+         ImageGenerated | GridStarted | GridCell)
 
 
 # ---- commands: the window sends these; the worker checks them at optimizer-step boundaries -----

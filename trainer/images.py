@@ -273,12 +273,34 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
 
 
+def has_alpha(im: Image.Image) -> bool:
+    """Whether an image has transparency: an alpha channel or a palette/colour key ("transparency"). Known from the
+    header alone (an opened, not yet decoded image will do)."""
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def _is_high_bit(im: Image.Image) -> bool:
+    return im.mode in ("I", "F") or im.mode.startswith("I;16")
+
+
+def to_grey(im: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit grey (L): high bit depths rescaled (not clipped), colour as luma (ITU-R 601-2, PIL's
+    convert("L")); an alpha channel is ignored."""
+    return _to_8bit(im) if _is_high_bit(im) else im.convert("L")
+
+
+def alpha_channel(im: Image.Image) -> Image.Image | None:
+    """The transparency of an image as 8-bit grey (L: 255 opaque, 0 transparent), or None when it has none."""
+    if _is_high_bit(im) or not has_alpha(im):
+        return None
+    return im.convert("RGBA").getchannel("A")
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: high bit depths rescaled, palettes expanded, transparency flattened onto white."""
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+    if _is_high_bit(im):
         im = _to_8bit(im)
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-    if has_alpha:
+    if has_alpha(im):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, im).convert("RGB")
@@ -290,14 +312,25 @@ def decode(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Image
     at a reduced scale (1/2 to 1/8, never below that size), which is much faster and lighter for large photos;
     other formats decode fully. Images up to MAX_IMAGE_MEGAPIXELS open (open_image); raises ImageTooLarge
     above it, and Pillow's errors for a damaged file."""
+    return _decode(path, draft_size, to_rgb)
+
+
+def decode_with_alpha(path: Path, draft_size: tuple[int, int] | None = None
+                      ) -> tuple[Image.Image, Image.Image | None]:
+    """As decode, and the image's transparency (alpha_channel: L, or None without one), rotated alike. The RGB
+    image is the same as decode's (transparency flattened onto white)."""
+    return _decode(path, draft_size, lambda im: (to_rgb(im), alpha_channel(im)))
+
+
+def _decode(path: Path, draft_size: tuple[int, int] | None, finish):
     with open_image(path) as im:
         if draft_size is not None and _is_jpeg(im):
             orientation = im.getexif().get(0x0112, 1)
             w, h = draft_size if orientation not in ROTATED_ORIENTATIONS else draft_size[::-1]
             im.draft(im.mode, (w, h))
-            return to_rgb(ImageOps.exif_transpose(im))
+            return finish(ImageOps.exif_transpose(im))
         with _full_decode_slot(im):
-            return to_rgb(ImageOps.exif_transpose(im))
+            return finish(ImageOps.exif_transpose(im))
 
 
 # ---- crop and augment -----------------------------------------------------------------------------------
@@ -395,7 +428,16 @@ def color_jitter(x: np.ndarray, aug: Augment) -> np.ndarray:
 
 def load_pixels(path: Path, size: tuple[int, int], aug: Augment) -> np.ndarray:
     """One image for one use: decoded, covered and cropped to size (w, h), augmented; float32 HWC in [-1, 1]."""
-    im = decode(path, draft_size=(math.ceil(size[0] * aug.zoom), math.ceil(size[1] * aug.zoom)))
+    return pixels_of(decode(path, draft_size=decode_size(size, aug)), size, aug)
+
+
+def decode_size(size: tuple[int, int], aug: Augment) -> tuple[int, int]:
+    """The smallest decoded size (w, h) that one use at `size` with `aug` needs (decode's draft_size)."""
+    return math.ceil(size[0] * aug.zoom), math.ceil(size[1] * aug.zoom)
+
+
+def pixels_of(im: Image.Image, size: tuple[int, int], aug: Augment) -> np.ndarray:
+    """A decoded RGB image covered and cropped to size (w, h), augmented; float32 HWC in [-1, 1]."""
     im = crop_to(im, size, aug)
     x = np.asarray(im, dtype=np.float32) / 255.0
     x = color_jitter(x, aug)

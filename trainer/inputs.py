@@ -74,8 +74,12 @@ def caption_hash(lines: tuple[str, ...]) -> str:
 
 
 def dataset_record(items: list) -> dict[str, list[str]]:
-    """What a run trains on, for its backups: image path -> [content hash, hash of its caption lines]."""
-    return {str(item.path): [item.digest, caption_hash(item.captions)] for item in items}
+    """What a run trains on, for its backups: image path -> [content hash (with its mask file's, when it has
+    one: a changed mask is a changed image), hash of its caption lines]."""
+    def digest(item) -> str:
+        mask = getattr(item, "mask", None)
+        return item.digest if mask is None or mask.kind != "file" else f"{item.digest}+{mask.digest}"
+    return {str(item.path): [digest(item), caption_hash(item.captions)] for item in items}
 
 
 def dataset_changes(saved: dict[str, list[str]], now: dict[str, list[str]]) -> dict[str, list[str]]:

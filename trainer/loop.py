@@ -28,6 +28,7 @@ from trainer.processes import (commands_now, main_process_first, main_process_on
 from trainer.progress import LossTracker, StepLoss
 from trainer.step import step_loss
 from trainer.training_model import TrainingModel
+from trainer.validation import Validation
 
 
 def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, resume: str | None = None,
@@ -59,20 +60,24 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
         plan.prepare(model.components, device, model.frozen_dtype, encode_text=not model.text_learns,
                      emit=emit)
     total_steps, total_epochs = plan.run_length(training.epochs, training.max_steps)
-    # 6. LR schedule, EMA, loss bookkeeping, outputs; the models handed to accelerate.
+    # 6. LR schedule, EMA, loss bookkeeping, the validation images (never in the plan), outputs; the models handed
+    #    to accelerate.
     lr_scheduler = optim.make_lr_scheduler(training.lr_scheduler, stepper.optimizer, training.lr_warmup_steps,
                                            total_steps)
     model.prepare(accelerator, preset, plan.needs_vae_encoder, plan.needs_text_encoder, emit)
     ema = training_ema(training, stepper.params, accelerator)
     tensorboard = TensorBoard(preset, accelerator, emit)
+    validation = Validation(preset, inputs.items, model, accelerator, tensorboard, emit, stepper.evaluation_weights)
     losses = LossTracker(total_steps, total_epochs, training.skip_nan_steps, stepper.deferred, emit,
                          tensorboard.log_scalars, time_first_step=training.compile)
-    state = TrainingState(stepper.prepared_optimizer, lr_scheduler, accelerator.scaler, ema, losses)
-    outputs = RunOutputs(preset, emit, accelerator, model, state, tensorboard, inputs.run_id, inputs.dataset)
+    state = TrainingState(stepper.prepared_optimizer, lr_scheduler, accelerator.scaler, ema, losses, validation)
+    outputs = RunOutputs(preset, emit, accelerator, model, state, tensorboard, inputs.run_id, inputs.dataset,
+                         evaluation_weights=stepper.evaluation_weights)
     # 7. Resume: weights, optimizer, LR schedule, grad scaler, EMA, RNGs, losses, the position inside the epoch.
     start = resume_from(inputs.backup_folder, inputs.start, model, state, plan, accelerator, emit)
     boundaries = Boundaries(preset, total_steps)
     emit(ev.RunStarted(str(outputs.workspace), total_steps, total_epochs, str(device)))
+    validation.start(start)  # the validation loss before the first step, or a resumed run's points so far
     if preset.sampling.before_training and start.step == 0:
         outputs.sample(0, 0)
     position, epoch, outcome = start, start.epoch, "completed"
@@ -103,16 +108,22 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
                 asked = commands_now(accelerator, commands)
                 if asked:
                     losses.report(force=True)  # a command acts on the step the window last showed
-                # 12. Step boundary: samples, backups and saves due or asked for; a stop.
-                outputs.at_boundary(boundaries.with_commands(due, asked, step), position)
+                # 12. Step boundary: the validation loss, samples, backups and saves due or asked for; a stop.
+                due = boundaries.with_commands(due, asked, step)
+                validation.at_boundary(due, position)  # first: a backup at this boundary keeps its point
+                outputs.at_boundary(due, position)
                 outcome = "stopped" if ev.STOP in asked else outcome
                 if outcome == "stopped" or step >= total_steps:
                     break
             if outcome == "completed":
-                # 13. Epoch boundary: samples, backups and saves due after whole epochs (none after the last step).
+                # 13. Epoch boundary: what is due after whole epochs (nothing after the last step).
                 epoch += 1
-                outputs.at_boundary(boundaries.after_epoch(epoch, position.step), position)
-        # 14. The end, completed or stopped: the last samples, a backup to continue from, the final model.
+                due = boundaries.after_epoch(epoch, position.step)
+                validation.at_boundary(due, position)
+                outputs.at_boundary(due, position)
+        # 14. The end, completed or stopped: the last validation loss and samples, a backup to continue from, the
+        #     final model.
+        validation.finish(outcome == "completed", position)
         output = outputs.finish(outcome == "completed", position)
         accelerator.wait_for_everyone()  # several processes end together, once the main one has saved
         message = (f"{outcome} after {position.step} steps in {time.monotonic() - started:.0f} s; model written to "

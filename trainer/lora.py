@@ -293,6 +293,9 @@ def lora_metadata(training, kind_of_network: str, *, title: str, resolution: str
         "ss_gradient_accumulation_steps": str(training.gradient_accumulation_steps),
         "ss_noise_offset": str(training.noise_offset), "ss_min_snr_gamma": str(training.min_snr_gamma),
         "ss_zero_terminal_snr": str(training.zero_terminal_snr),
+        "ss_loss_type": {"mse": "l2"}.get(training.loss_type, training.loss_type),  # kohya's name for mse: l2
+        "ss_huber_c": str(training.huber_c), "ss_huber_schedule": training.huber_schedule,
+        "ss_debiased_estimation": str(training.debiased_estimation),
         "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1/lora",
         "modelspec.implementation": "diffusers", "modelspec.title": title,
         "modelspec.resolution": f"{resolution}x{resolution}", "modelspec.prediction_type": prediction,

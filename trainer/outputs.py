@@ -5,6 +5,7 @@ Under `accelerate launch` only the main process writes; the others return at onc
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,9 +36,13 @@ class RunOutputs:
     process only."""
 
     def __init__(self, preset: Preset, emit: Callable, accelerator, model: TrainingModel, state: TrainingState,
-                 tensorboard: "TensorBoard", run_id: str = "", dataset: dict | None = None):
+                 tensorboard: "TensorBoard", run_id: str = "", dataset: dict | None = None,
+                 evaluation_weights: Callable = contextlib.nullcontext):
         """run_id: this run's id (trainer.runs), written into every model and backup; dataset: the images trained
-        on (inputs.dataset_record), written into every backup."""
+        on (inputs.dataset_record), written into every backup; evaluation_weights: a context manager that puts
+        the weights to sample and save with in the model (optim.Stepper.evaluation_weights: a schedule-free
+        optimizer's average) and the trained ones back after; backups never use it."""
+        self.evaluation_weights = evaluation_weights
         self.preset, self.emit, self.accelerator, self.model, self.state = preset, emit, accelerator, model, state
         self.tensorboard, self.ema, self.run_id, self.dataset = tensorboard, state.ema, run_id, dataset
         self.prediction_type = model.prediction_type  # written into every model's metadata
@@ -67,14 +72,19 @@ class RunOutputs:
             self.backup(position)
         output = self.save_final(position)
         if self.model.method == "lora" and self.preset.model.merged_output_path and self.accelerator.is_main_process:
-            self.save_merged(position.step)
+            with self.evaluation_weights():
+                self.save_merged(position.step)
         return output
 
     def sample(self, step: int, epoch: int) -> None:
-        """Render every sample prompt from the modules in memory (EMA weights swapped in when EMA is on), named
-        and reported with `step` and `epoch` (Position.epoch_number)."""
+        """Render every sample prompt from the modules in memory (the evaluation weights, or EMA weights swapped
+        in when EMA is on), named and reported with `step` and `epoch` (Position.epoch_number)."""
         if not self.preset.sampling.prompts or not self.accelerator.is_main_process:
             return
+        with self.evaluation_weights():
+            self._sample(step, epoch)
+
+    def _sample(self, step: int, epoch: int) -> None:
         self.emit(ev.Status(f"Sampling at step {step}"))
         unwrapped = self.model.unwrapped(self.accelerator)
         was_training = unwrapped.unet.training, unwrapped.text_encoder.training
@@ -116,7 +126,8 @@ class RunOutputs:
         if self.ema:
             self.ema.swap_in()
         try:
-            written = self._write(path, step, during_run=kind == "save")
+            with self.evaluation_weights():
+                written = self._write(path, step, during_run=kind == "save")
         finally:
             if self.ema:
                 self.ema.swap_out()

@@ -8,6 +8,7 @@ from trainer.buckets import bucket_name, bucket_sizes, nearest_bucket
 from trainer.config import Preset, built_by_demo, parse_resolutions
 from trainer.data import file_index, scan_concept, sort_captions
 from trainer.inputs import long_captions
+from trainer.masks import find_masks, mask_stats
 
 
 def _range(values: list[int]) -> list[int] | None:
@@ -33,11 +34,12 @@ def _tokenizer(folder: str):
 
 
 def _one_concept(preset: Preset, concept, index, tokenizer) -> dict:
-    out = {"name": concept.name, "path": concept.path, "enabled": concept.enabled, "error": None,
-           "image_count": 0, "usable": 0, "skipped": [], "without_caption": 0, "without_caption_examples": [],
-           "missing_caption": concept.missing_caption, "caption_problems": [], "guessed_encodings": [],
+    out = {"name": concept.name, "path": concept.path, "enabled": concept.enabled, "role": concept.role,
+           "error": None, "image_count": 0, "usable": 0, "skipped": [], "without_caption": 0,
+           "without_caption_examples": [], "missing_caption": concept.missing_caption, "caption_problems": [],
+           "guessed_encodings": [],
            "long_captions": {"limit": preset.training.max_token_length, "count": 0, "examples": []},
-           "caption_words": None, "caption_chars": None, "resolutions": [], "buckets": []}
+           "caption_words": None, "caption_chars": None, "resolutions": [], "buckets": [], "masks": None}
     folder = Path(concept.path).expanduser()
     if not concept.path or not folder.is_dir():
         if not concept.path:
@@ -61,6 +63,12 @@ def _one_concept(preset: Preset, concept, index, tokenizer) -> dict:
                without_caption_examples=[str(p) for p in sorted_.missing[:EXAMPLES]],
                guessed_encodings=[{"path": str(p), "encoding": e} for p, e in sorted_.guessed],
                caption_problems=[{"path": str(p), "reason": r} for p, r in sorted_.problems])
+    masks = find_masks(concept, [info for info, _ in sorted_.kept], index)
+    out["masks"] = mask_stats(concept, masks)
+    if masks.problems and not out["error"]:  # training refuses them (data.collect_items)
+        path, reason = masks.problems[0]
+        more = len(masks.problems) - 1
+        out["error"] = f"mask file {path} {reason}" + (f" ({more} more mask file(s) cannot be used)" if more else "")
     words, chars, counts, texts = [], [], {}, []
     for info, found in sorted_.kept:
         lines = found.lines
@@ -78,10 +86,11 @@ def _one_concept(preset: Preset, concept, index, tokenizer) -> dict:
 
 
 def concept_stats(preset: Preset) -> list[dict]:
-    """Per concept (in preset order): image files found, usable ones, skipped ones with reasons, images without
-    a caption file (txt sources), caption length ranges (words, characters; over every caption line), and the
-    bucket histogram per resolution. A missing folder gives an "error" entry instead of raising. Files are fully
-    decoded once; the cache folder's file index (when the folder exists) remembers them."""
+    """Per concept (in preset order): its role (config.CONCEPT_ROLES), image files found, usable ones, skipped
+    ones with reasons, images without a caption file (txt sources), caption length ranges (words, characters;
+    over every caption line), and the bucket histogram per resolution. A missing folder gives an "error" entry
+    instead of raising. Files are fully decoded once; the cache folder's file index (when the folder exists)
+    remembers them."""
     index, tokenizer = file_index(preset), load_tokenizer(preset)
     stats = [_one_concept(preset, concept, index, tokenizer) for concept in preset.concepts]
     if index.path is not None and index.path.parent.is_dir():
@@ -96,7 +105,8 @@ def format_stats(stats: list[dict]) -> str:
     """A readable report of concept_stats() for the command line."""
     lines = []
     for s in stats:
-        lines.append(f"{s['name']} ({s['path']}){'' if s['enabled'] else ' [disabled]'}")
+        role = ROLE_TAGS.get(s.get("role", "train"), "")
+        lines.append(f"{s['name']} ({s['path']}){'' if s['enabled'] else ' [disabled]'}{role}")
         if s["error"]:
             lines.append(f"  error: {s['error']}")
         if s["error"] and not s["image_count"]:
@@ -123,10 +133,37 @@ def format_stats(stats: list[dict]) -> str:
                          "training.max_token_length takes 150 or 225):")
             for k in long["examples"]:
                 lines.append(f"    {k['path']}: {k['tokens']} tokens")
+        masks = s.get("masks")
+        if masks:
+            lines.append(f"  masks from {masks['source']}: {masks['with']} image(s) with a mask, {masks['without']} "
+                         "without (trained unmasked)")
+            if masks["without"]:
+                more = masks["without"] - len(masks["without_examples"])
+                lines.append(f"    without a mask: {', '.join(Path(p).name for p in masks['without_examples'])}"
+                             + (f" and {more} more" if more else ""))
+            for k in masks["problems"]:
+                lines.append(f"    mask not usable {k['path']}: {k['reason']}")
         if s["caption_words"]:
             lines.append(f"  captions: {s['caption_words'][0]}-{s['caption_words'][1]} words, "
                          f"{s['caption_chars'][0]}-{s['caption_chars'][1]} characters")
         for b in s["buckets"]:
             size = bucket_name((b["width"], b["height"]))
             lines.append(f"  bucket {size:>10} @ {b['resolution']}: {b['images']} image(s)")
+    lines += role_totals(stats)
     return "\n".join(lines)
+
+
+ROLE_TAGS = {"regularization": " [regularization: mixed into every epoch]",
+             "validation": " [validation: never trained on]"}
+
+
+def role_totals(stats: list[dict]) -> list[str]:
+    """The usable images of the enabled concepts counted by role, as one line; none when every concept trains."""
+    totals = {}
+    for s in stats:
+        if s["enabled"]:
+            totals[s.get("role", "train")] = totals.get(s.get("role", "train"), 0) + s["usable"]
+    if set(totals) <= {"train"}:
+        return []
+    words = {"train": "to train on", "regularization": "regularization", "validation": "validation (never trained on)"}
+    return ["usable images: " + ", ".join(f"{totals[r]} {words[r]}" for r in words if r in totals)]

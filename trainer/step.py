@@ -56,7 +56,9 @@ def step_loss(micro_batches: list[Batch], model: TrainingModel, stepper: Stepper
 def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, training: TrainingConfig, *, seed: int,
                      epoch: int) -> torch.Tensor:
     """The diffusion loss of one micro-batch of B samples (0-d, float32, with gradients): the mean over the
-    samples of each one's mean squared error, weighted by its concept's loss weight (and min-SNR when on)."""
+    samples of each one's mean loss (training.loss_type), weighted by its concept's loss weight (and min-SNR and
+    debiased estimation when on); with masked training each latent cell by its mask's weight (batch.mask_weights,
+    trainer.masks) before the mean."""
     components, device = model.components, accelerator.device
     generators = [sample_generator(seed, epoch, p) for p in batch.positions]
     # 1. Images -> VAE latent distributions (cached, or encoded now) -> one draw per sample, scaled:
@@ -70,12 +72,15 @@ def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, training: 
     eps = torch.cat([torch.randn(mean[:1].shape, generator=g) for g in generators])
     latents = to_device(mean, device).float() + to_device(std, device).float() * to_device(eps, device)
     latents = latents * components.vae.config.scaling_factor
-    # 2. Noise (with optional offset noise) and uniformly drawn timesteps, per sample.
+    # 2. Noise (with optional offset noise) and timesteps from the chosen distribution and range, per sample.
     noise = to_device(torch.cat([losses.make_noise(torch.empty(latents[:1].shape), generator=g,
                                                    noise_offset=training.noise_offset) for g in generators]), device)
     scheduler = components.noise_scheduler
+    draw = {"distribution": training.timestep_distribution, "logit_mean": training.timestep_logit_mean,
+            "logit_std": training.timestep_logit_std, "min_timestep": training.min_timestep,
+            "max_timestep": training.max_timestep}
     timesteps = to_device(torch.cat([losses.sample_timesteps(1, scheduler.config.num_train_timesteps, "cpu",
-                                                             generator=g) for g in generators]), device)
+                                                             generator=g, **draw) for g in generators]), device)
     # 3. Forward diffusion: the noisy latents at those timesteps.
     noisy = scheduler.add_noise(latents, noise, timesteps)
     # 4. Condition on the captions, (B, 77 * chunks, 768); with gradients only while the text encoder learns.
@@ -85,10 +90,15 @@ def micro_batch_loss(batch: Batch, model: TrainingModel, accelerator, training: 
         with torch.set_grad_enabled(model.text_learns), accelerator.autocast():
             hidden = encode_prompts(components.tokenizer, components.text_encoder, batch.captions,
                                     training.max_token_length, device)
-    # 5. The UNet's prediction, its target (epsilon or v) and the loss, with optional min-SNR weights.
+    # 5. The UNet's prediction, its target (epsilon or v) and the loss (mse, l1, huber or smooth_l1), with optional
+    #    min-SNR and debiased-estimation weights.
     with accelerator.autocast():
         pred = components.unet(noisy.to(model.weight_dtype), timesteps, hidden.to(model.weight_dtype)).sample
     target = losses.training_target(scheduler, latents, noise, timesteps)
     weights = to_device(torch.tensor(batch.loss_weights), device)
     return losses.diffusion_loss(pred.float(), target.float(), timesteps, scheduler, training.min_snr_gamma,
-                                 per_sample_weight=weights)
+                                 per_sample_weight=weights, loss_type=training.loss_type, huber_c=training.huber_c,
+                                 huber_schedule=training.huber_schedule,
+                                 debiased_estimation=training.debiased_estimation,
+                                 element_weight=None if batch.mask_weights is None  # masked training
+                                 else to_device(batch.mask_weights, device))

@@ -69,11 +69,13 @@ class CaptionEditor(ctk.CTkToplevel):
     @staticmethod
     def _list_images(concept: ConceptConfig) -> list[Path]:
         from trainer.images import list_image_files  # the engine's own listing (no torch)
+        from trainer.masks import separate_mask_files  # mask files are no images to caption
         folder = Path(concept.path).expanduser()
         try:
-            return list_image_files(folder, concept.include_subdirectories) if folder.is_dir() else []
+            listed = list_image_files(folder, concept.include_subdirectories) if folder.is_dir() else []
         except OSError:
             return []
+        return separate_mask_files(listed, concept)[0]
 
     # ---- layout -------------------------------------------------------------------------------------
 

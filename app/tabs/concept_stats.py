@@ -24,6 +24,8 @@ PROBLEMS_VISIBLE = 4  # lines the unreadable-captions list shows before it scrol
 POLL_MS = 50
 CACHED = 32  # statistics kept for switching back to a concept (shown at once while it is rechecked)
 BAR, BAR_TEXT = "#3b8ed0", "#d0d0d0"
+ROLE_NOTES = {"regularization": "regularization images, mixed into every epoch",
+              "validation": "validation images, never trained on"}  # the summary's note on a concept's role
 
 
 def stats_key(preset: Preset, index: int) -> str:
@@ -31,7 +33,7 @@ def stats_key(preset: Preset, index: int) -> str:
     c, t = preset.concepts[index], preset.training
     return json.dumps([c.path, c.include_subdirectories, c.caption_source, c.caption, c.missing_caption,
                        c.resolution, t.resolution, t.aspect_bucketing, t.max_token_length, preset.general.cache_dir,
-                       preset.model.base_model])
+                       preset.model.base_model, c.role, c.masks, c.mask_suffix])
 
 
 def one_concept_preset(preset: Preset, index: int) -> Preset:
@@ -119,6 +121,19 @@ def long_text(stats: dict) -> str:
     if limit is not None and limit < 225:
         text += " Max tokens (training tab) takes 150 or 225."
     return text
+
+
+def mask_text(stats: dict) -> str:
+    """Masked training (the concept's masks on): how many images have a mask and which have none (they train
+    unmasked); "" when the concept uses no masks."""
+    masks = stats.get("masks")
+    if not masks:
+        return ""
+    text = f"Masks from {masks['source']}: {plural(masks['with'], 'image')} with a mask"
+    if masks["without"]:
+        examples = named(masks.get("without_examples") or [], masks["without"], stats["path"])
+        text += f", {masks['without']} without (trained unmasked): {examples}"
+    return text + "."
 
 
 def guessed_text(stats: dict) -> str:
@@ -363,6 +378,9 @@ class StatsPanel(Group):
             parts.append(f"{len(stats['skipped'])} skipped")
         if stats["without_caption"]:
             parts.append(f"{stats['without_caption']} without a caption")
+        role = ROLE_NOTES.get(stats.get("role", "train"))
+        if role:
+            parts.append(role)
         return " · ".join(parts)  # unreadable and long captions have lines of their own below
 
     @staticmethod
@@ -374,6 +392,9 @@ class StatsPanel(Group):
         if (not stats["without_caption"] and not stats.get("caption_problems") and stats["usable"]
                 and concept.caption_source in ("txt", "txt_or_filename")):
             lines.append("Every image has a caption file.")
+        masks = mask_text(stats)
+        if masks:
+            lines.append(masks)
         return "\n".join(lines)
 
     def show_problems(self, stats: dict) -> None:

@@ -25,6 +25,13 @@ FOLDER_CHECK_MS = 1000  # while the tab is shown: has the selected concept's fol
 STATS_INPUTS = ("training.resolution", "training.aspect_bucketing", "training.max_token_length", "general.cache_dir",
                 "general.demo_dir", "model.base_model")  # besides the concept (the tokenizer is the base model's)
 LISTED = ("enabled",)  # concept fields the list shows (a switch per row), so the editor does not repeat them
+# A concept's role other than train, as the list marks it: (tag, colour, what it means)
+ROLE_TAGS = {"regularization": ("REG", "#7d5bbe", "Regularization: its images are mixed into every epoch at the "
+                                "concept's rate, weighted by its loss weight (prior preservation)."),
+             "validation": ("VAL", "#2e8a57", "Validation: never trained on; the loss on its images is measured "
+                            "with fixed noise and drawn in the run tab's chart.")}
+ROLE_FIELDS = {"repeats": "train", "regularization_rate": "regularization"}  # editor fields of one role only
+MASK_FIELDS = ("mask_suffix", "unmasked_weight", "normalize_masked_area_loss")  # apply with masks on (trainer.masks)
 
 
 def switches_of(cls) -> dict[str, str]:
@@ -45,14 +52,15 @@ def set_field_enabled(labelled, enabled: bool) -> None:
     labelled.label.configure(text_color=theme["CTkLabel"]["text_color"] if enabled else MUTED)
 
 
-def scan_folder(folder: str) -> list[Path]:
+def scan_folder(folder: str, mask_suffix: str = "") -> list[Path]:
     """The image files to show as thumbnails, sorted by name (one directory listing; the statistics come from
-    the engine)."""
+    the engine); with a mask_suffix (masks from files), the mask files (NAME + suffix + .png) are no images."""
     try:
         names = [e.name for e in os.scandir(Path(folder).expanduser()) if e.is_file() and e.name[:1] != "."]
     except OSError:
         return []
-    images = sorted(n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS)
+    images = sorted(n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
+                    and not (mask_suffix and n.lower().endswith(".png") and n[:-4].endswith(mask_suffix)))
     return [Path(folder).expanduser() / n for n in images]
 
 
@@ -79,6 +87,7 @@ class ConceptsTab(Tab):
         super().__init__(window, frame)
         self.selected: int | None = None
         self.rows: list[tuple[ctk.CTkFrame, object, ctk.CTkButton]] = []
+        self.role_tags: list[ctk.CTkLabel] = []  # per row: the role's tag (hidden for role train)
         self.editor_bindings = []
         self._thumb_token = 0
         self._thumb_after: str | None = None
@@ -160,7 +169,7 @@ class ConceptsTab(Tab):
         for row, binding, button in self.rows:
             row.destroy()
         bury(self.rows)
-        self.rows = []
+        self.rows, self.role_tags = [], []
         for i, concept in enumerate(self.concepts):
             row = ctk.CTkFrame(self.list_frame, fg_color="transparent")
             row.grid(row=i, column=0, columnspan=2, sticky="ew", pady=1)
@@ -171,7 +180,22 @@ class ConceptsTab(Tab):
                                    command=lambda i=i: self.select(i))
             button.grid(row=0, column=1, sticky="ew", padx=(0, 4))
             Tooltip(button, lambda i=i: "\n".join(f"⚠ {r}" for r in self.problem_reasons.get(i, [])))
+            tag = ctk.CTkLabel(row, text="", width=34, height=20, corner_radius=4, text_color="white",
+                               font=ctk.CTkFont(size=10, weight="bold"))
+            Tooltip(tag, lambda i=i: ROLE_TAGS.get(self.concepts[i].role, ("", "", ""))[2])
             self.rows.append((row, binding, button))
+            self.role_tags.append(tag)
+            self.show_role(i)
+
+    def show_role(self, index: int) -> None:
+        """The row's role tag: REG or VAL in its colour, nothing for a concept that trains."""
+        tag = self.role_tags[index]
+        role = ROLE_TAGS.get(self.concepts[index].role)
+        if role is None:
+            tag.grid_remove()
+            return
+        tag.configure(text=role[0], fg_color=role[1])
+        tag.grid(row=0, column=2, padx=(0, 6))
 
     def select(self, index: int | None) -> None:
         """Show concept `index` in the editor (None: no concept)."""
@@ -261,9 +285,12 @@ class ConceptsTab(Tab):
         index, name = int(parts[1]), parts[2]
         if name == "name" and index < len(self.rows):
             self.rows[index][2].configure(text=self.concepts[index].name or "(unnamed)")
-        if index == self.selected and (name == "caption_source" or name in self.switch_of.values()):
+        if name == "role" and index < len(self.rows):
+            self.show_role(index)
+        if index == self.selected and (name in ("caption_source", "role", "masks") or name in self.switch_of.values()):
             self.show_applicable_fields()
-        if index == self.selected and name in ("path", "caption_source", "caption", "missing_caption"):
+        if index == self.selected and name in ("path", "caption_source", "caption", "missing_caption", "masks",
+                                               "mask_suffix"):
             if self._thumb_after is not None:
                 self.frame.after_cancel(self._thumb_after)
             self._thumb_after = self.frame.after(400, self.refresh_images)
@@ -271,12 +298,19 @@ class ConceptsTab(Tab):
             self._schedule_stats()
 
     def show_applicable_fields(self) -> None:
-        """'Without a caption' applies to .txt captions only: shown for caption source txt. A strength or
-        probability is editable only while its switch (random flip, crop jitter, …) is on."""
+        """'Without a caption' applies to .txt captions only: shown for caption source txt. Repeats are a training
+        concept's, the regularization rate a regularization concept's (ROLE_FIELDS). The mask settings are shown
+        with masks on, the suffix for masks from files only. A strength or probability is editable only while its
+        switch (random flip, crop jitter, …) is on."""
         concept = self.concepts[self.selected] if self.selected is not None else None
         for name, binding in self.editor_bindings:
             if name == "missing_caption":
                 binding.labelled.set_visible(concept is not None and concept.caption_source == "txt")
+            elif name in ROLE_FIELDS:
+                binding.labelled.set_visible(concept is not None and concept.role == ROLE_FIELDS[name])
+            elif name in MASK_FIELDS:
+                masks = concept.masks if concept is not None else "off"
+                binding.labelled.set_visible(masks == "file" if name == "mask_suffix" else masks != "off")
             elif name in self.switch_of:
                 set_field_enabled(binding.labelled, concept is not None and getattr(concept, self.switch_of[name]))
 
@@ -348,7 +382,8 @@ class ConceptsTab(Tab):
         if self.selected is None:
             return
         concept = self.concepts[self.selected]
-        images = scan_folder(concept.path) if concept.path else []
+        suffix = concept.mask_suffix if concept.masks == "file" else ""  # mask files are no images then
+        images = scan_folder(concept.path, suffix) if concept.path else []
         if not images:
             self.images.grid_remove()
             return

@@ -10,7 +10,8 @@ from app.form import Form, item_type
 from app.tabs.common import ListRows, Tab, scroll_area
 from app.widgets import MUTED, Group, Tooltip, bury
 
-GROUPS = [("Interval", ["every", "unit", "before_training"])]
+GROUPS = [("Interval", ["every", "unit", "before_training"]),
+          ("Validation loss", ["validate_every", "validate_unit"])]  # with a concept of role validation
 TEXT_HEIGHTS = {"prompt": 60, "negative_prompt": 40}  # px: the texts of a prompt, wrapped across the card
 CARD_COLOUR = ("gray80", "gray24")
 

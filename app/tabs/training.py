@@ -1,6 +1,7 @@
 """The training tab: the method first (full fine-tune, LoRA or embedding) with its LoRA and embedding settings,
 then optimizer and learning rate, schedule, captions and text encoder, UNet, noise and loss, EMA, precision.
-Fields that do not apply to the chosen method are hidden (MethodFields; the model tab uses it too)."""
+Fields that do not apply to the chosen method, and optimizer settings the chosen optimizer does not read, are
+hidden (MethodFields; the model tab uses it too)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,21 +9,27 @@ from typing import ClassVar
 
 from app.form import Form, split_problem
 from app.tabs.common import GroupSpec, Tab, scroll_area
+from app.timestep_plot import TimestepPlot
+from trainer.config import OPTIMIZER_FIELDS
 
 LORA = ["lora_type", "lora_rank", "lora_alpha", "lora_conv_rank", "lora_conv_alpha", "lora_dropout"]
 EMBEDDING = ["embedding_placeholder", "embedding_vectors", "embedding_init_text", "embedding_learning_rate"]
+# what the timestep plot below them shows (app/timestep_plot.py)
+TIMESTEP_FIELDS = ["timestep_distribution", "timestep_logit_mean", "timestep_logit_std", "min_timestep",
+                   "max_timestep"]
 
 GROUPS = [
     ("Method", ["method"]),
     ("LoRA", LORA),
     ("Embedding", EMBEDDING),
-    ("Optimizer", ["optimizer", "learning_rate", "weight_decay", "max_grad_norm"]),
+    ("Optimizer", ["optimizer", "learning_rate", "weight_decay", "max_grad_norm", *OPTIMIZER_FIELDS]),
     ("Learning-rate schedule", ["lr_scheduler", "lr_warmup_steps"]),
     ("Length and batch", ["epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "resolution"]),
     ("Captions and text encoder", ["max_token_length", "train_text_encoder", "text_encoder_learning_rate",
                                    "text_encoder_stop_epoch"]),
     ("UNet", ["train_unet", "compile"]),
-    ("Noise and loss", ["prediction_type", "noise_offset", "min_snr_gamma", "zero_terminal_snr"]),
+    ("Noise and loss", ["prediction_type", "noise_offset", "zero_terminal_snr", "min_snr_gamma", "debiased_estimation",
+                        "loss_type", "huber_c", "huber_schedule", *TIMESTEP_FIELDS]),
     ("EMA", ["ema", "ema_decay"]),
     ("Precision and memory", ["mixed_precision", "weight_dtype", "stochastic_rounding", "fused_backward",
                               "gradient_checkpointing"]),
@@ -47,14 +54,21 @@ METHODS_OF: dict[str, tuple[str, ...]] = {
 }
 
 
-def applies(path: str, method: str) -> bool:
-    """Whether the preset field at dotted `path` matters when training.method is `method` (METHODS_OF)."""
-    return method in METHODS_OF.get(path, (method,))
+# The optimizer settings and the optimizers that read them (config.OPTIMIZER_FIELDS, what trainer.optim passes
+# to each); every other field applies to every optimizer.
+OPTIMIZERS_OF: dict[str, tuple[str, ...]] = {f"training.{name}": names for name, names in OPTIMIZER_FIELDS.items()}
+
+
+def applies(path: str, method: str, optimizer: str = "") -> bool:
+    """Whether the preset field at dotted `path` matters when training.method is `method` (METHODS_OF) and
+    training.optimizer is `optimizer` (OPTIMIZERS_OF; "" leaves the optimizer out)."""
+    return method in METHODS_OF.get(path, (method,)) and (
+        not optimizer or optimizer in OPTIMIZERS_OF.get(path, (optimizer,)))
 
 
 class MethodFields:
     """The labelled fields of one tab's `section` ("training", "model"), shown when they apply to the preset's
-    training.method and hidden (LabelledField.set_visible) when not; a group whose fields are all hidden is
+    training.method and training.optimizer and hidden (LabelledField.set_visible) when not; a group whose fields are all hidden is
     hidden as well, and comes back in its place in its column. A field with a problem (validation's, or text
     that does not parse) is always shown: no problem the bottom bar lists sits on a field the user cannot see."""
 
@@ -79,15 +93,15 @@ class MethodFields:
         return set(self.form.parse_errors) | {split_problem(p)[0] for p in self.form.problems(check_paths=False)}
 
     def update(self, hide: bool) -> None:
-        """Show what applies to the method and what has a problem. With `hide` (after a method change or a preset
-        load) also hide what no longer applies; without (after any other edit) only a hidden field that gained a
-        problem comes back, so no field goes away under the user's hand."""
-        method = self.form.preset.training.method
+        """Show what applies to the method and optimizer and what has a problem. With `hide` (after a method or
+        optimizer change or a preset load) also hide what no longer applies; without (after any other edit) only a
+        hidden field that gained a problem comes back, so no field goes away under the user's hand."""
+        method, optimizer = self.form.preset.training.method, self.form.preset.training.optimizer
         if not hide and all(self.shown.values()):
             return
         problems = self.problem_paths()
         for path, labelled in self.fields.items():
-            show = applies(path, method) or path in problems
+            show = applies(path, method, optimizer) or path in problems
             if show != self.shown[path] and (show or hide):
                 labelled.set_visible(show)
                 self.shown[path] = show
@@ -106,7 +120,8 @@ class MethodFields:
 
 
 class MethodTab(Tab):
-    """A tab of grouped fields of `section` where what training.method does not use is hidden (MethodFields)."""
+    """A tab of grouped fields of `section` where what training.method and training.optimizer do not use is
+    hidden (MethodFields)."""
 
     section = ""
     groups: ClassVar[GroupSpec] = []
@@ -128,11 +143,33 @@ class MethodTab(Tab):
 
     def field_changed(self, path: str) -> None:
         if self.method_fields is not None:
-            self.method_fields.update(hide=path == "training.method")
+            self.method_fields.update(hide=path in ("training.method", "training.optimizer"))
 
 
 class TrainingTab(MethodTab):
+    """The training tab; below the timestep fields of "Noise and loss", the plot of the distribution they give,
+    redrawn at each edit of one of them."""
+
     title = "training"
     section = "training"
     groups = GROUPS
     columns = 3
+    timestep_plot: TimestepPlot | None = None
+
+    def steps(self) -> Iterator[None]:
+        yield from super().steps()
+        group = next(b.labelled for b in self.form.bindings_for("training.max_timestep")
+                     if b.labelled is not None).label.master
+        self.timestep_plot = TimestepPlot(group)
+        self.timestep_plot.grid(row=group.take_row(), column=0, columnspan=2, sticky="ew", padx=12, pady=(8, 0))
+        self.timestep_plot.show(self.form.preset.training)
+
+    def reload(self) -> None:
+        super().reload()
+        if self.timestep_plot is not None:
+            self.timestep_plot.show(self.form.preset.training)
+
+    def field_changed(self, path: str) -> None:
+        super().field_changed(path)
+        if self.timestep_plot is not None and path.removeprefix("training.") in TIMESTEP_FIELDS:
+            self.timestep_plot.show(self.form.preset.training)

@@ -278,6 +278,7 @@ def rich_preset(tmp_path: Path):
     preset.training.max_token_length = 150  # 75, 150 or 225 only
     preset.training.method = "lora"  # every method's fields shown; a LoRA is written as one .safetensors
     preset.training.embedding_placeholder = "xqzword"  # a word CLIP does not know
+    preset.training.betas, preset.training.eps = "0.8,0.95,0.99", "1e-7"  # as many as the optimizer takes
     preset.model.output_path += ".safetensors"
     preset.concepts = [ConceptConfig(), ConceptConfig()]
     perturb(preset.concepts[0], "c0")
