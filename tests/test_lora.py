@@ -190,3 +190,25 @@ def test_samples_show_the_base_with_the_lora_applied(tiny_model_dir, color_conce
                          merged.noise_scheduler.config, "ddim")
     expected = np.asarray(generate(pipe, SamplePrompt(**prompt), "cpu"), dtype=float)
     assert abs(last - expected).max() <= 1 and abs(first - last).mean() > 0.5
+
+
+def test_the_merged_model_and_a_word_never_replace_what_is_not_this_runs(tiny_model_dir, color_concept, tmp_path):
+    """model.merged_output_path and the file of a word trained beside get output_path's protection: another run's
+    file or a file SeaChange did not write is refused by name before anything loads."""
+    first = lora_preset(tmp_path / "first", tiny_model_dir, color_concept)
+    run(first)
+    theirs = tmp_path / "first" / "lora.safetensors"
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(b"the user's own file")
+    for merged, said in ((theirs, "holds the model of another run"), (mine, "SeaChange did not write")):
+        again = lora_preset(tmp_path / f"again-{merged.stem}", tiny_model_dir, color_concept,
+                            model_section={"merged_output_path": str(merged)})
+        with pytest.raises(InputError, match=f"model.merged_output_path: .*{said}"):
+            train(again, lambda e: None)
+    (tmp_path / "word").mkdir()
+    (tmp_path / "word" / "wordxq.safetensors").write_bytes(b"the user's own file")
+    beside = lora_preset(tmp_path / "beside", tiny_model_dir, color_concept, training={"embedding_placeholder": "wordxq"},
+                         model_section={"output_path": str(tmp_path / "word" / "lora.safetensors")})
+    with pytest.raises(InputError, match="training.embedding_placeholder: .*SeaChange did not write"):
+        train(beside, lambda e: None)
+    assert theirs.stat().st_size > 100 and mine.read_bytes() == b"the user's own file"

@@ -49,7 +49,7 @@ def run_session(session, quiet: bool = False) -> int:
                 bar = tqdm(total=event.total_steps, unit="step", disable=quiet, dynamic_ncols=True)
             elif isinstance(event, ev.Progress) and bar is not None:
                 bar.n = event.step
-                bar.set_postfix(loss=f"{event.smooth_loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch,
+                bar.set_postfix(loss=f"{event.smooth_loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch + 1,
                                 refresh=False)
                 bar.refresh()
             elif isinstance(event, (ev.ImageGenerated, ev.GridCell)):

@@ -266,7 +266,7 @@ class EpochPlan:
             concept = self.preset.concepts[ci]
             if concept.role == "regularization":
                 per_epoch = self.concept_rate(ci) * len(members)
-                lines.append(f"Regularization concept {concept.name!r}: {float(per_epoch):.4g} of its "
+                lines.append(f"Regularization concept {concept.name!r}: {float(per_epoch):.4g} uses of its "
                              f"{len(members)} images mixed into each epoch of {float(train):.4g} training image "
                              f"uses (rate {concept.regularization_rate:g}), loss weight {concept.loss_weight:g}")
         return lines

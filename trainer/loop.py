@@ -126,8 +126,10 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
         validation.finish(outcome == "completed", position)
         output = outputs.finish(outcome == "completed", position)
         accelerator.wait_for_everyone()  # several processes end together, once the main one has saved
-        message = (f"{outcome} after {position.step} steps in {time.monotonic() - started:.0f} s; model written to "
-                   f"{output}" + sampling_hint(model.prediction_type, training.zero_terminal_snr))
+        what = {"full": "model", "lora": "LoRA", "embedding": "embedding"}[training.method]
+        message = (f"{outcome} after {position.step} steps in {time.monotonic() - started:.0f} s; {what} written to "
+                   f"{output}" + (sampling_hint(model.prediction_type, training.zero_terminal_snr)
+                                  if training.method == "full" else ""))
         emit(ev.Log("info", message))
         return ev.RunFinished(outcome, message, str(output), position.step)
     finally:
@@ -148,6 +150,6 @@ def resume_from(folder, start: Position, model: TrainingModel, state: TrainingSt
         start = Position(start.step, start.epoch + 1, 0)
     model.load_weights(accelerator, tensors, str(folder))
     state.load_state_dict(saved)
-    emit(ev.Log("info", f"Resumed from {folder} at step {start.step} (epoch {start.epoch}, {start.epoch_step} steps "
-                        "into it)"))
+    steps = f"{start.epoch_step} step{'s' if start.epoch_step != 1 else ''}"
+    emit(ev.Log("info", f"Resumed from {folder} at step {start.step} (epoch {start.epoch + 1}, {steps} into it)"))
     return start

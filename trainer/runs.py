@@ -252,27 +252,39 @@ def move_earlier_run(preset, earlier: EarlierRun) -> list[str]:
 
 
 def check_output(preset, run_id: str | None, resuming: bool) -> None:
-    """Refuse (InputError naming model.output_path) an output the run may not replace: something SeaChange did
-    not write (a user's file, a folder of other files), a file where a folder goes or the other way round, or a
-    model another run wrote. An output of this run (same id), or of an unknown run when resuming a backup that
-    predates run ids, may be replaced."""
-    given = Path(preset.model.output_path).expanduser()
-    output = output_file(preset)
-    fmt = preset.model.output_format
-    where = f"model.output_path: {output}"
+    """Refuse (InputError naming the field) an output the run may not replace: something SeaChange did not write
+    (a user's file, a folder of other files), a file where a folder goes or the other way round, or a model
+    another run wrote. An output of this run (same id), or of an unknown run when resuming a backup that
+    predates run ids, may be replaced. Checked: model.output_path (a LoRA or an embedding is one .safetensors
+    file), a LoRA run's model.merged_output_path, and the file of a word trained beside a model or LoRA."""
+    model, training = preset.model, preset.training
+    single = "single_file" if training.method != "full" else model.output_format
+    targets = [("model.output_path", model.output_path, single)]
+    if training.method == "lora" and model.merged_output_path:
+        targets.append(("model.merged_output_path", model.merged_output_path, model.output_format))
+    if training.method != "embedding" and training.embedding_placeholder:
+        beside = Path(model.output_path).expanduser().parent / f"{training.embedding_placeholder}.safetensors"
+        targets.append(("training.embedding_placeholder", str(beside), "single_file"))
+    for field, path, fmt in targets:
+        _check_target(field, Path(path).expanduser(), fmt, preset, run_id, resuming)
+
+
+def _check_target(field: str, given: Path, fmt: str, preset, run_id: str | None, resuming: bool) -> None:
+    output = given if fmt != "single_file" or given.suffix.lower() == ".safetensors" else \
+        given.with_name(given.name + ".safetensors")
+    where = f"{field}: {output}"
     base = Path(preset.model.base_model).expanduser().resolve()
     if base in (given.resolve(), output.resolve()):
-        raise InputError(f"model.output_path: {given} is the base model; write the result to another path")
+        raise InputError(f"{field}: {given} is the base model; write the result to another path")
     if fmt == "single_file" and given != output and (given.suffix or given.exists()):
         what = "a folder" if given.is_dir() else "a file" if given.exists() else f"named {given.suffix}"
-        raise InputError(f"model.output_path: {given} is {what}, and the output format single_file writes one "
-                         ".safetensors file; give a name ending in .safetensors (or choose output format diffusers "
-                         "for a folder)")
+        raise InputError(f"{field}: {given} is {what}, and a single file is written there; give a name ending in "
+                         ".safetensors (or choose output format diffusers for a folder)")
     if not output.exists():
         return
     if fmt == "single_file" and output.is_dir():
-        raise InputError(f"{where} is a folder, and the output format single_file writes one .safetensors file; "
-                         "choose a file name (or output format diffusers)")
+        raise InputError(f"{where} is a folder, and a single .safetensors file is written there; choose a file name "
+                         "(or output format diffusers)")
     if fmt == "diffusers" and not output.is_dir():
         raise InputError(f"{where} is a file, and the output format diffusers writes a folder; choose a folder "
                          "name (or output format single_file)")

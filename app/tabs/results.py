@@ -136,10 +136,19 @@ class ResultsTab(ToolTab):
     # ---- filling the lists from the preset ----------------------------------------------------------
 
     def add_model(self, which: str) -> None:
-        """Add the preset's base model ("base") or its trained output ("trained") to the model list."""
-        model = self.window.preset.model
-        path = model.base_model if which == "base" else model.output_path
-        self.spec.models.append(CompareModel(path=path, label=which))
+        """Add the preset's base model ("base") or its trained output ("trained") to the model list: a LoRA run's
+        output is its base model with the LoRA; an embedding is no model (the bottom bar says to compare its
+        samples)."""
+        model, method = self.window.preset.model, self.window.preset.training.method
+        if which == "trained" and method == "embedding":
+            self.window.bottom.show_message("An embedding is a word, not a model: compare its samples (source "
+                                            "samples, the run's folder) to see it learn.", "warning")
+            return
+        if which == "trained" and method == "lora":
+            entry = CompareModel(path=model.base_model, label="trained", lora=model.output_path)
+        else:
+            entry = CompareModel(path=model.base_model if which == "base" else model.output_path, label=which)
+        self.spec.models.append(entry)
         self.models_editor.rebuild()
         self.spec_form.on_change("models")
 

@@ -326,3 +326,17 @@ def test_a_lora_at_three_strengths_fills_a_column_each(window, tiny_model_dir, t
     assert finished.outcome != "completed" and "models.0.lora" in finished.message
     assert finished.message.startswith(f"models.0.lora: {style} is not a readable .safetensors file")
     assert results.message_label.cget("text").startswith("Failed: models.0.lora: ")
+
+
+def test_the_trained_model_of_a_lora_or_embedding_run(window):
+    """A LoRA run's trained model is its base with the LoRA (a LoRA column); an embedding is no model: nothing is
+    added and the bottom bar says to compare its samples."""
+    results = window.tabs["results"]
+    window.preset.training.method = "lora"
+    results.add_model("trained")
+    assert [(m.path, m.lora, m.label) for m in results.spec.models] == [
+        (window.preset.model.base_model, window.preset.model.output_path, "trained")]
+    window.preset.training.method = "embedding"
+    results.add_model("trained")
+    window.update()
+    assert len(results.spec.models) == 1 and "An embedding is a word" in window.bottom.message.cget("text")
