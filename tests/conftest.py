@@ -27,3 +27,13 @@ def color_concept(tmp_path_factory):
             Image.new("RGB", (40, 32), rgb).save(folder / f"{name}{i}.png")
             (folder / f"{name}{i}.txt").write_text(f"a {name} square\n")
     return folder
+
+
+@pytest.fixture(scope="module")
+def components(tiny_model_dir):
+    """The tiny model loaded (models.SDComponents), its VAE and text encoder frozen, once per test module."""
+    from trainer.models import load_model
+    c = load_model(str(tiny_model_dir))
+    c.vae.requires_grad_(False).eval()
+    c.text_encoder.requires_grad_(False).eval()
+    return c

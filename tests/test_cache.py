@@ -3,21 +3,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from data_helpers import mixed_folder, plan_for, preset_for, write_image
 from trainer import events as ev
 from trainer.images import Augment, load_pixels
-
-
-@pytest.fixture(scope="module")
-def components(tiny_model_dir):
-    from trainer.models import load_model
-    c = load_model(str(tiny_model_dir))
-    c.vae.requires_grad_(False).eval()
-    c.text_encoder.requires_grad_(False).eval()
-    return c
 
 
 class Counting:

@@ -137,15 +137,6 @@ def test_diffusion_loss_weighs_each_element():
         losses.diffusion_loss(pred, target, t, sched, element_weight=torch.ones(2, 1, 4, 5))
 
 
-@pytest.fixture(scope="module")
-def components(tiny_model_dir):
-    from trainer.models import load_model
-    c = load_model(str(tiny_model_dir))
-    c.vae.requires_grad_(False).eval()
-    c.text_encoder.requires_grad_(False).eval()
-    return c
-
-
 def prediction_gradient(preset, monkeypatch):
     """Run step.micro_batch_loss on the first micro-batch of epoch 0 and backpropagate: (effective weight of each
     element of the UNet's prediction, recovered from its gradient, B x C x h x w; the batch). For the MSE loss
