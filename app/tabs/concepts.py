@@ -326,8 +326,8 @@ class ConceptsTab(Tab):
         for i, (_, _, button) in enumerate(self.rows):  # only a name whose colour changes is redrawn
             reconfigure(button, text_color=ERROR if i in self.problem_reasons
                         else ctk.ThemeManager.theme["CTkButton"]["text_color"])
-        if self.frame.winfo_ismapped():  # a hidden tab rescans when shown (_watch_folder): thumbnails laid out
-            self.rescan_if_folder_changed()  # in a hidden tab would hold up the window (the end of a run)
+        if self.window.tabview.get() == self.title:  # another tab's: it rescans when shown (_watch_folder);
+            self.rescan_if_folder_changed()  # thumbnails laid out unseen would hold up the window (a run's end)
 
     def rescan_if_folder_changed(self) -> None:
         """Scan again when the selected concept's folder appeared (the demo builds its folder at Start; the
