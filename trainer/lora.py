@@ -136,6 +136,15 @@ def _kind(layer) -> str:
     return "lora" if "lora_A" in names else "loha" if "hada_w1_a" in names else "lokr"
 
 
+def _layer_tensors(layer) -> dict:
+    """The adapter tensors of one PEFT layer by their suffix in kohya's layout (FILE_SUFFIXES): the parameters
+    themselves, not copies."""
+    if _kind(layer) == "lora":
+        return {"lora_down.weight": layer.lora_A[ADAPTER].weight, "lora_up.weight": layer.lora_B[ADAPTER].weight}
+    return {attr: getattr(layer, attr)[ADAPTER] for attr in FILE_SUFFIXES[_kind(layer)]
+            if ADAPTER in getattr(layer, attr)}
+
+
 def _alpha(layer) -> float:
     return float(layer.lora_alpha[ADAPTER] if _kind(layer) == "lora" else layer.alpha[ADAPTER])
 
@@ -146,12 +155,7 @@ def kohya_tensors(model: torch.nn.Module, part: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, layer in tuner_layers(model):
         key, kind, alpha = kohya_name(part, name), _kind(layer), _alpha(layer)
-        if kind == "lora":
-            found = {"lora_down.weight": layer.lora_A[ADAPTER].weight, "lora_up.weight": layer.lora_B[ADAPTER].weight}
-        else:
-            found = {attr: getattr(layer, attr)[ADAPTER] for attr in FILE_SUFFIXES[kind]
-                     if ADAPTER in getattr(layer, attr)}
-        found = {suffix: t.detach().float().cpu().contiguous() for suffix, t in found.items()}
+        found = {suffix: t.detach().float().cpu().contiguous() for suffix, t in _layer_tensors(layer).items()}
         if kind == "lokr" and "lokr_w1" in found and "lokr_w2" in found:  # loaders apply no alpha / r then
             found["lokr_w1"] = found["lokr_w1"] * layer.scaling[ADAPTER]
         for suffix, tensor in found.items():
@@ -165,12 +169,7 @@ def load_kohya_tensors(model: torch.nn.Module, part: str, tensors: dict[str, tor
     naming `source` and the module when a module of the adapter is missing from the tensors, or a shape or alpha
     differs from the adapter's (another rank, alpha or type)."""
     for name, layer in tuner_layers(model):
-        key, kind = kohya_name(part, name), _kind(layer)
-        if kind == "lora":
-            targets = {"lora_down.weight": layer.lora_A[ADAPTER].weight, "lora_up.weight": layer.lora_B[ADAPTER].weight}
-        else:
-            targets = {attr: getattr(layer, attr)[ADAPTER] for attr in FILE_SUFFIXES[kind]
-                       if ADAPTER in getattr(layer, attr)}
+        key, kind, targets = kohya_name(part, name), _kind(layer), _layer_tensors(layer)
         alpha = tensors.get(f"{key}.alpha")
         if kind == "lokr" and "lokr_w2" in targets:
             alpha = None  # two full factors: loaders apply no alpha, and kohya_tensors put the scale into w1
@@ -250,7 +249,7 @@ def read_lora_file(path: str | Path, what: str = "model.lora_weights") -> LoraFi
         found.kind = kind or found.kind
     for module in set().union(*found.parts.values()) if found.parts else ():
         found.alphas[module] = float(tensors[f"{module}.alpha"]) if f"{module}.alpha" in tensors else None
-        found.ranks[module] = _file_rank(found.kind, module, tensors)
+        found.ranks[module] = _file_rank(module, tensors)
     if not found.kind:
         raise InputError(f"{what}: {path} holds no LoRA weights")
     width = {tuple(t.shape)[1] for k, t in tensors.items() if "attn2_to_k" in k and k.endswith(
@@ -264,7 +263,8 @@ def read_lora_file(path: str | Path, what: str = "model.lora_weights") -> LoraFi
     return found
 
 
-def _file_rank(kind: str, module: str, tensors: dict) -> int | None:
+def _file_rank(module: str, tensors: dict) -> int | None:
+    """A module's rank in a file: the first axis of its low-rank down factor; None for a lokr of full factors."""
     for suffix, axis in (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w1_b", 0), ("lokr_w2_b", 0)):
         if f"{module}.{suffix}" in tensors:
             return int(tensors[f"{module}.{suffix}"].shape[axis])
