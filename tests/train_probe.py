@@ -4,7 +4,8 @@
 
 --rank-dump DIR: when the run ends each process writes DIR/rank<N>.json: the epoch positions it trained on and
     its padding micro-batches (from the epoch plan's batches), what it wrote (its CheckpointWritten and
-    SampleReady events, before the engine keeps only the main process's), and a hash of its UNet weights.
+    SampleReady events, before the engine keeps only the main process's), how many cache entries it wrote, its
+    machine (torchrun's GROUP_RANK) and local rank, its exit code, and a hash of its UNet weights.
 --slow-backup-files SECONDS: each weights file of a backup takes this much longer to write, so that a test can
     kill the run while a backup is being written.
 """
@@ -38,9 +39,10 @@ def rank_dump(folder: Path) -> callable:
 
     import trainer.loop
     from trainer import events as ev
+    from trainer.cache import TensorCache
     from trainer.data import EpochPlan
     from trainer.training_model import TrainingModel
-    record = {"positions": {}, "padding": 0, "written": []}
+    record = {"positions": {}, "padding": 0, "written": [], "cache_writes": 0}
     models = []
 
     iter_epoch = EpochPlan.iter_epoch
@@ -69,6 +71,13 @@ def rank_dump(folder: Path) -> callable:
         return both
     trainer.loop.main_process_only = observed_emit
 
+    write_entry = TensorCache.write
+
+    def counted_write(self, key, tensors):
+        record["cache_writes"] += 1
+        return write_entry(self, key, tensors)
+    TensorCache.write = counted_write
+
     load = TrainingModel.load.__func__
 
     def observed_load(cls, *args, **kwargs):
@@ -76,7 +85,7 @@ def rank_dump(folder: Path) -> callable:
         return models[-1]
     TrainingModel.load = classmethod(observed_load)
 
-    def write() -> None:
+    def write(exit_code: int | None) -> None:
         digest = hashlib.sha256()
         unet = models[-1].components.unet if models else None
         unet = getattr(getattr(unet, "_orig_mod", unet), "module", unet)  # torch.compile's and DDP's wrappers
@@ -88,6 +97,9 @@ def rank_dump(folder: Path) -> callable:
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"rank{rank}.json").write_text(json.dumps({**record, "process_index": rank, "num_processes": world,
+                                                             "machine": int(os.environ.get("GROUP_RANK", "0")),
+                                                             "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+                                                             "exit_code": exit_code,
                                                              "unet_sha256": digest.hexdigest(),
                                                              "word_sha256": word_digest}))
     return write
@@ -104,11 +116,13 @@ def main(argv: list[str]) -> int:
         else:
             raise SystemExit(f"unknown option {option}")
     from trainer.__main__ import main as cli
+    code = None
     try:
-        return cli(argv)
+        code = cli(argv)
+        return code
     finally:
         if write is not None:
-            write()
+            write(code)
 
 
 if __name__ == "__main__":

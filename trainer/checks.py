@@ -2,6 +2,8 @@
 they meant them or refused with a message naming the field or file (InputError). No UI here."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,8 +18,8 @@ from trainer.errors import InputError
 from trainer.fields import atomic_write_text
 from trainer.inputs import dataset_record, input_report, long_caption_report
 from trainer.objective import resolve_prediction_type
-from trainer.processes import main_process_first
-from trainer.runs import claim_workspace
+from trainer.processes import ProcessView, checked_together, fill_once_per_folder, main_process_first
+from trainer.runs import MANIFEST, claim_workspace
 from trainer.sampling import sample_prompt_warnings
 
 
@@ -34,21 +36,33 @@ class RunInputs:
 
 def check_run(preset: Preset, accelerator, resume: str | None, fresh: bool, allow_changed_data: bool,
               emit: Callable) -> RunInputs:
-    """Every check before anything heavy loads, the main process first (it may build the demo or move an
-    earlier run aside: trainer.runs.claim_workspace): the preset and its files, the backup to resume from, the
-    workspace; then what the inputs hold is said in the log and the resolved preset written into the workspace.
-    resume: 'latest', a backup folder, or None for backup.resume. Raises InputError naming the field or file."""
+    """Every check before anything heavy loads: the preset and its files (each machine's local main process first,
+    unless the machines share the folder: it may build the demo, and it indexes the images in the cache folder;
+    processes.fill_once_per_folder), the backup to resume from and the workspace (the main process first: it may
+    move an earlier run aside, trainer.runs.claim_workspace); then what the inputs hold is said in the log and the
+    resolved preset written into the workspace. resume: 'latest', a backup folder, or None for backup.resume.
+    Raises InputError naming the field or file. Under `accelerate launch` every process checks what its machine
+    sees, and a refusal on any process is raised on all (processes.checked_together); they must also see the same
+    images and resume from the same backup (start_disagreement)."""
     emit(ev.Status("Checking inputs"))
     quiet_libraries()
     if preset.training.fused_backward and accelerator.num_processes > 1:
         raise InputError("training.fused_backward: works with one process only (gradients are averaged across "
                          "processes after the backward pass, too late for a step inside it)")
-    with main_process_first(accelerator):
-        items = check_inputs(preset, emit)
-        run_id, backup_folder = claim_workspace(preset, resume or preset.backup.resume or None, fresh, emit,
-                                                accelerator.is_main_process)
-    dataset = dataset_record(items)
-    start = check_resume(backup_folder, preset, accelerator.num_processes, dataset, allow_changed_data, emit)
+    general = preset.general
+    with checked_together(accelerator, start_disagreement) as facts:
+        with fill_once_per_folder(accelerator, general.demo_dir):
+            make_missing_demo(preset, emit)
+        with fill_once_per_folder(accelerator, general.cache_dir):  # the file index of the images lies there
+            items = check_inputs(preset, emit)
+        dataset = dataset_record(items)
+        facts["dataset"] = dataset_fingerprint(dataset)
+    with checked_together(accelerator, start_disagreement) as facts:
+        with main_process_first(accelerator):
+            run_id, backup_folder = claim_workspace(preset, resume or preset.backup.resume or None, fresh, emit,
+                                                    accelerator.is_main_process)
+        facts["backup"] = backup_fingerprint(backup_folder)
+        start = check_resume(backup_folder, preset, accelerator.num_processes, dataset, allow_changed_data, emit)
     for log in input_report(preset, items):
         emit(log)
     if accelerator.is_main_process:
@@ -58,12 +72,19 @@ def check_run(preset: Preset, accelerator, resume: str | None, fresh: bool, allo
     return RunInputs(items, run_id, backup_folder, start, dataset)
 
 
-def check_inputs(preset: Preset, emit: Callable) -> Items:
-    """Everything that can be checked before a model loads; raises InputError naming the problem."""
+def make_missing_demo(preset: Preset, emit: Callable) -> None:
+    """Build the demo (trainer.demo.make_demo) in general.demo_dir when that is set and lacks the demo's model or
+    images; it says how far it is."""
     demo = Path(preset.general.demo_dir).expanduser() if preset.general.demo_dir else None
     if demo and not ((demo / "model" / "model_index.json").is_file() and (demo / "images").is_dir()):
         from trainer.demo import make_demo
-        make_demo(preset.general.demo_dir, seed=preset.general.seed, emit=emit)  # says how far it is
+        make_demo(preset.general.demo_dir, seed=preset.general.seed, emit=emit)
+
+
+def check_inputs(preset: Preset, emit: Callable) -> Items:
+    """Everything that can be checked before a model loads (the demo built first, if missing: make_missing_demo);
+    raises InputError naming the problem."""
+    make_missing_demo(preset, emit)
     problems = validate(preset, check_paths=True)
     if problems:
         raise InputError(problems[0])
@@ -129,6 +150,63 @@ def check_resume(folder: Path | None, preset: Preset, num_processes: int, datase
     for note in data_notes:
         emit(ev.Log("warning", note))
     return start
+
+
+SHARED_BACKUP = ("resuming on several machines needs general.workspace_dir on a disk every machine shares, or a copy "
+                 "of that backup folder at the same path on each machine")
+
+
+def backup_fingerprint(folder: Path | None) -> tuple[str, str] | None:
+    """The backup a process resumes from, as the processes compare it: (its folder's name, the sha256 hex digest of
+    its manifest.json, which names its step, run id and files); None for a fresh start."""
+    if folder is None:
+        return None
+    return folder.name, hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()
+
+
+def dataset_fingerprint(dataset: dict) -> tuple[int, str]:
+    """The images a process trains on, as the processes compare them: (the image count, the sha256 hex digest of
+    inputs.dataset_record as sorted JSON: every path with its content and caption hashes)."""
+    text = json.dumps(dataset, sort_keys=True, separators=(",", ":"))
+    return len(dataset), hashlib.sha256(text.encode()).hexdigest()
+
+
+def start_disagreement(views: list[ProcessView]) -> InputError | None:
+    """Whether every process starts as the main one (views[0]) does, from the facts check_run records: the same
+    images ("dataset": dataset_fingerprint) and the same backup ("backup": backup_fingerprint). Returns the
+    InputError naming the first machine that differs and what it needs, or None. A process that failed on
+    backup.resume (e.g. no backup in its workspace for 'latest') while the main one resumes does not see that
+    backup; its other failures, and any failure of the main process, are left to processes.checked_together."""
+    main = views[0]
+    if main.failure is not None:
+        return None
+    for view in views[1:]:
+        where = f"machine {view.machine}"
+        if "dataset" in main.facts and view.failure is None and view.facts.get("dataset") != main.facts["dataset"]:
+            count, main_count = view.facts.get("dataset", (0, ""))[0], main.facts["dataset"][0]
+            return InputError(f"concepts: {where} reads other images or captions than machine {main.machine} "
+                              f"({count} image(s) there, {main_count} on machine {main.machine}); every machine "
+                              "needs the same concept folders, with the same files, at the same paths")
+        if "backup" not in main.facts:
+            continue
+        ours, theirs = main.facts["backup"], view.facts.get("backup")
+        if view.failure is not None:
+            kind, message, _ = view.failure
+            if ours is None or kind != "input" or not message.startswith("backup.resume:"):
+                continue
+            detail = f" ({message})"
+        elif theirs == ours:
+            continue
+        elif ours is None:
+            return InputError(f"backup.resume: {where} resumes from {theirs[0]} and machine {main.machine} starts "
+                              "fresh; launch every machine with the same --resume (and the same backup.resume)")
+        elif theirs is None:
+            detail = " (it starts fresh: launch every machine with the same --resume)"
+        else:
+            detail = f" (it finds {theirs[0]})" if theirs[0] != ours[0] else " (its copy differs)"
+        return InputError(f"backup.resume: {where} does not see the backup {ours[0]} that machine {main.machine} "
+                          f"resumes from{detail}; {SHARED_BACKUP}")
+    return None
 
 
 def check_model_inputs(preset: Preset, items: list, components, emit: Callable) -> str:

@@ -23,7 +23,7 @@ from trainer.data import EpochPlan
 from trainer.ema import training_ema
 from trainer.intervals import Boundaries
 from trainer.outputs import RunOutputs, TensorBoard, sampling_hint
-from trainer.processes import (commands_now, main_process_first, main_process_only, make_accelerator,
+from trainer.processes import (commands_now, fill_once_per_folder, main_process_only, make_accelerator,
                                 use_cpu_threads)
 from trainer.progress import LossTracker, StepLoss
 from trainer.step import step_loss
@@ -54,9 +54,9 @@ def train(preset: Preset, emit: Callable, commands: queue.Queue | None = None, r
     model = TrainingModel.load(preset, inputs.items, device, emit)
     # 4. The optimizer, stepped as the preset asks (optim.Stepper).
     stepper = optim.make_stepper(training, model.parameter_groups(training), accelerator, defer_loss_reads)
-    # 5. The epoch plan; the main process fills the caches, the others then only read them.
+    # 5. The epoch plan; each machine's cache folder is filled once (once in all if shared), the others then read it.
     plan = EpochPlan(preset, inputs.items, accelerator.process_index, accelerator.num_processes)
-    with main_process_first(accelerator):
+    with fill_once_per_folder(accelerator, preset.general.cache_dir):
         plan.prepare(model.components, device, model.frozen_dtype, encode_text=not model.text_learns,
                      emit=emit)
     total_steps, total_epochs = plan.run_length(training.epochs, training.max_steps)
