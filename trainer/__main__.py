@@ -1,4 +1,4 @@
-"""Command line: python -m trainer train|generate-data|compare|bench|cache|stats|make-demo|convert ... (headless,
+"""Command line: python -m trainer train|generate-data|compare|bench|memory|cache|stats|make-demo|convert ... (headless,
 the same sessions as the window). No UI here."""
 from __future__ import annotations
 
@@ -202,6 +202,58 @@ def cmd_convert(args) -> int:
     return EXIT_OK
 
 
+def cmd_memory(args) -> int:
+    """The estimated peak GPU memory of the preset's training step (trainer.memory), against the stated or detected
+    card; with --fit the fastest settings that fit (trainer.memory_fit), written as a preset with --write."""
+    import json
+    from pathlib import Path
+
+    from trainer.config import save_preset
+    from trainer.errors import InputError
+    from trainer.memory import GIB, detected_vram_gib, estimate_memory
+    from trainer.memory_fit import fit_settings
+    preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
+    if args.write and Path(args.write).exists():
+        print(f"error: --write: {args.write} exists; choose a new file name", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    vram, source = (args.vram, "stated") if args.vram else (detected_vram_gib(), "detected")
+    try:
+        estimate = estimate_memory(preset)
+        fit = fit_settings(preset, args.fit, progress=None if args.json else print) if args.fit else None
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    total = estimate.total / GIB
+    fits = None if vram is None else total <= vram
+    message = f"about {total:.1f} GiB" + ("" if vram is None else f" of {vram:.1f} GiB: "
+                                            + ("fits" if fits else "does not fit"))
+    if args.fit:
+        message += (f"; with the settings below, about {fit.estimate.total / GIB:.1f} GiB, which fits {args.fit} GiB"
+                    if fit else f"; no settings found that fit {args.fit} GiB (every memory saver on at batch 1 "
+                    "needs more)")
+    if fit and args.write:
+        save_preset(fit.preset, args.write)
+    if args.json:
+        print(json.dumps({"estimate": estimate.to_json(), "vram_gib": vram, "vram_source": vram and source,
+                          "fits": fits, "fit": fit.to_json() if fit else None, "message": message}))
+    else:
+        print(f"Estimated peak GPU memory of a training step, batch {estimate.batch_size} at {estimate.resolution} px:")
+        for part, size in estimate.to_json()["parts_gib"].items():
+            print(f"  {part.replace('_', ' '):<16} {size:6.2f} GiB")
+        print(f"  {'total':<16} {total:6.2f} GiB" + ("" if vram is None else f"  ({source} card: {vram:.1f} GiB)"))
+        for note in estimate.notes:
+            print(f"  note: {note}")
+        if fit:
+            print("Fastest settings that fit:" if fit.changes else "The preset's settings are already the fastest "
+                  "that fit:")
+            for line in fit.described:
+                print(f"  {line}")
+            if args.write:
+                print(f"written {args.write}")
+        print(message)
+    return EXIT_OK if not args.fit or fit else EXIT_FAILED
+
+
 def cmd_bench(args) -> int:
     from trainer.bench import main as bench_main
     return bench_main(args)
@@ -251,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="steps per run (a quarter are warm-up)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("memory", help="estimated GPU memory of a preset's training step; --fit: settings that fit")
+    p.add_argument("preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--vram", type=float, default=None, metavar="GIB", help="the card's memory (default: detected)")
+    p.add_argument("--fit", type=float, default=None, metavar="GIB", help="find the fastest settings that fit")
+    p.add_argument("--write", default=None, metavar="PRESET", help="with --fit: write the preset with them here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_memory)
     p = sub.add_parser("make-demo", help="build the tiny demo model and its images")
     p.add_argument("dir")
     p.set_defaults(func=cmd_make_demo)

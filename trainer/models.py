@@ -280,6 +280,26 @@ def _read_pickle_checkpoint(path: Path) -> dict:
     return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
 
 
+def empty_models(base_model: str, base_config: str | None = None) -> tuple[Any, Any, Any]:
+    """The UNet, VAE and text encoder of `base_model` (a diffusers folder, a single file or a .ckpt) on the meta
+    device, built from its configs alone: the folder's own, a SeaChange file's embedded ones, `base_config`'s or
+    the bundled SD 1.5 ones, as load_model picks them. No weight is read (trainer.memory sizes a run with them).
+    Raises ModelLoadError naming the path when it does not exist or its configs cannot be read."""
+    path = Path(base_model).expanduser()
+    if not str(base_model).strip() or not path.exists():
+        raise ModelLoadError(f"{path}: no such file or folder")
+    if path.is_dir():
+        missing = [f"{part}/config.json" for part in ("unet", "vae", "text_encoder")
+                   if not (path / part / "config.json").is_file()]
+        if missing:
+            raise ModelLoadError(f"{path}: not a diffusers model folder (no {missing[0]})")
+        return _empty_models(path)
+    header = _safetensors_header(path) if path.suffix.lower() in SINGLE_FILE_SUFFIXES else None
+    embedded = header[0].get(CONFIGS_KEY) if header and not base_config else None
+    with tempfile.TemporaryDirectory(prefix="seachange-configs-") as scratch:
+        return _empty_models(_write_configs(path, embedded, Path(scratch)) if embedded else _config_dir(base_config))
+
+
 def _empty_models(config_dir: Path) -> tuple[Any, Any, Any]:
     """UNet, VAE and text encoder built from the configs on the meta device (no memory, no weights)."""
     import torch

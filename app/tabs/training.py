@@ -4,10 +4,12 @@ Fields that do not apply to the chosen method, and optimizer settings the chosen
 hidden (MethodFields; the model tab uses it too)."""
 from __future__ import annotations
 
+import tkinter as tk
 from collections.abc import Iterator
 from typing import ClassVar
 
 from app.form import Form, split_problem
+from app.memory_line import MemoryLine
 from app.tabs.common import GroupSpec, Tab, scroll_area
 from app.timestep_plot import TimestepPlot
 from trainer.config import OPTIMIZER_FIELDS
@@ -148,13 +150,15 @@ class MethodTab(Tab):
 
 class TrainingTab(MethodTab):
     """The training tab; below the timestep fields of "Noise and loss", the plot of the distribution they give,
-    redrawn at each edit of one of them."""
+    redrawn at each edit of one of them; below "Precision and memory", the GPU-memory line (app/memory_line.py),
+    re-estimated after any edit of the preset while this tab is shown."""
 
     title = "training"
     section = "training"
     groups = GROUPS
     columns = 3
     timestep_plot: TimestepPlot | None = None
+    memory_line: MemoryLine | None = None
 
     def steps(self) -> Iterator[None]:
         yield from super().steps()
@@ -163,13 +167,34 @@ class TrainingTab(MethodTab):
         self.timestep_plot = TimestepPlot(group)
         self.timestep_plot.grid(row=group.take_row(), column=0, columnspan=2, sticky="ew", padx=12, pady=(8, 0))
         self.timestep_plot.show(self.form.preset.training)
+        group = next(b.labelled for b in self.form.bindings_for("training.gradient_checkpointing")
+                     if b.labelled is not None).label.master
+        self.memory_line = MemoryLine(group, self.form, lambda *a, **kw: self.window.dialogs.choose(*a, **kw),
+                                      shown=lambda: self.window.tabview.get() == self.title,
+                                      busy=self.window.device_busy)
+        self.memory_line.grid(row=group.take_row(), column=0, columnspan=2, sticky="ew", padx=12, pady=(8, 0))
+        # the tab's frame is gridded when the tab is shown: an estimate that edits elsewhere made stale runs then
+        tk.Misc.bind(self.frame, "<Map>", lambda _e: self.memory_line.changed(), "+")
+        self.memory_line.changed()
 
     def reload(self) -> None:
         super().reload()
         if self.timestep_plot is not None:
             self.timestep_plot.show(self.form.preset.training)
+        if self.memory_line is not None:
+            self.memory_line.changed()
 
     def field_changed(self, path: str) -> None:
         super().field_changed(path)
         if self.timestep_plot is not None and path.removeprefix("training.") in TIMESTEP_FIELDS:
             self.timestep_plot.show(self.form.preset.training)
+        if self.memory_line is not None:
+            self.memory_line.changed()
+
+    def jobs_changed(self) -> None:
+        if self.memory_line is not None:  # a training that held the device ended: estimate what it held up
+            self.memory_line.refresh()
+
+    def closing(self) -> None:
+        if self.memory_line is not None:
+            self.memory_line.close()

@@ -93,6 +93,31 @@ def test_screenshots_of_every_tab(window, sessions, pump, tmp_path, screenshots)
     assert shot.count(window.bottom.problem, WARNING, 60) > 20, "the bottom bar does not say why Start is off"
 
 
+def test_screenshot_of_the_gpu_memory_estimate(window, pump, wait_for, tmp_path, tiny_model_dir, color_concept,
+                                               screenshots):
+    """The training tab's GPU-memory line with the real engine's estimate of the tiny model, then with a card too
+    small for it (in the error colour)."""
+    from tiny_presets import make_preset
+    window.set_preset(make_preset(tmp_path, tiny_model_dir, color_concept, training={"resolution": "256"}), None)
+    window.tabview.set("training")
+    line = window.tabs["training"].memory_line
+    wait_for(window, lambda: line.job is None and "about" in line.label.cget("text"), "an estimate", 60)
+    area = line.master.master.master  # the line's group, its column, the tab's scrolling area
+    top = line.winfo_rooty() - area.winfo_rooty() + area._parent_canvas.canvasy(0)
+    area._parent_canvas.yview_moveto(max(0.0, top - 300) / area.winfo_height())
+    shot = screenshot(window, pump, screenshots, "4_training_memory")
+    frame = window.tabview.tab("training")
+    for widget in (line.label, line.vram_entry, line.fit_button):
+        assert shot.inside(widget, frame) and shot.colours(widget) > 4, f"{widget} is not shown"
+    line.vram_entry.insert(0, "0.001")
+    line.vram_changed()
+    shot = screenshot(window, pump, screenshots, "4_training_memory_too_small")
+    assert line.label.cget("text").endswith("(does not fit)")
+    assert shot.count(line.label, ERROR, 40) > 40, "a card too small is not shown in the error colour"
+    line.vram_entry.delete(0, "end")
+    line.vram_changed()
+
+
 def check_run(shot, window) -> None:
     """The run in progress: curves in the chart, each prompt's newest sample, the log lines, the step bar."""
     tab, bottom = window.run_tab, window.bottom
