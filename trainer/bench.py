@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.config import ConceptConfig, load_preset
+from trainer.config import ConceptConfig, Preset, load_preset
 from trainer.fields import atomic_write_text
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -151,14 +151,12 @@ BARE_STEP = {"mixed_precision": "no", "ema": "off", "min_snr_gamma": 0.0, "weigh
 TRAINER_BARE_STEP = "trainer, bare loop's step"
 
 
-def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, device: str, batch: int, size: int,
-                  steps: int, warmup: int, window: int, bare_step: bool = False) -> dict:
-    """The real training loop on a built-in preset (model, data, batch and length replaced), timed per step.
-    bare_step: train exactly the step bare_loop takes, to measure what the trainer costs around it."""
-    from trainer import events as ev
+def bench_preset(preset_name: str, model_dir: Path, data: Path, work: Path, device: str, batch: int, size: int,
+                 steps: int, bare_step: bool = False) -> Preset:
+    """A built-in preset as seachange_run trains it: model, data, batch, size and length replaced, no samples,
+    backups or saves. Raises ValueError when it does not validate."""
     from trainer.config import validate
     from trainer.fields import set_value
-    from trainer.loop import train
     preset = load_preset(PRESETS_DIR / f"{preset_name}.json")
     for key, value in {
         "general.workspace_dir": str(work / "ws"), "general.cache_dir": str(work / "cache"),
@@ -177,6 +175,16 @@ def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, dev
     problems = validate(preset)
     if problems:
         raise ValueError(problems[0])
+    return preset
+
+
+def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, device: str, batch: int, size: int,
+                  steps: int, warmup: int, window: int, bare_step: bool = False) -> dict:
+    """The real training loop on a built-in preset (bench_preset: model, data, batch and length replaced), timed
+    per step. bare_step: train exactly the step bare_loop takes, to measure what the trainer costs around it."""
+    from trainer import events as ev
+    from trainer.loop import train
+    preset = bench_preset(preset_name, model_dir, data, work, device, batch, size, steps, bare_step)
     stamps, started = [], {}
 
     def emit(event):
@@ -188,6 +196,7 @@ def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, dev
             stamps.append(time.perf_counter())
             if event.step == steps:
                 watch_syncs(device, False)  # the final save reads the weights back: not a step's sync
+                started["peak"] = peak_gib(device)  # the steps' peak, before the final save
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -197,7 +206,7 @@ def seachange_run(preset_name: str, model_dir: Path, data: Path, work: Path, dev
             watch_syncs(device, False)
     if finished.outcome != "completed":
         raise RuntimeError(f"{preset_name} batch {batch}: {finished.message}")
-    result = {"img_s": batch * timed_windows(stamps, warmup, window), "peak_gib": peak_gib(device),
+    result = {"img_s": batch * timed_windows(stamps, warmup, window), "peak_gib": started.get("peak"),
               "setup_s": round(started["t"] - t0, 1), "first_step_s": round(stamps[0] - started["t"], 2)}
     if device == "cuda":
         sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught

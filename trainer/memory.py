@@ -434,8 +434,9 @@ def estimate_memory(preset: Preset, batch_size: int | None = None) -> MemoryEsti
     # copies of one bucket's weights and gradients and its rounded bf16 result (optim.Stepper._run: 10 bytes each)
     step_grads = bucket * model.weight_dtype.itemsize if training.fused_backward else grads_all
     step_other = 10 * bucket if master_weights(training) else 0
-    if training.fused_backward:
+    if training.fused_backward:  # buckets are stepped during the back pass: while its activations live
         pass_grads += bucket * model.weight_dtype.itemsize  # the bucket that waits to be stepped
+        pass_other += step_other
     gradients, other = max((pass_grads, pass_other), (step_grads, step_other), key=sum)
     return MemoryEstimate(weights_bytes(model), gradients, state, ema, other, batch, training_side(preset),
                           notes=_notes(preset))
