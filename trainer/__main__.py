@@ -1,5 +1,5 @@
-"""Command line: python -m trainer train|generate-data|compare|bench|memory|cache|stats|make-demo|convert ... (headless,
-the same sessions as the window). No UI here."""
+"""Command line: python -m trainer train|queue|generate-data|compare|caption|bench|memory|cache|stats|make-demo|
+convert ... (headless, the same sessions as the window). No UI here."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,8 @@ def run_session(session, quiet: bool = False) -> int:
         while True:
             event = session.events.get()
             if isinstance(event, ev.RunStarted):
+                if bar is not None:  # a queue's next run
+                    bar.close()
                 bar = tqdm(total=event.total_steps, unit="step", disable=quiet, dynamic_ncols=True)
             elif isinstance(event, ev.Progress) and bar is not None:
                 bar.n = event.step
@@ -61,6 +63,8 @@ def run_session(session, quiet: bool = False) -> int:
                 (tqdm.write if bar else print)(f"{event.kind} written: {event.path}", file=sys.stderr)
             elif isinstance(event, ev.Log) and (event.level != "info" or not quiet):
                 (tqdm.write if bar else print)(f"[{event.level}] {event.text}", file=sys.stderr)
+            elif isinstance(event, ev.QueueRunState) and event.status != "pending":
+                bar = queue_line(event, bar)
             elif isinstance(event, ev.Status) and not quiet and bar is None:
                 print(event.text, file=sys.stderr)
             elif isinstance(event, ev.RunFinished):
@@ -78,12 +82,39 @@ def run_session(session, quiet: bool = False) -> int:
         session.join(5)
 
 
+def queue_line(event: ev.QueueRunState, bar):
+    """Say a queue's run's new state; a run that ended closes its progress bar. Returns the bar still open."""
+    if bar is not None and event.status != "running":
+        bar.close()
+        bar = None
+    print(f"queue: {event.name}: {event.status}" + (f": {event.message}" if event.message else ""), file=sys.stderr)
+    return bar
+
+
 def cmd_train(args) -> int:
     preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     from trainer.session import TrainingSession
     session = TrainingSession(preset, resume=args.resume, fresh=args.fresh,
                               allow_changed_data=args.allow_changed_data)
     return run_session(session, quiet=args.quiet)
+
+
+def cmd_queue(args) -> int:
+    """Run a queue of trainings and sweeps (trainer.queue_runner), or with --dry-run check it and print its runs."""
+    from trainer.errors import InputError
+    from trainer.queue_runner import describe_runs
+    from trainer.run_queue import check_queue, read_state
+    try:
+        runs = check_queue(args.queue)
+        state = read_state(args.queue)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print("\n".join(describe_runs(runs, state) + [f"{len(runs)} run(s) checked; nothing run (--dry-run)"]))
+        return EXIT_OK
+    from trainer.session import queue_session
+    return run_session(queue_session(args.queue), quiet=args.quiet)
 
 
 def cmd_tool(args) -> int:
@@ -94,6 +125,31 @@ def cmd_tool(args) -> int:
     spec = apply_overrides(load_spec(args.spec, expected), args.set or [], validate_spec)
     session = generate_data_session(spec) if expected is GenerateDataSpec else compare_session(spec)
     return run_session(session, quiet=args.quiet)
+
+
+def cmd_caption(args) -> int:
+    """Caption a folder of images from a caption spec (with --set overrides) as a session; --preview N prints N
+    proposed captions and writes nothing."""
+    from trainer.specs import CaptionSpec, load_spec, validate_spec
+    spec = apply_overrides(load_spec(args.spec, CaptionSpec), args.set or [], validate_spec)
+    if not args.preview:
+        from trainer.session import caption_session
+        return run_session(caption_session(spec), quiet=args.quiet)
+    from trainer.captioning import preview
+    from trainer.errors import describe_failure, is_input_error
+
+    def emit(event):
+        if isinstance(event, ev.Log) and (event.level != "info" or not args.quiet):
+            print(f"[{event.level}] {event.text}", file=sys.stderr)
+    try:
+        found = preview(spec, args.preview, emit)
+    except Exception as e:  # noqa: BLE001 - reported like a run's failure
+        print(f"error: {describe_failure(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT if is_input_error(e) else EXIT_FAILED
+    for image, text in found:
+        print(f"{image}\n    {text}")
+    print(f"{len(found)} caption(s) proposed; nothing was written", file=sys.stderr)
+    return EXIT_OK
 
 
 def fill_caches(preset, emit, progress=None) -> dict:
@@ -275,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
                    "captions changed since the backup (the data order then differs from an uninterrupted run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("queue", help="train a queue of runs and sweeps, one after another (QUEUE.json)")
+    p.add_argument("queue", help="a queue file (JSON); its state is kept beside it in NAME.state.json")
+    p.add_argument("--dry-run", action="store_true", help="check every run and print the runs, their workspaces "
+                   "and the settings that differ; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_queue)
     p = sub.add_parser("cache", help="fill the latent and text caches of a preset (no training)")
     p.add_argument("preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
@@ -290,6 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tool)
+    p = sub.add_parser("caption", help="caption a folder of images with a local vision-language model and/or a "
+                       "WD tagger")
+    p.add_argument("spec", help="a caption spec file (JSON)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--preview", type=int, default=0, metavar="N", help="print the captions proposed for the first "
+                   "N images the run would change; write nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_caption)
     p = sub.add_parser("compare", help="a labelled grid: samples across steps/epochs, or prompts across models")
     p.add_argument("spec", help="a compare spec file (JSON)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")

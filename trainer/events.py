@@ -89,7 +89,9 @@ class RunFinished:
 
 @dataclass(frozen=True)
 class ImageGenerated:
-    """generate-data wrote (or, resuming, found) one image and its caption. `done` counts from 1 to `total`."""
+    """generate-data wrote (or, resuming, found) one image and its caption. `done` counts from 1 to `total`.
+    caption (trainer.captioning) uses it too: `path` is a captioned image and `caption` the text its caption
+    file now holds (a preview: the text proposed); skipped: the image was left without a new caption."""
     path: str
     caption: str
     done: int
@@ -114,8 +116,25 @@ class GridCell:
     total: int
 
 
+# ---- queue events (trainer/queue_runner.py): each run's training events as above but its RunFinished, these
+# between them, and one RunFinished for the whole queue ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueueRunState:
+    """A run of a queue changed state (and, as a queue starts or its file changes, each run's state in order).
+    status: pending, running, completed, failed or stopped; final_loss: the smoothed training loss at its last step
+    and validation_loss its last validation loss (None before any); model: what it wrote; workspace: its own."""
+    name: str
+    status: str
+    message: str = ""
+    final_loss: float | None = None
+    model: str = ""
+    workspace: str = ""
+    validation_loss: float | None = None
+
+
 Event = (RunStarted | Status | Progress | ValidationLoss | SampleReady | CheckpointWritten | Log | RunFinished |
-         ImageGenerated | GridStarted | GridCell)
+         ImageGenerated | GridStarted | GridCell | QueueRunState)
 
 
 # ---- commands: the window sends these; the worker checks them at optimizer-step boundaries -----

@@ -1,4 +1,5 @@
-"""Sessions: a training or a tool (generate-data, compare) run in the background; events out, commands in. No UI.
+"""Sessions: a training or a tool (generate-data, compare, caption) run in the background; events out, commands
+in. No UI.
 
 A session runs its job in a thread of this process, or (process=True, what the window uses) in a child process:
 torch then never loads into the window's process, and nothing the job does (importing torch, loading or writing
@@ -36,20 +37,45 @@ def generate_data_job(emit, commands, spec):
     return generate_data(spec, emit, commands)
 
 
+def caption_job(emit, commands, spec, preview_count: int = 0):
+    """Caption spec.image_dir (trainer.captioning.caption); with preview_count, propose that many captions as
+    ImageGenerated events and write nothing."""
+    from trainer import captioning
+    if not preview_count:
+        return captioning.caption(spec, emit, commands)
+    found = captioning.preview(spec, preview_count, emit, commands)
+    return ev.RunFinished("completed", f"{len(found)} caption(s) proposed; nothing was written", spec.image_dir)
+
+
 def compare_job(emit, commands, spec):
     from trainer.compare import compare
     return compare(spec, emit, commands)
+
+
+def queue_job(emit, commands, path: str):
+    """Run the queue QUEUE.json at `path` (trainer.queue_runner.run_queue), each of its runs through run_job."""
+    from trainer.queue_runner import run_queue
+    return run_queue(path, emit, commands, _queue_training)
+
+
+queue_job.records_runs = True  # each run of a queue is recorded in its own workspace, by its own run_job
+
+
+def _queue_training(preset: Preset, resume: str | None, fresh: bool, emit, commands) -> None:
+    run_job(train_job, (preset, resume, fresh), emit, commands)
 
 
 def run_job(job: Callable, args: tuple, emit, commands) -> None:
     """Run a job and emit its RunFinished: exactly one, last, whatever happens. The user's mistakes (bad preset,
     input or model file) and known failures of the run (errors.is_run_failure) end with their message alone; any
     other failure is a bug and also logs its traceback. No text carries terminal escape codes. A training's
-    events are also recorded in its workspace (event_log.EventRecorder)."""
+    events are also recorded in its workspace (event_log.EventRecorder; a job marked records_runs, the queue,
+    records each of its runs itself)."""
     from trainer.errors import plain_text
     from trainer.event_log import EventRecorder
     finished = ev.RunFinished("failed", "the run ended without a result")
-    emit = EventRecorder(emit)
+    if not getattr(job, "records_runs", False):
+        emit = EventRecorder(emit)
 
     def clean_emit(event):
         if isinstance(event, ev.Log):
@@ -211,6 +237,19 @@ def generate_data_session(spec, process: bool = False) -> Session:
 def compare_session(spec, process: bool = False) -> Session:
     """A session that builds a comparison grid from a copy of `spec` (a trainer.specs.CompareSpec)."""
     return Session(compare_job, (copy.deepcopy(spec),), process, "seachange-compare")
+
+
+def queue_session(path, process: bool = False) -> Session:
+    """A session that runs the queue QUEUE.json at `path` (trainer.queue_runner.run_queue): the runs' training
+    events, a QueueRunState at each change of a run's state, one RunFinished for the queue; stop() stops the current
+    run (it writes its backup) and the queue. Pause after the current run: trainer.run_queue.set_pause."""
+    return Session(queue_job, (str(path),), process, "seachange-queue")
+
+
+def caption_session(spec, process: bool = False, preview_count: int = 0) -> Session:
+    """A session that captions images with a copy of `spec` (a trainer.specs.CaptionSpec); with preview_count,
+    one that proposes that many captions (ImageGenerated events) and writes nothing."""
+    return Session(caption_job, (copy.deepcopy(spec), preview_count), process, "seachange-caption")
 
 
 def concept_statistics(preset: Preset) -> list[dict]:

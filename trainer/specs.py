@@ -1,4 +1,4 @@
-"""Tool specs (generate-data, compare): dataclass trees versioned and validated like presets. No UI here."""
+"""Tool specs (generate-data, compare, caption): dataclass trees versioned and validated like presets. No UI here."""
 from __future__ import annotations
 
 import json
@@ -99,7 +99,67 @@ class CompareSpec:
     dtype: str = opt("auto", "Precision", "auto: float16 on a GPU, float32 on a CPU.", choices=DTYPES)
 
 
-KINDS = {"generate_data": GenerateDataSpec, "compare": CompareSpec}
+CAPTIONERS = ("none", "blip", "florence2", "qwen2_vl")
+# The model each captioner loads when captioner_model is empty (a Hugging Face repo id, downloaded once on first use).
+# Florence-2: the florence-community conversion, which transformers' own Florence2ForConditionalGeneration reads;
+# microsoft/Florence-2-* hold the original remote-code layout, which SeaChange does not run.
+DEFAULT_CAPTIONER_MODELS = {"blip": "Salesforce/blip-image-captioning-large",
+                            "florence2": "florence-community/Florence-2-base", "qwen2_vl": "Qwen/Qwen2-VL-2B-Instruct"}
+DEFAULT_TAGGER_MODEL = "SmilingWolf/wd-vit-tagger-v3"
+FLORENCE_CAPTION_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
+CAPTION_MODES = ("missing", "all", "prepend", "append")
+
+
+@dataclass
+class CaptionSpec:
+    """Caption a folder of images with a local vision-language model and/or a WD tagger (trainer.captioning)."""
+    image_dir: str = opt("", "Image folder", "The images to caption; each caption is written beside its image "
+                         "(photo.jpg -> photo.txt).", kind="dir")
+    include_subfolders: bool = opt(False, "Include subfolders", "Also caption the images in every folder below "
+                                   "the image folder.")
+    mode: str = opt("missing", "Mode", "missing: only images without a caption (or with an empty one); all: "
+                    "replace every caption; prepend / append: put the new text before / after each line of an "
+                    "existing caption (an image without one just gets the text). A stopped run resumes.",
+                    choices=CAPTION_MODES)
+    separator: str = opt(", ", "Separator", "Put between the new text and an existing caption in prepend and "
+                         "append modes.")
+    captioner: str = opt("florence2", "Captioner", "The model that describes each image. blip: "
+                         "BlipForConditionalGeneration; florence2: Florence2ForConditionalGeneration (transformers "
+                         "4.56 or newer); qwen2_vl: Qwen2VLForConditionalGeneration; each with its AutoProcessor "
+                         "parts. none: tags only.", choices=CAPTIONERS)
+    captioner_model: str = opt("", "Captioner model", "A local model folder, or a Hugging Face repo id (e.g. "
+                               "Salesforce/blip-image-captioning-large, florence-community/Florence-2-base, "
+                               "Qwen/Qwen2-VL-2B-Instruct), downloaded once into the Hugging Face cache. Empty: "
+                               "that default for the chosen captioner.", kind="dir")
+    prompt: str = opt("", "Prompt", "Florence-2: a task, <CAPTION>, <DETAILED_CAPTION> or <MORE_DETAILED_CAPTION> "
+                      "(empty: <DETAILED_CAPTION>); Qwen2-VL: an instruction (empty: a short caption request); "
+                      "BLIP: optional text the caption starts with (e.g. 'a photograph of').")
+    max_new_tokens: int = opt(75, "Max new tokens", "The longest caption the model may write, in its tokens "
+                              "(SD 1.5 reads about 75 CLIP tokens of a caption).", min=1, max=1024)
+    tagger: str = opt("none", "Tagger", "wd: a WD tagger (SmilingWolf's ONNX models, run by onnxruntime) adds "
+                      "tags after the caption, or alone when the captioner is none.", choices=("none", "wd"))
+    tagger_model: str = opt("", "Tagger model", "A folder with model.onnx and selected_tags.csv, or a Hugging Face "
+                            "repo id (e.g. SmilingWolf/wd-vit-tagger-v3, the default when empty).", kind="dir")
+    tag_threshold: float = opt(0.35, "Tag threshold", "A general tag is written when the tagger's confidence is at "
+                               "least this.", min=0.0, max=1.0)
+    character_threshold: float = opt(0.85, "Character threshold", "A character tag is written when the tagger's "
+                                     "confidence is at least this.", min=0.0, max=1.0)
+    replace_underscores: bool = opt(True, "Spaces in tags", "Write long_hair as 'long hair' (emoticons such as ^_^ "
+                                    "keep theirs). Ratings are never written.")
+    prefix: str = opt("", "Prefix", "Text put first in every new caption, e.g. a trigger word (joined with ', ').")
+    suffix: str = opt("", "Suffix", "Text put last in every new caption (joined with ', ').")
+    batch_size: int = opt(4, "Batch size", "Images captioned at once.", min=1, max=64)
+    device: str = opt("auto", "Device", "auto picks the GPU when there is one.", choices=DEVICES)
+    dtype: str = opt("auto", "Precision", "auto: bfloat16 (float16 where the GPU lacks it) on a GPU, float32 on a "
+                     "CPU.", choices=DTYPES)
+    caption_extension: str = opt(".txt", "Caption extension", "SeaChange trains from .txt; .caption is for other "
+                                 "trainers (kohya's --caption_extension).", choices=(".txt", ".caption"))
+    workspace_dir: str = opt("workspace/captions", "Journal folder", "Where the journal of each image folder is "
+                             "kept (never in the image folder): which images a run captioned, so that a stopped "
+                             "run resumes without captioning or appending twice.", kind="dir")
+
+
+KINDS = {"generate_data": GenerateDataSpec, "compare": CompareSpec, "caption": CaptionSpec}
 
 
 def kind_of(spec: Any) -> str:
@@ -109,6 +169,8 @@ def kind_of(spec: Any) -> str:
 def validate_spec(spec: Any) -> list[str]:
     """Every problem as 'dotted.path: reason' (paths are checked when the tool runs)."""
     problems = field_problems(spec, "")
+    if isinstance(spec, CaptionSpec):
+        return problems + caption_problems(spec)
     sizes = [("", spec)] if isinstance(spec, GenerateDataSpec) else \
         [(f"prompts.{i}.", p) for i, p in enumerate(spec.prompts)]
     for prefix, item in sizes:
@@ -128,6 +190,22 @@ def validate_spec(spec: Any) -> list[str]:
         problems += [f"seeds.{i}: {s} is outside 0 .. 2147483647" for i, s in enumerate(spec.seeds)
                      if not 0 <= s < 2**31]
         problems += lora_problems(spec)
+    return problems
+
+
+def caption_problems(spec: CaptionSpec) -> list[str]:
+    """What makes a caption spec unable to run, as 'field: reason': no image folder, nothing to do (no captioner
+    and no tagger), a Florence-2 prompt that is not a captioning task. Folders and models are checked when the
+    tool runs (trainer.captioning.check_inputs)."""
+    problems = []
+    if not spec.image_dir.strip():
+        problems.append("image_dir: choose the folder of images to caption")
+    if spec.captioner == "none" and spec.tagger == "none":
+        problems.append("captioner: nothing to do: choose a captioner, a tagger (tagger: wd) or both")
+    prompt = spec.prompt.strip()
+    if spec.captioner == "florence2" and prompt and prompt not in FLORENCE_CAPTION_TASKS:
+        problems.append(f"prompt: Florence-2 takes a task, one of {', '.join(FLORENCE_CAPTION_TASKS)} (got "
+                        f"{prompt!r})")
     return problems
 
 
@@ -152,7 +230,7 @@ def lora_problems(spec: CompareSpec) -> list[str]:
     return problems
 
 
-def spec_from_dict(data: dict) -> GenerateDataSpec | CompareSpec:
+def spec_from_dict(data: dict) -> GenerateDataSpec | CompareSpec | CaptionSpec:
     data = read_versioned(data, "spec", SPEC_VERSION, SPEC_MIGRATIONS)
     kind = data.pop("kind", None)
     if kind not in KINDS:
@@ -164,7 +242,7 @@ def spec_from_dict(data: dict) -> GenerateDataSpec | CompareSpec:
     return spec
 
 
-def load_spec(path: str | Path, expected: type | None = None) -> GenerateDataSpec | CompareSpec:
+def load_spec(path: str | Path, expected: type | None = None) -> GenerateDataSpec | CompareSpec | CaptionSpec:
     spec = spec_from_dict(read_json_file(path, "spec"))
     if expected is not None and not isinstance(spec, expected):
         wanted = next(name for name, cls in KINDS.items() if cls is expected)
