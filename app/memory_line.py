@@ -17,6 +17,8 @@ from app.recent import config_dir
 from app.widgets import ERROR, MUTED, WARNING, Tooltip, fit_text, reconfigure
 from trainer.config import preset_to_json
 from trainer.fields import ConfigError, atomic_write_text, set_value
+from trainer.vram import amount as vram_amount
+from trainer.vram import usable_gib
 
 COMMAND = (sys.executable, "-m", "trainer", "memory")  # the engine's estimate (trainer/memory.py)
 DEBOUNCE_MS = 1500  # after the last edit, before an estimate starts
@@ -27,9 +29,8 @@ TITLE = "Fit to my GPU"
 
 
 def amount(gib: float, exact: bool = False) -> str:
-    """GiB in words: '5.2 GiB' ('7.5 GiB' as typed, when `exact`); under 1 GiB in MiB ('340 MiB'), so that a small
-    model's estimate does not read 0.0."""
-    return f"{gib * 1024:.0f} MiB" if gib < 1 else f"{gib:g} GiB" if exact else f"{gib:.1f} GiB"
+    """GiB in words (trainer.vram.amount); a card's size as typed when `exact` ('7.5 GiB')."""
+    return f"{gib:g} GiB" if exact else vram_amount(gib)
 
 
 class EstimateJob:
@@ -195,8 +196,14 @@ class MemoryLine(ctk.CTkFrame):
         self.stop_job()
         self.job = EstimateJob(key, ("--fit", f"{fit:g}") if fit else ())
         self.job_key, self.job_fit = key, fit
-        self.fit_button.configure(state="disabled" if fit else "normal")
+        if fit:  # a search of seconds to minutes: it can be called off
+            self.fit_button.configure(text="Cancel", command=self.cancel_fit)
         self._poll_id = self.after(POLL_MS, self._poll)
+
+    def cancel_fit(self) -> None:
+        """Call off a running Fit; the line shows the estimate again."""
+        self.stop_job()
+        self.refresh()
 
     def stop_job(self) -> None:
         """Kill the running child, if any (its answer is no longer wanted)."""
@@ -206,7 +213,7 @@ class MemoryLine(ctk.CTkFrame):
         if self.job is not None:
             self.job.kill()
             self.job, self.job_fit = None, 0.0
-            self.fit_button.configure(state="normal")
+            self.fit_button.configure(text=TITLE, command=self.fit)
 
     def _poll(self) -> None:
         answer = self.job.poll()
@@ -223,8 +230,8 @@ class MemoryLine(ctk.CTkFrame):
             self.detected = float(data["vram_gib"])
         if isinstance(data.get("estimate"), dict):
             self.cache[key] = data["estimate"]
-        if fit and key == preset_to_json(self.form.preset):  # else edited meanwhile: the answer is stale
-            self.propose(data, fit)  # a modal question: the window may have closed meanwhile
+        if fit:  # a modal question: the window may have closed meanwhile
+            self.propose(data, fit, edited=key != preset_to_json(self.form.preset))
         if self.winfo_exists():
             self.refresh()
 
@@ -235,7 +242,7 @@ class MemoryLine(ctk.CTkFrame):
         normal = ctk.ThemeManager.theme["CTkLabel"]["text_color"]
         if card is None:
             return self.say(f"GPU memory: about {amount(total)}", normal)
-        fits = total <= card
+        fits = total <= usable_gib(card)  # the CUDA context and the allocator keep some of the card
         self.say(f"GPU memory: about {amount(total)} of {amount(card, exact=True)} "
                  f"({'fits' if fits else 'does not fit'})", normal if fits else ERROR)
 
@@ -276,22 +283,26 @@ class MemoryLine(ctk.CTkFrame):
         self.start_job(preset_to_json(self.form.preset), fit=self.card())
         self.say(f"GPU memory: finding the fastest settings that fit {amount(self.card(), exact=True)}…", MUTED)
 
-    def propose(self, data: dict, card: float) -> None:
-        """Show the Fit's answer; on Apply, set each changed field through the form."""
+    def propose(self, data: dict, card: float, edited: bool = False) -> None:
+        """Show the Fit's answer; on Apply, set each changed field through the form. `edited`: the preset was
+        edited while the Fit ran (Apply then sets only the fields listed, keeping the other edits)."""
         found = self.proposal = data.get("fit")
         if not found or not found.get("changes"):
-            self.choose(TITLE, f"These settings already fit {amount(card, exact=True)}." if found else
-                        data.get("message") or f"No settings fit {amount(card, exact=True)}.", [], cancel="OK")
+            self.choose(TITLE, f"These settings already are the fastest that fit a {amount(card, exact=True)} card."
+                        if found else data.get("message") or f"No settings fit {amount(card, exact=True)}.", [],
+                        cancel="OK")
             return
         lines = "\n".join(f"• {line}" for line in self.change_lines(found))
         after = amount(found["estimate"]["total_gib"])
-        if self.choose(TITLE, f"To fit {amount(card, exact=True)}:\n{lines}\n\nGPU memory then: about {after}.",
-                       ["Apply"]) == "Apply":
-            self.apply(found["changes"], found["estimate"])
+        note = ("\n\nYou edited the settings while this was searched: Apply sets only the fields above."
+                if edited else "")
+        if self.choose(TITLE, f"For a {amount(card, exact=True)} card:\n{lines}\n\nGPU memory then: about "
+                       f"{after}.{note}", ["Apply"]) == "Apply":
+            self.apply(found["changes"], None if edited else found["estimate"])
 
     def change_lines(self, found: dict) -> list[str]:
         """The Fit's changes in the form's words ('Batch size: 8 → 2', 'Gradient checkpointing: off → on'), then
-        the engine's lines that say more than a change of one field."""
+        the engine's notes (the batch size kept in images per step)."""
         def words(value):
             return ("on" if value else "off") if isinstance(value, bool) else str(value)
         lines, changes = [], found["changes"]
@@ -301,8 +312,7 @@ class MemoryLine(ctk.CTkFrame):
                              f"{words(read(self.form.preset, path))} → {words(value)}")
             except (ConfigError, KeyError, AttributeError):  # a path this window does not know
                 lines.append(f"{path}: {words(value)}")
-        return lines + [line for line in found.get("described", [])
-                        if not any(line.startswith(f"{path}:") for path in changes)]
+        return lines + list(found.get("notes", []))  # "described" names the same switches as these lines
 
     def apply(self, changes: dict[str, Any], estimate: dict | None = None) -> None:
         """Set each dotted path to its value as an edit of its widget would (parsed, validated, marked unsaved);

@@ -14,7 +14,13 @@ from tiny_presets import make_preset
 from trainer.config import load_preset
 from trainer.memory import (AutocastLike, LiveBytes, MemoryEstimate, estimate_memory, meta_model, pass_bytes,
                             state_bytes)
-from trainer.memory_fit import fit_settings
+from trainer.memory_fit import Fit, NoFit, fit_settings
+
+
+def card_for(usable_bytes: float) -> float:
+    """The card size in GiB whose usable part (memory.usable_gib) is `usable_bytes`."""
+    from trainer.vram import HEADROOM_GIB, HEADROOM_SHARE
+    return (usable_bytes / 2**30 + HEADROOM_GIB) / (1 - HEADROOM_SHARE)
 from trainer.models import load_model
 
 
@@ -156,17 +162,39 @@ def test_state_of_every_optimizer_is_the_librarys(tmp_path, tiny_model_dir, colo
 
 
 def test_fit_finds_the_fastest_settings_under_a_budget(tmp_path, tiny_model_dir, color_concept):
+    from trainer.vram import usable_gib
     preset = preset_with(tmp_path, tiny_model_dir, color_concept, batch_size=4, ema="gpu")
     full = estimate_memory(preset).total
-    assert fit_settings(preset, full / 2**30 * 1.01).changes == {}  # fits already: nothing to change
-    budget = full * 0.8 / 2**30
-    fit = fit_settings(preset, budget)
-    assert fit is not None and fit.changes and fit.estimate.total <= budget * 2**30
+    assert fit_settings(preset, card_for(full * 1.01)).changes == {}  # fits already: nothing to change
+    card = card_for(full * 0.8)
+    fit = fit_settings(preset, card)
+    assert isinstance(fit, Fit) and fit.changes and fit.estimate.total <= usable_gib(card) * 2**30
     assert estimate_memory(fit.preset).total == fit.estimate.total  # measured at its own settings
     t = fit.preset.training
     assert t.batch_size * t.gradient_accumulation_steps == 4  # the same images per optimizer step
-    assert fit.described and all("->" in line or "images per optimizer step" in line for line in fit.described)
-    assert fit_settings(preset, 1e-4) is None  # nothing fits a tenth of a mebibyte
+    assert fit.described and all(isinstance(line, str) and "->" not in line for line in fit.described)
+    nothing = fit_settings(preset, 0.001)  # less than the headroom: nothing fits
+    assert isinstance(nothing, NoFit) and nothing.smallest.total < full and nothing.smallest.batch_size == 1
+
+
+def test_no_fit_names_the_savers_the_preset_blocks(tmp_path, tiny_model_dir, color_concept):
+    preset = preset_with(tmp_path, tiny_model_dir, color_concept, max_grad_norm=1.0)
+    nothing = fit_settings(preset, 0.001)
+    assert isinstance(nothing, NoFit)
+    assert any(line.startswith("fused back pass") and "max grad norm" in line for line in nothing.blocked)
+
+
+def test_samples_count_what_they_bring_back_to_the_gpu(tmp_path, tiny_model_dir, color_concept, tiny):
+    from trainer.config import SamplePrompt
+    preset = preset_with(tmp_path, tiny_model_dir, color_concept, batch_size=1, gradient_checkpointing=True)
+    quiet = estimate_memory(preset)
+    assert quiet.sampling == 0  # no sample prompts
+    preset.sampling.unit = "steps"
+    preset.sampling.prompts = [SamplePrompt(prompt="a red square", width=256, height=256)]
+    sampled = estimate_memory(preset)
+    parked = sum(t.numel() * 4 for m in (tiny.vae, tiny.text_encoder) for t in m.state_dict().values())
+    assert sampled.sampling > 0 and sampled.total > quiet.total
+    assert sampled.sampling + quiet.gradients + quiet.activations >= parked  # the VAE and text encoder come back
 
 
 def test_fit_turns_savers_off_when_the_card_has_room(tmp_path, tiny_model_dir, color_concept):
@@ -195,7 +223,7 @@ def test_command_line_prints_json_refuses_bad_input_and_writes_the_fit(tmp_path,
     found = json.loads(result.stdout)
     assert found["fits"] is True and found["vram_source"] == "stated"
     assert found["estimate"]["parts_bytes"] == estimate_memory(preset).to_json()["parts_bytes"]
-    budget = found["estimate"]["total_gib"] * 0.8
+    budget = card_for(found["estimate"]["total_gib"] * 0.8 * 2**30)
     code, out, err = memory_command(capsys, tmp_path / "p.json", "--fit", budget, "--write", tmp_path / "fit.json")
     assert code == 0, err
     assert "written" in out and load_preset(tmp_path / "fit.json").training.batch_size <= 4
@@ -208,4 +236,9 @@ def test_command_line_prints_json_refuses_bad_input_and_writes_the_fit(tmp_path,
     code, _, err = memory_command(capsys, tmp_path / "p.json", "--set", f"model.base_model={empty}")
     assert code == 2 and "not a diffusers model folder" in err
     code, out, _ = memory_command(capsys, tmp_path / "p.json", "--fit", 1e-4, "--json")
-    assert code == 1 and json.loads(out)["fit"] is None
+    assert code == 1 and json.loads(out)["fit"] is None and json.loads(out)["no_fit"]["smallest"]["total_gib"] > 0
+    for args in (("--vram", 0), ("--fit", -3), ("--write", tmp_path / "w.json")):
+        code, _, err = memory_command(capsys, tmp_path / "p.json", *args)
+        assert code == 2 and args[0] in err and not (tmp_path / "w.json").exists()
+    code, _, err = memory_command(capsys, tmp_path / "p.json", "--set", "model.base_model=")
+    assert code == 2 and "no base model chosen" in err

@@ -259,55 +259,76 @@ def cmd_convert(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    """The estimated peak GPU memory of the preset's training step (trainer.memory), against the stated or detected
-    card; with --fit the fastest settings that fit (trainer.memory_fit), written as a preset with --write."""
+    """The estimated peak GPU memory of the preset's training run (trainer.memory), against the stated or detected
+    card less its headroom; with --fit the fastest settings that fit (trainer.memory_fit), written as a preset with
+    --write."""
     import json
     from pathlib import Path
 
     from trainer.config import save_preset
     from trainer.errors import InputError
     from trainer.memory import GIB, detected_vram_gib, estimate_memory
-    from trainer.memory_fit import fit_settings
-    preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
+    from trainer.vram import amount, usable_gib
+    from trainer.memory_fit import Fit, fit_settings
+    for name, value in (("--vram", args.vram), ("--fit", args.fit)):
+        if value is not None and not value > 0:
+            print(f"error: {name}: give the card's memory in GiB, a number above 0 (e.g. 8 or 24)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    if args.write and args.fit is None:
+        print("error: --write: writes the settings --fit finds; give --fit GIB too", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.write and Path(args.write).exists():
         print(f"error: --write: {args.write} exists; choose a new file name", file=sys.stderr)
         return EXIT_BAD_INPUT
+    preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     vram, source = (args.vram, "stated") if args.vram else (detected_vram_gib(), "detected")
     try:
         estimate = estimate_memory(preset)
-        fit = fit_settings(preset, args.fit, progress=None if args.json else print) if args.fit else None
+        if args.fit and not args.json:
+            print(f"Finding the fastest settings that fit {args.fit:g} GiB (a few estimates of seconds each)...")
+        fit = fit_settings(preset, args.fit) if args.fit else None
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     total = estimate.total / GIB
-    fits = None if vram is None else total <= vram
-    message = f"about {total:.1f} GiB" + ("" if vram is None else f" of {vram:.1f} GiB: "
-                                            + ("fits" if fits else "does not fit"))
-    if args.fit:
-        message += (f"; with the settings below, about {fit.estimate.total / GIB:.1f} GiB, which fits {args.fit} GiB"
-                    if fit else f"; no settings found that fit {args.fit} GiB (every memory saver on at batch 1 "
-                    "needs more)")
-    if fit and args.write:
+    fits = None if vram is None else total <= usable_gib(vram)
+    message = f"about {amount(total)}" + (
+        " (no GPU found: give the card's size with --vram)" if vram is None else
+        f" of a {vram:g} GiB card ({usable_gib(vram):.1f} GiB usable): " + ("fits" if fits else "does not fit"))
+    if fits is False and not args.fit:
+        message += f"; `--fit {vram:g}` finds settings that do"
+    if isinstance(fit, Fit):
+        message += (f"; with the changes above, about {amount(fit.estimate.total / GIB)}" if fit.changes else
+                    "; the preset's settings are already the fastest that fit")
+    elif fit is not None:
+        smallest = f"{amount(fit.smallest.total / GIB)}" if fit.smallest else "nothing measurable"
+        message += (f"; nothing fits a {args.fit:g} GiB card: the smallest these settings allow is {smallest}"
+                    + (f" (blocked: {'; '.join(fit.blocked)})" if fit.blocked else ""))
+    if isinstance(fit, Fit) and args.write:
         save_preset(fit.preset, args.write)
     if args.json:
         print(json.dumps({"estimate": estimate.to_json(), "vram_gib": vram, "vram_source": vram and source,
-                          "fits": fits, "fit": fit.to_json() if fit else None, "message": message}))
-    else:
-        print(f"Estimated peak GPU memory of a training step, batch {estimate.batch_size} at {estimate.resolution} px:")
-        for part, size in estimate.to_json()["parts_gib"].items():
-            print(f"  {part.replace('_', ' '):<16} {size:6.2f} GiB")
-        print(f"  {'total':<16} {total:6.2f} GiB" + ("" if vram is None else f"  ({source} card: {vram:.1f} GiB)"))
-        for note in estimate.notes:
-            print(f"  note: {note}")
-        if fit:
-            print("Fastest settings that fit:" if fit.changes else "The preset's settings are already the fastest "
-                  "that fit:")
-            for line in fit.described:
-                print(f"  {line}")
-            if args.write:
-                print(f"written {args.write}")
-        print(message)
-    return EXIT_OK if not args.fit or fit else EXIT_FAILED
+                          "usable_gib": None if vram is None else round(usable_gib(vram), 2), "fits": fits,
+                          "fit": fit.to_json() if isinstance(fit, Fit) else None,
+                          "no_fit": fit.to_json() if fit is not None and not isinstance(fit, Fit) else None,
+                          "message": message}))
+        return EXIT_OK if fit is None or isinstance(fit, Fit) else EXIT_FAILED
+    print(f"Estimated peak GPU memory, batch {estimate.batch_size} at {estimate.resolution} px:")
+    for part, size in estimate.to_json()["parts_gib"].items():
+        print(f"  {part.replace('_', ' '):<16} {size:6.2f} GiB")
+    print(f"  {'total':<16} {total:6.2f} GiB" + ("" if vram is None else f"  ({source} card: {vram:g} GiB)"))
+    for note in estimate.notes:
+        print(f"  note: {note}")
+    if isinstance(fit, Fit) and fit.changes:
+        print("Changes that fit:")
+        for path, value in fit.changes.items():
+            print(f"  {path} = {json.dumps(value)}")
+        for line in fit.described + fit.notes:
+            print(f"  ({line})")
+        if args.write:
+            print(f"written {args.write}")
+    print(message)
+    return EXIT_OK if fit is None or isinstance(fit, Fit) else EXIT_FAILED
 
 
 def cmd_bench(args) -> int:

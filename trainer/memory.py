@@ -41,13 +41,14 @@ from trainer.config import Preset, parse_resolutions
 from trainer.errors import InputError
 
 GIB = 2 ** 30
-PARTS = ("weights", "gradients", "optimizer_state", "ema", "activations")
+PARTS = ("weights", "gradients", "optimizer_state", "ema", "activations", "sampling")
 
 
 @dataclass
 class MemoryEstimate:
     """The estimated peak GPU memory of one training step, in bytes, by part (module docstring), for
-    `batch_size` images of `resolution`² pixels. notes: what the estimate leaves out for this preset."""
+    `batch_size` images of `resolution`² pixels; `sampling`: what taking samples between steps needs above that
+    (sampling_bytes), so that `total` is the run's peak. notes: what the estimate leaves out for this preset."""
     weights: int
     gradients: int
     optimizer_state: int
@@ -56,6 +57,7 @@ class MemoryEstimate:
     batch_size: int
     resolution: int
     notes: list[str] = field(default_factory=list)
+    sampling: int = 0
 
     @property
     def total(self) -> int:
@@ -213,6 +215,9 @@ def meta_model(preset: Preset) -> MetaModel:
     from trainer.errors import ModelLoadError
     from trainer.models import empty_models
     training = preset.training
+    if not preset.model.base_model.strip():
+        raise InputError("model.base_model: no base model chosen: set it to a diffusers folder, a .safetensors or "
+                         "a .ckpt (the estimate reads only its configs)")
     quiet_libraries()  # diffusers' casting notes
     try:
         unet, vae, text_encoder = _empty_or_demo(preset, empty_models)
@@ -416,19 +421,24 @@ def _encode(text_encoder, ids, word):
 
 
 def estimate_memory(preset: Preset, batch_size: int | None = None) -> MemoryEstimate:
-    """The peak GPU memory of a training step of `preset` (module docstring), at its batch size (or
-    `batch_size`) and its largest training side. Takes seconds on a CPU (the pass on the meta device, the
-    optimizer stepped on one tensor per distinct shape). Raises InputError naming the field when the model
-    cannot be read or the preset cannot train."""
+    """The peak GPU memory of a training run of `preset` (module docstring): a training step at its batch size
+    (or `batch_size`) and largest training side, and the samples taken between steps. Takes seconds on a CPU
+    (passes on the meta device, the optimizer stepped on one tensor per distinct shape); the model and passes
+    are kept for the process, so the fit search measures each only once. Raises InputError naming the field when
+    the model cannot be read or the preset cannot train."""
     from trainer.optim import Stepper
     training = preset.training
-    batch = batch_size or training.batch_size
-    model = meta_model(preset)
+    batch, side = batch_size or training.batch_size, training_side(preset)
+    model = _cached_model(preset)
     trained = model.trained
     grads_all = tensor_bytes(trained)
     state = state_bytes(training, [(p.shape, p.dtype) for p in trained])
     ema = 4 * sum(p.numel() for p in trained) if training.ema == "gpu" else 0
-    pass_grads, pass_other = pass_bytes(model, training, batch, training_side(preset))
+    key = (_model_key(preset), batch, side, training.fused_backward, training.gradient_accumulation_steps > 1,
+           training.max_token_length)
+    if key not in _PASSES:
+        _PASSES[key] = pass_bytes(model, training, batch, side)
+    pass_grads, pass_other = _PASSES[key]
     bucket = min(Stepper.BUCKET, sum(p.numel() for p in trained))
     # the optimizer step: every gradient (the fused back pass: one bucket's), and with master weights the float32
     # copies of one bucket's weights and gradients and its rounded bf16 result (optim.Stepper._run: 10 bytes each)
@@ -438,8 +448,59 @@ def estimate_memory(preset: Preset, batch_size: int | None = None) -> MemoryEsti
         pass_grads += bucket * model.weight_dtype.itemsize  # the bucket that waits to be stepped
         pass_other += step_other
     gradients, other = max((pass_grads, pass_other), (step_grads, step_other), key=sum)
-    return MemoryEstimate(weights_bytes(model), gradients, state, ema, other, batch, training_side(preset),
-                          notes=_notes(preset))
+    found = MemoryEstimate(weights_bytes(model), gradients, state, ema, other, batch, side, notes=_notes(preset))
+    # samples are taken between steps, when no gradient or activation exists: what they need beyond that
+    found.sampling = max(0, sampling_bytes(model, preset) - gradients - other)
+    return found
+
+
+_MODELS: dict = {}
+_PASSES: dict = {}
+
+
+def _model_key(preset: Preset) -> str:
+    """What meta_model builds from: the model and the training fields it reads."""
+    import json
+    t = preset.training
+    fields = ("method", "weight_dtype", "mixed_precision", "train_unet", "train_text_encoder", "lora_type",
+              "lora_rank", "lora_alpha", "lora_conv_rank", "lora_conv_alpha", "lora_dropout", "embedding_placeholder",
+              "embedding_vectors", "gradient_checkpointing", "cache_latents")
+    from trainer.captions import captions_vary
+    return json.dumps([preset.model.base_model, preset.model.base_config, preset.general.demo_dir,
+                       [getattr(t, name) for name in fields], any(captions_vary(c) for c in preset.concepts)])
+
+
+def _cached_model(preset: Preset) -> MetaModel:
+    key = _model_key(preset)
+    if key not in _MODELS:
+        _MODELS.clear()  # one model at a time: SD 1.5 on meta is small, but its modules are many
+        _MODELS[key] = meta_model(preset)
+    return _MODELS[key]
+
+
+def sampling_bytes(model: MetaModel, preset: Preset) -> int:
+    """Bytes beyond the resident weights, optimizer state and EMA shadow that taking samples between steps needs
+    (trainer.outputs.RunOutputs._sample): the VAE and text encoder brought back to the GPU when they were parked,
+    the raw weights kept aside while EMA weights are swapped in (ema.EMA.swap_in), and the peak of the sampling
+    passes for the largest sample prompt (the text encoder, the UNet on a classifier-free-guidance batch of 2, the
+    VAE decoding one image; no gradients), measured on the meta device. 0 when the run takes no samples."""
+    sampling = preset.sampling
+    if not sampling.prompts or sampling.unit == "never":
+        return 0
+    brought = sum(tensor_bytes(m.parameters()) + tensor_bytes(m.buffers())
+                  for m in (model.vae, model.text_encoder) if m not in model.resident)
+    swapped = tensor_bytes(model.trained) if preset.training.ema != "off" else 0
+    width = max(p.width for p in sampling.prompts)
+    height = max(p.height for p in sampling.prompts)
+    unet, tracker = model.unet, LiveBytes()
+    with AutocastLike(model.autocast), tracker, torch.no_grad():
+        hidden = model.text_encoder(torch.zeros(2, 77, dtype=torch.long, device="meta"))[0]
+        latents = torch.empty(2, unet.config.in_channels, height // 8, width // 8, device="meta")
+        noise = unet(latents.to(unet.dtype), torch.zeros(2, dtype=torch.long, device="meta"),
+                     hidden.to(unet.dtype)).sample
+        del hidden
+        model.vae.decode(noise[:1].to(model.vae.dtype) * 1.0)
+    return brought + swapped + tracker.peak
 
 
 def _notes(preset: Preset) -> list[str]:

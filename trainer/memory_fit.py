@@ -1,8 +1,10 @@
 """The fastest training settings whose estimated GPU memory (trainer.memory) fits a card. No UI here.
 
-Settings are searched over the switches that trade speed for memory, each with a speed factor taken from measured
-SD 1.5 steps (../benchmarks/README.md and the anchors there: gradient checkpointing costs about a quarter of the
-speed, the fused back pass about a fifth at batch 1, 8-bit AdamW a few percent, EMA in CPU memory about 5%):
+Settings are searched over the switches that trade speed for memory, each with a speed factor from measured
+SD 1.5 steps where there are some (../benchmarks/README.md and the anchors there: gradient checkpointing costs about a
+quarter of the speed, the fused back pass about a fifth at batch 1, 8-bit AdamW a few percent) and a cautious one
+where not (EMA in CPU memory copies every weight to the host and averages it there each step: taken as half the
+speed until a GPU measures it):
 
     EMA on the GPU or in CPU memory; float32 or bf16 weights (with stochastic rounding, so small updates still
     count); AdamW's state in float32 or 8 bits; the fused back pass; gradient checkpointing; the text encoder
@@ -12,7 +14,9 @@ speed, the fused back pass about a fifth at batch 1, 8-bit AdamW a few percent, 
 
 Speed of a batch size b is taken as b / (b + 15) images per unit of time (the reference loop's measured 1 : 3.9 :
 8.1 at batch 1, 4, 16 on an H200). Every candidate is checked by config.validate and estimated at its own batch
-size; a switch the user turned off that only costs memory (the text encoder) is never turned on. Options are tried
+size; a switch the user turned off that only costs memory (the text encoder) is never turned on. The fit leaves
+room on the card for the CUDA context and the allocator (memory.usable_gib). The smallest the preset allows (every
+saver it accepts, batch 1) is measured first: if it does not fit, nothing does (NoFit). Then options are tried
 fastest first; one with fewer memory savers than an option that does not fit at batch 1 is skipped unmeasured
 (each saver only lowers memory).
 """
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from trainer.config import Preset, validate
 from trainer.fields import set_value
 from trainer.memory import GIB, MemoryEstimate, estimate_memory
+from trainer.vram import usable_gib
 
 BATCH_SPEED_CONSTANT = 15
 
@@ -47,7 +52,7 @@ def switches(preset: Preset) -> list[Switch]:
         on, off = (path_values_on, factor_on, words_on), (path_values_off, factor_off, words_off)
         found.append(Switch(name, [on, off] if on_now else [off, on], words_on))
     if t.ema != "off":
-        two("ema", {"training.ema": "gpu"}, {"training.ema": "cpu"}, t.ema == "cpu", 0.95, 1.0,
+        two("ema", {"training.ema": "gpu"}, {"training.ema": "cpu"}, t.ema == "cpu", 0.5, 1.0,
             "EMA kept in CPU memory", "EMA on the GPU")
     if t.method == "full" and t.mixed_precision == "bf16":
         bf16_now = t.weight_dtype == "bfloat16"
@@ -76,15 +81,29 @@ def batch_speed(batch: int) -> float:
 
 @dataclass
 class Fit:
-    """The chosen settings: `changes` (dotted path -> value, only what differs from the preset), `described`
-    (one line each, for a person), their `estimate`, and the preset with them."""
+    """The chosen settings: `changes` (dotted path -> value, only what differs from the preset), `described` (the
+    memory savers turned on or off, in words), `notes` (what else a person should know: the batch size kept in
+    images per step), their `estimate`, and the preset with them."""
     changes: dict
     described: list[str]
+    notes: list[str]
     estimate: MemoryEstimate
     preset: Preset
 
     def to_json(self) -> dict:
-        return {"changes": self.changes, "described": self.described, "estimate": self.estimate.to_json()}
+        return {"changes": self.changes, "described": self.described, "notes": self.notes,
+                "estimate": self.estimate.to_json()}
+
+
+@dataclass
+class NoFit:
+    """No settings fit: `smallest` is the estimate with every memory saver that the preset allows on, at batch 1
+    (None if even that is refused), `blocked` the savers config.validate refuses for this preset and why."""
+    smallest: MemoryEstimate | None
+    blocked: list[str]
+
+    def to_json(self) -> dict:
+        return {"smallest": self.smallest.to_json() if self.smallest else None, "blocked": self.blocked}
 
 
 def _with(preset: Preset, changes: dict) -> Preset:
@@ -99,36 +118,54 @@ def _value(preset: Preset, path: str):
     return getattr(getattr(preset, section), name)
 
 
-def fit_settings(preset: Preset, vram_gib: float, progress=None) -> Fit | None:
-    """The fastest settings (module docstring) whose estimated peak fits `vram_gib` GiB, or None when none does
-    (not even every switch on at batch 1). progress(words), if given, is told what is measured. Raises what
-    estimate_memory raises."""
-    budget = vram_gib * GIB
+def fit_settings(preset: Preset, vram_gib: float, progress=None) -> Fit | NoFit:
+    """The fastest settings (module docstring) whose estimated peak fits a card of `vram_gib` GiB, less what
+    the CUDA context and the allocator keep (memory.usable_gib), or a NoFit saying the smallest peak reached and
+    which savers the preset's other settings block. progress(words), if given, is told what is measured. Raises
+    what estimate_memory raises."""
+    budget = usable_gib(vram_gib) * GIB
     t = preset.training
     images = t.batch_size * t.gradient_accumulation_steps
     batches = [b for b in range(images, 0, -1) if images % b == 0]
     known = set(validate(preset))
-    options, saver_words = [], {switch.saver for switch in switches(preset)}
-    for states in itertools.product(*(s.states for s in switches(preset))):
+    found_switches = switches(preset)
+    options, saver_words = [], {switch.saver for switch in found_switches}
+    for states in itertools.product(*(s.states for s in found_switches)):
         changes = {path: value for state in states for path, value in state[0].items()}
         factor = math.prod(state[1] for state in states)
         options.append((factor, changes, tuple(state[2] for state in states if state[2])))
-    options.sort(key=lambda option: -option[0])
     measured: dict = {}
+
+    def problems(changes: dict, batch: int) -> list[str]:
+        candidate = _with(preset, {**changes, "training.batch_size": batch,
+                                   "training.gradient_accumulation_steps": images // batch})
+        return [problem for problem in validate(candidate) if problem not in known]
 
     def estimate(changes: dict, batch: int, words: tuple) -> MemoryEstimate | None:
         key = (tuple(sorted(changes.items())), batch)
         if key not in measured:
-            candidate = _with(preset, {**changes, "training.batch_size": batch,
-                                       "training.gradient_accumulation_steps": images // batch})
-            if set(validate(candidate)) - known:
+            if problems(changes, batch):
                 measured[key] = None
             else:
                 if progress:
                     progress(f"estimating batch {batch} with {', '.join(words) or 'no memory savers'}")
-                measured[key] = estimate_memory(candidate)
+                measured[key] = estimate_memory(_with(preset, {**changes, "training.batch_size": batch,
+                                                               "training.gradient_accumulation_steps": images // batch}))
         return measured[key]
 
+    # First the smallest the preset allows: every saver it accepts on, at batch 1. If that does not fit, nothing does.
+    blocked = []
+    for switch in found_switches:
+        saving = next(state for state in switch.states if state[2] == switch.saver)
+        refused = problems(saving[0], 1)
+        if refused:
+            blocked.append(f"{switch.saver}: {'; '.join(refused)}")
+    allowed = [option for option in options if not problems(option[1], 1)]
+    most = max(allowed, key=lambda option: len(set(option[2]) & saver_words), default=None)
+    smallest = estimate(most[1], 1, most[2]) if most else None
+    if smallest is None or smallest.total > budget:
+        return NoFit(smallest, blocked)
+    options.sort(key=lambda option: -option[0])
     best, too_big = None, []  # too_big: the savers of options that do not fit even at batch 1
     for factor, changes, words in options:
         if best is not None and factor * batch_speed(batches[0]) <= best[0]:
@@ -145,31 +182,24 @@ def fit_settings(preset: Preset, vram_gib: float, progress=None) -> Fit | None:
                 break
             if batch == 1 and found is not None:
                 too_big.append(savers)
-    if best is None:
-        return None
-    _, changes, words, batch, found = best
+    _, changes, words, batch, found = best  # the smallest fits, so some option does
     return _described(preset, changes, words, batch, found)
 
 
 def _described(preset: Preset, changes: dict, words: tuple, batch: int, found: MemoryEstimate) -> Fit:
-    """The Fit of `changes` at `batch`: what differs from the preset, said per switch and for the batch size."""
+    """The Fit of `changes` at `batch`: what differs from the preset, the switches turned, the batch size kept."""
     t = preset.training
     images = t.batch_size * t.gradient_accumulation_steps
     all_changes = {**changes, "training.batch_size": batch, "training.gradient_accumulation_steps": images // batch}
     differ = {path: value for path, value in all_changes.items() if _value(preset, path) != value}
-    described = []
-    for switch in switches(preset):
-        for state_changes, _, state_words in switch.states[1:]:  # [0] is the preset's own state
-            if state_changes and all(differ.get(path, _value(preset, path)) == value
-                                     for path, value in state_changes.items()) and state_words in words:
-                paths = ", ".join(f"{path}: {_value(preset, path)} -> {value}" for path, value in
-                                  state_changes.items() if path in differ)
-                described.append(f"{state_words} ({paths})")
+    current = set(switch_words(preset))
+    described = [w for w in words if w not in current]
+    notes = []
     if "training.batch_size" in differ:
-        described.append(f"batch size {t.batch_size} -> {batch} with {images // batch} accumulation step"
-                         f"{'s' if images // batch != 1 else ''}: still {images} images per optimizer step, so the "
-                         "training is the same")
-    return Fit(differ, described, found, _with(preset, differ))
+        notes.append(f"batch size {t.batch_size} -> {batch} with {images // batch} accumulation step"
+                     f"{'s' if images // batch != 1 else ''}: still {images} images per optimizer step, so the "
+                     "training is the same")
+    return Fit(differ, described, notes, found, _with(preset, differ))
 
 
 def switch_words(preset: Preset) -> list[str]:
