@@ -17,6 +17,7 @@ from app.tabs.backup import BackupTab
 from app.tabs.concepts import ConceptsTab
 from app.tabs.general import GeneralTab
 from app.tabs.model import ModelTab
+from app.tabs.queue import QueueTab
 from app.tabs.results import ResultsTab
 from app.tabs.run import RunTab
 from app.tabs.sampling import SamplingTab
@@ -27,7 +28,8 @@ from app.widgets import MUTED, WARNING, Tabview, Tooltip, bind_edit_keys
 from trainer.config import Preset, load_preset, preset_to_dict, save_preset
 from trainer.fields import ConfigError
 
-TAB_CLASSES = (GeneralTab, ModelTab, ConceptsTab, TrainingTab, SamplingTab, BackupTab, RunTab, ToolsTab, ResultsTab)
+TAB_CLASSES = (GeneralTab, ModelTab, ConceptsTab, TrainingTab, SamplingTab, BackupTab, RunTab, QueueTab, ToolsTab,
+               ResultsTab)
 
 
 def default_session_factory(preset, resume: str | None = None, fresh: bool = False,

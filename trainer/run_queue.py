@@ -249,24 +249,36 @@ def expand_queue(queue_file: QueueFile, folder: str | Path, check_paths: bool = 
         raise InputError("entries: the queue is empty; add at least one entry")
     runs: list[QueueRun] = []
     seen: dict[str, str] = {}
-    for i, entry in enumerate(queue_file.entries):
-        label = f"entries[{i}] {entry.name!r}"
-        loaded = _entry_preset(entry, Path(folder), label)
-        fixed = _with_values(loaded, entry.set, f"{label} set")
-        for combination in itertools.product(*entry.sweep.values()):
-            values = dict(zip(entry.sweep, combination))
-            name = run_name(entry.name, values)
-            base = _with_values(fixed, values, f"{label} sweep", f" (run {name})")
-            preset = copy.deepcopy(base)
-            place_run(preset, name)
-            problems = validate(preset, check_paths=check_paths)
-            if problems:
-                raise InputError(_problem_text(problems[0], label, entry, name))
-            if name in seen:
-                raise InputError(f"{label}: a second run named {name!r} (the first is of {seen[name]}); runs need "
-                                 "different names: rename an entry, or remove a repeated sweep value")
-            seen[name] = label
-            runs.append(QueueRun(name, i, entry.name, values, preset, loaded))
+    for i in range(len(queue_file.entries)):
+        runs += expand_entry(queue_file, i, folder, check_paths, seen)
+    return runs
+
+
+def expand_entry(queue_file: QueueFile, index: int, folder: str | Path, check_paths: bool = True,
+                 seen: dict[str, str] | None = None) -> list[QueueRun]:
+    """The runs of entry `index` alone, checked as expand_queue checks each (the window checks an entry it edits
+    with it): InputError naming the entry by its place in the file. `seen` (run name -> the label of the entry
+    it came from) collects the names across entries; a run named as one in it is refused."""
+    seen = {} if seen is None else seen
+    entry = queue_file.entries[index]
+    label = f"entries[{index}] {entry.name!r}"
+    loaded = _entry_preset(entry, Path(folder), label)
+    fixed = _with_values(loaded, entry.set, f"{label} set")
+    runs: list[QueueRun] = []
+    for combination in itertools.product(*entry.sweep.values()):
+        values = dict(zip(entry.sweep, combination))
+        name = run_name(entry.name, values)
+        base = _with_values(fixed, values, f"{label} sweep", f" (run {name})")
+        preset = copy.deepcopy(base)
+        place_run(preset, name)
+        problems = validate(preset, check_paths=check_paths)
+        if problems:
+            raise InputError(_problem_text(problems[0], label, entry, name))
+        if name in seen:
+            raise InputError(f"{label}: a second run named {name!r} (the first is of {seen[name]}); runs need "
+                             "different names: rename an entry, or remove a repeated sweep value")
+        seen[name] = label
+        runs.append(QueueRun(name, index, entry.name, values, preset, loaded))
     return runs
 
 

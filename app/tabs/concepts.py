@@ -96,6 +96,7 @@ class ConceptsTab(Tab):
         self.problem_reasons: dict[int, list[str]] = {}  # concept index -> its problems, for the list's tooltips
         self.built = False
         self.caption_editor = None
+        self.caption_models = None  # the open "Caption with a model" view
         self._watch_after: str | None = None
 
     # ---- building ---------------------------------------------------------------------------------
@@ -125,6 +126,12 @@ class ConceptsTab(Tab):
         self.captions_button.grid(row=1, column=0, columnspan=3, sticky="ew", padx=3, pady=(6, 0))
         Tooltip(self.captions_button, "Browse the selected concept's images and edit their .txt captions; find "
                                       "and replace a word in all of them.")
+        self.caption_models_button = ctk.CTkButton(buttons, text="Caption with a model…",
+                                                   command=self.open_caption_models)
+        self.caption_models_button.grid(row=2, column=0, columnspan=3, sticky="ew", padx=3, pady=(6, 0))
+        Tooltip(self.caption_models_button, "Write captions for the selected concept's images with a captioning "
+                                            "model (BLIP, Florence-2, Qwen2-VL) and/or a WD tagger: preview first, "
+                                            "keep existing captions unless asked.")
         yield
         right = ctk.CTkScrollableFrame(self.frame, fg_color="transparent")
         right.grid(row=0, column=1, sticky="nsew", padx=(4, 6), pady=6)
@@ -218,6 +225,7 @@ class ConceptsTab(Tab):
         self.duplicate_button.configure(state="normal" if index is not None else "disabled")
         self.remove_button.configure(state="normal" if index is not None else "disabled")
         self.captions_button.configure(state="normal" if index is not None else "disabled")
+        self.caption_models_button.configure(state="normal" if index is not None else "disabled")
         self.refresh_images()
         self.refresh_stats()
         self.window.schedule_validation()
@@ -258,6 +266,29 @@ class ConceptsTab(Tab):
         self.caption_editor = CaptionEditor(self.window, self.concepts[self.selected], on_changed=self.rescan)
         return self.caption_editor
 
+    def open_caption_models(self):
+        """The "Caption with a model" view of the selected concept (one at a time: one that runs stays, for
+        another concept too); returns it."""
+        from app.tabs.caption_models_view import CaptionModelsView
+        view, concept = self._caption_models_open(), self.concepts[self.selected] if self.selected is not None else None
+        if view is not None:
+            if view.runner.running or view.concept is concept:
+                view.lift()
+                return view
+            view.close_now()
+        if concept is None:
+            return None
+        self.caption_models = CaptionModelsView(self.window, concept, self.form.preset, on_changed=self.rescan)
+        return self.caption_models
+
+    def _caption_models_open(self):
+        view = self.caption_models
+        return view if view is not None and view.winfo_exists() else None
+
+    def jobs_changed(self) -> None:
+        if self._caption_models_open():
+            self.caption_models.jobs_changed()
+
     def closing(self) -> None:
         """The window closes: an open caption editor saves an edited caption first; the folder check stops."""
         if self._watch_after is not None:
@@ -266,6 +297,9 @@ class ConceptsTab(Tab):
         if self.caption_editor is not None and self.caption_editor.winfo_exists():
             self.caption_editor.on_changed = None
             self.caption_editor.close()
+        if self._caption_models_open():
+            self.caption_models.on_changed = None
+            self.caption_models.close_now()
 
     def _list_changed(self, select: int | None) -> None:
         self.rebuild_list()
@@ -296,6 +330,9 @@ class ConceptsTab(Tab):
             self._thumb_after = self.frame.after(400, self.refresh_images)
         if index == self.selected:
             self._schedule_stats()
+        if self._caption_models_open() and name in ("name", "path", "include_subdirectories", "caption_source",
+                                                    "masks", "mask_suffix"):
+            self.caption_models.concept_edited()
 
     def show_applicable_fields(self) -> None:
         """'Without a caption' applies to .txt captions only: shown for caption source txt. Repeats are a training

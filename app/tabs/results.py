@@ -1,4 +1,5 @@
-"""The results tab: compare a run's samples across steps or epochs, or models side by side, as a labelled grid."""
+"""The results tab: compare a run's samples across steps or epochs, or models side by side, as a labelled grid; or
+a queue's runs (a sweep) side by side from their sample images (app/sweep_picker.py)."""
 from __future__ import annotations
 
 import copy
@@ -7,6 +8,7 @@ from pathlib import Path
 import customtkinter as ctk
 
 from app.grid_view import GridView
+from app.sweep_picker import SweepPicker
 from app.tabs.common import ListEditor
 from app.tabs.tool_base import ToolTab
 from app.widgets import MUTED, Group, Tooltip, reconfigure
@@ -59,6 +61,10 @@ class ResultsTab(ToolTab):
         yield
         self._build_models(area)
         self._build_prompts(area)
+        self.sweep_picker = SweepPicker(area, self.grid_view, self.show_message,
+                                        lambda current: self.window.dialogs.ask_open_spec("queue"),
+                                        lambda: str(self.window.tabs["queue"].path))
+        self.sweep_picker.grid(row=3, column=0, columnspan=2, sticky="ew", padx=6, pady=6)
         self.prefill()
         self.show_source()
         self.validate_now()
@@ -123,7 +129,7 @@ class ResultsTab(ToolTab):
             self.field_rows[name].labelled.set_visible(models)
         for group in (self.models_group, self.prompts_group):
             group.grid() if models else group.grid_remove()
-        self.fit_panes(form=420 if models else 200)  # the lists of models and prompts need room
+        self.fit_panes(form=420 if models else 280)  # the lists of models and prompts need room; the sweep's row
 
     def _spec_changed(self, path: str) -> None:
         if path == "source":

@@ -12,7 +12,7 @@ from app.recent import builtin_presets
 from app.widgets import ChoiceField, MultilineField, NumberField, PathField, SwitchField, TextField
 from trainer.config import (SECTIONS, ConceptConfig, Preset, SamplePrompt, load_preset, preset_to_dict)
 
-TABS = {"general", "model", "concepts", "training", "sampling", "backup", "run", "tools", "results"}
+TABS = {"general", "model", "concepts", "training", "sampling", "backup", "run", "queue", "tools", "results"}
 
 
 def scalar_paths(obj, prefix: str):

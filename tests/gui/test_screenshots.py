@@ -51,7 +51,7 @@ def test_screenshots_of_every_tab(window, sessions, pump, tmp_path, screenshots)
         window.form.refresh()
         window.tabs["concepts"].reload()
     for i, title in enumerate(window.tabs):
-        if title not in ("run", "tools", "results"):  # shown with content below
+        if title not in ("run", "queue", "tools", "results"):  # shown with content below
             window.tabview.set(title)
             shot = screenshot(window, pump, screenshots, f"{i + 1}_{title}")
             frame = window.tabview.tab(title)
@@ -167,6 +167,42 @@ def test_screenshots_of_the_tools_results_and_caption_editor(window, fake_sessio
         editor.close()
 
 
+def test_screenshot_of_captioning_with_a_model(window, fake_session, pump, tmp_path, screenshots):
+    """The concepts tab's "Caption with a model…" view: mode all (its warning), the default Florence-2 repo (the
+    download note), and a preview's proposals (fake events) under their thumbnails."""
+    folder = concept_images(tmp_path / "images")
+    window.preset.concepts[0].path = str(folder)
+    window.form.refresh()
+    concepts = window.tabs["concepts"]
+    concepts.select(0)
+    window.tabview.set("concepts")
+    view = concepts.open_caption_models()
+    try:
+        view.form.widget_for("mode").set("all")
+        view.runner.session_factory = fake_session
+        assert view.preview(), view.reasons
+        images = sorted(folder.glob("*.png"))[:4]
+        for i, image in enumerate(images):
+            colour, shape = image.stem.split("_")[:2]
+            view.runner.session.events.put(ev.ImageGenerated(str(image), f"a {colour} {shape} in the middle of a "
+                                                             "plain background, flat colours", i + 1, 4))
+        view.runner.session.finish("completed", "4 caption(s) proposed; nothing was written")
+        pump(window, 0.5)  # the counts of mode all (a worker thread), the events
+        shot = screenshot(view, pump, screenshots, "13_caption_with_a_model")
+        assert view.warning_label.cget("text").startswith("⚠ Mode all replaces 5 existing caption(s)")
+        assert shot.count(view.warning_label, WARNING, 40) > 40, "the warning of mode all is not shown"
+        assert "florence-community/Florence-2-base is not a folder here" in view.download_label.cget("text")
+        assert shot.colours(view.download_label) > 4 and shot.colours(view.plan_label) > 4
+        for (image, text), path in zip(view.card_widgets, images):
+            colour = path.stem.split("_")[0]
+            assert shot.count(image, colour, 40) > 300, f"the {colour} thumbnail is not shown"
+            assert shot.colours(text) > 4, "a proposal has no text"
+        labels = [b.labelled.label for b in view.form.bindings if b.labelled and b.labelled.label.winfo_viewable()]
+        assert len(labels) >= 12 and all(shot.colours(label) > 4 for label in labels), "the form is not shown"
+    finally:
+        view.close_now()
+
+
 def shoot_tools(window, fake_session, pump, tmp_path, screenshots) -> None:
     """Generate data half way (fake events), then completed with Add as concept."""
     tools = window.tabs["tools"]
@@ -236,3 +272,67 @@ def shoot_results(window, fake_session, pump, tmp_path, screenshots) -> None:
     shot = screenshot(window, pump, screenshots, "11_results_prompts")
     assert shot.inside(results.prompts_editor, results.top_pane) and shot.colours(results.prompts_editor) > 20, \
         "no prompt rows"
+
+
+def test_screenshots_of_the_queue_and_a_sweep_side_by_side(window, fake_session, pump, tmp_path, tiny_model_dir,
+                                                           color_concept, screenshots):
+    """The queue tab with a sweep part done, one run training (fake events) and a failed entry; then the sweep's
+    runs side by side in the results tab, from sample files in their workspaces."""
+    from tiny_presets import make_preset
+
+    from app.queue_list import STATUS_COLOURS
+    from app.widgets import SUCCESS
+    from trainer.run_queue import QueueState, RunState, write_state
+    window.set_preset(make_preset(tmp_path, tiny_model_dir, color_concept), tmp_path / "portrait.json")
+    tab, path = window.tabs["queue"], tmp_path / "queue.json"
+    tab.set_path(path)
+    window.tabview.set("queue")
+    assert tab.add_current() and tab.add_current()
+    assert tab.set_sweep(0, {"training.learning_rate": [1e-6, 2e-6, 5e-6]}) is None
+    names = [f"portrait-1__learning_rate={lr}" for lr in ("1e-06", "2e-06", "5e-06")]
+    workspaces = [tmp_path / "ws" / name for name in names]
+    write_state(path, QueueState({
+        names[0]: RunState("completed", final_loss=0.1234, model=str(tmp_path / f"out-{names[0]}.safetensors"),
+                           workspace=str(workspaces[0])),
+        names[1]: RunState("running", workspace=str(workspaces[1])),
+        "portrait-2": RunState("failed", "No images found in the concept folder", workspace="ws/portrait-2")}))
+    tab.refresh()
+    dialog = tab.open_sweep_dialog(1)
+    try:
+        dialog.set_text("training.learning_rate = 1e-6, 2e-6\ntraining.optimiser = adamw, lion")
+        assert not dialog.apply()
+        shot = screenshot(dialog, pump, screenshots, "8_queue_sweep_refused")
+        assert shot.count(dialog.error, ERROR, 60) > 40, "the engine's refusal is not shown in red"
+        assert shot.colours(dialog.text) > 10, "the sweep's lines are not shown"
+    finally:
+        dialog.answer(None)
+    tab.runner.session_factory = fake_session
+    assert tab.start()
+    tab.runner.session.events.put(ev.QueueRunState(names[1], "running", workspace=str(workspaces[1])))
+    tab.runner.session.events.put(ev.Progress(120, 400, 0, 4, 20, 100, 0.2, 0.1832, 2e-6, 3.4, 47.0))
+    tab.list.select_entry(0)
+    shot = screenshot(window, pump, screenshots, "8_queue_running")
+    tree = tab.list.tree
+    assert shot.count(tree, SUCCESS, 40) > 30, "the completed run is not shown in green"
+    assert shot.count(tree, STATUS_COLOURS["running"], 40) > 30, "the running run is not shown"
+    assert shot.count(tree, STATUS_COLOURS["failed"], 40) > 30, "the failed entry is not shown in red"
+    assert shot.count(tab.stop_button, dark(tab.stop_button.cget("fg_color")), 10) > 500, "Stop is not on"
+    assert "step 120/400" in tab.status_label.cget("text") and shot.colours(tab.status_label) > 4
+    tab.runner.session.finish("stopped", f"Queue stopped during run {names[1]} (step 120); run the queue again to "
+                                         f"continue: {names[1]} continues from its last backup.")
+    pump(window)
+
+    for i, workspace in enumerate(workspaces[:2]):
+        (workspace / "samples").mkdir(parents=True)
+        for prompt in range(2):
+            for step in (100, 200):
+                shape_image(workspace / "samples" / f"step{step:07d}-epoch0001-prompt{prompt:02d}-seed1.png",
+                            i * 2 + prompt)
+    tab.buttons["Compare samples"].invoke()
+    results = window.tabs["results"]
+    shot = screenshot(window, pump, screenshots, "11_results_sweep")
+    grid = results.grid_view
+    assert grid.column_labels[2] == "learning_rate = 5e-06\n(no samples yet)"
+    for colour in ("red", "blue", "green"):  # the first run's two prompts, the second's first
+        assert shot.count(grid.canvas, colour, 30) > 1000, f"no {colour} cells in the grid"
+    assert shot.inside(results.sweep_picker.show_button, results.top_pane), "the sweep's row is not in view"
