@@ -10,6 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Demos built by tests fit their VAE for a few seconds, not the minute `make-demo` spends.
 os.environ.setdefault("SEACHANGE_DEMO_VAE_SECONDS", "3")
+# transformers resolves its names lazily, and two threads resolving them at once (the window's concept statistics
+# thread, which reads captions with CLIPTokenizer, and a test building a tiny model) can fail with "cannot import
+# name": resolve the tokenizers those threads use once, here, on the main thread.
+from transformers import BertTokenizer, CLIPTokenizer  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

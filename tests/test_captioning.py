@@ -201,6 +201,20 @@ def test_mode_missing_captions_only_images_without_one(models, tmp_path):
     assert finished.outcome == "completed" and "nothing to caption" in finished.message
 
 
+def test_loss_mask_files_are_not_captioned(models, tmp_path):
+    folder = image_folder(tmp_path / "pics", {"cat": BLUE, "cat-masklabel": RED, "lone-masklabel": BLUE})
+    spec = CaptionSpec(image_dir=str(folder), captioner="none", tagger="wd", tagger_model=str(models["wd"]),
+                       device="cpu", workspace_dir=str(tmp_path / "journals"))
+    assert [w.image.name for w in captioning.plan(spec, lambda e: None)[0]] == ["cat.png", "lone-masklabel.png"]
+    finished, events = run(spec)
+    assert finished.outcome == "completed", finished.message
+    assert (folder / "cat.txt").exists() and (folder / "lone-masklabel.txt").exists()  # no image "lone" beside it
+    assert not (folder / "cat-masklabel.txt").exists()  # the mask of cat.png
+    assert any("1 loss mask file(s)" in e.text for e in events if isinstance(e, ev.Log))
+    spec.mask_suffix = ""  # every image is an image
+    assert len(captioning.plan(spec, lambda e: None)[0]) == 1  # cat-masklabel.png now, the others have captions
+
+
 def test_a_caption_changed_during_the_run_is_read_again(models, tmp_path):
     folder = image_folder(tmp_path / "pics", {n: BLUE for n in "abc"}, {"c": "before\n"})
     events = []

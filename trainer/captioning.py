@@ -116,12 +116,26 @@ class Journal:
                                                  "images": self.images}, indent=1))
 
 
+def mask_files(images: list[Path], suffix: str) -> set[Path]:
+    """The images that are loss masks of others (trainer.masks: NAME + suffix + .png beside an image NAME.*);
+    an image whose name merely ends with the suffix, with no image of the shorter name beside it, is not one."""
+    if not suffix:
+        return set()
+    stems = {(image.parent, image.stem) for image in images}
+    return {image for image in images if image.suffix.lower() == ".png" and image.stem.endswith(suffix)
+            and (image.parent, image.stem[:-len(suffix)]) in stems}
+
+
 def plan(spec: CaptionSpec, emit: Callable, journals: dict | None = None) -> tuple[list[Work], int]:
     """(the images the run would caption, in sorted path order; how many it leaves as they are). Those are
     counted in Log lines by reason: captions there already (mode missing), images done by an earlier run (the
     journal), caption files that cannot be decoded (never touched). journals: folder -> Journal, filled for the
     modes that keep one."""
     images = list_image_files(Path(spec.image_dir).expanduser(), spec.include_subfolders)
+    masks = mask_files(images, spec.mask_suffix)
+    if masks:
+        emit(ev.Log("info", f"{len(masks)} loss mask file(s) (e.g. {sorted(masks)[0].name}) are not captioned"))
+        images = [image for image in images if image not in masks]
     key = settings_key(spec)
     journals = {} if journals is None else journals
     todo, has_caption, done, unreadable = [], 0, 0, []

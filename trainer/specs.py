@@ -117,6 +117,8 @@ class CaptionSpec:
                          "(photo.jpg -> photo.txt).", kind="dir")
     include_subfolders: bool = opt(False, "Include subfolders", "Also caption the images in every folder below "
                                    "the image folder.")
+    mask_suffix: str = opt("-masklabel", "Mask suffix", "Loss masks beside the images (cat-masklabel.png beside "
+                           "cat.jpg, as masked training reads them) are not captioned; empty: every image is.")
     mode: str = opt("missing", "Mode", "missing: only images without a caption (or with an empty one); all: "
                     "replace every caption; prepend / append: put the new text before / after each line of an "
                     "existing caption (an image without one just gets the text). A stopped run resumes.",

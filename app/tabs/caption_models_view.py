@@ -30,7 +30,7 @@ GROUPS = [("What is written", ["mode", "separator", "prefix", "suffix", "caption
           ("Captioner", ["captioner", "captioner_model", "prompt", "max_new_tokens"]),
           ("Tagger", ["tagger", "tagger_model", "tag_threshold", "character_threshold", "replace_underscores"]),
           ("Running", ["batch_size", "device", "dtype", "workspace_dir"])]
-CONCEPT_FIELDS = ("image_dir", "include_subfolders")  # the concept's: shown in the heading, edited in its tab
+CONCEPT_FIELDS = ("image_dir", "include_subfolders", "mask_suffix")  # the concept's: shown in the heading, edited in its tab
 # Fields the view remembers for the next concept (the model choices); mode, prefix and suffix start afresh.
 REMEMBERED = ("separator", "captioner", "captioner_model", "prompt", "max_new_tokens", "tagger", "tagger_model",
               "tag_threshold", "character_threshold", "replace_underscores", "batch_size", "device", "dtype",
@@ -235,14 +235,14 @@ class CaptionModelsView(ctk.CTkToplevel):
         c = self.concept
         if not self.runner.running:
             self.spec.image_dir, self.spec.include_subfolders = c.path, c.include_subdirectories
+            self.spec.mask_suffix = c.mask_suffix if c.masks == "file" else CaptionSpec.mask_suffix
         text = (f"Images of “{c.name}”: {c.path or '(no folder yet)'}, "
                 f"{'with' if c.include_subdirectories else 'without'} its subfolders (set in the concepts tab).")
         if c.caption_source not in TXT_SOURCES:
             text += (f"\nThis concept takes its captions from “{c.caption_source}”: the .txt files written here are "
                      "used when its caption source is txt.")
         if c.masks == "file":
-            text += (f"\nIts mask files (NAME{c.mask_suffix}.png) are images to the captioner too: it writes a "
-                     "caption beside each (training ignores those).")
+            text += f"\nIts mask files (NAME{c.mask_suffix}.png) are not captioned."
         reconfigure(self.heading, text=text, text_color=WARNING if "\n" in text else ("gray90", "gray90"))
 
     def concept_edited(self) -> None:
