@@ -16,7 +16,8 @@ from trainer.run_queue import (QueueEntry, QueueFile, RunState, check_queue, key
 
 COLUMNS = (("settings", "Sweep values · preset", 280), ("status", "Status", 190), ("loss", "Final loss", 120),
            ("model", "Model", 420))
-STATUS_COLOURS = {"completed": SUCCESS, "failed": ERROR, "stopped": WARNING, "running": "#58a6ff",
+STATUS_COLOURS = {"completed": SUCCESS, "failed": ERROR, "stopped": WARNING, "interrupted": WARNING,
+                  "running": "#58a6ff",
                   "pending": "#dcdcdc"}
 
 

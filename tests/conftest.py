@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 from PIL import Image
@@ -10,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Demos built by tests fit their VAE for a few seconds, not the minute `make-demo` spends.
 os.environ.setdefault("SEACHANGE_DEMO_VAE_SECONDS", "3")
+# SeaChange's own cache (captioning's journals) in a folder of this test session, never the user's
+os.environ.setdefault("SEACHANGE_CACHE_DIR", tempfile.mkdtemp(prefix="seachange-test-cache-"))
 # transformers resolves its names lazily, and two threads resolving them at once (the window's concept statistics
 # thread, which reads captions with CLIPTokenizer, and a test building a tiny model) can fail with "cannot import
 # name": resolve the tokenizers those threads use once, here, on the main thread.

@@ -41,7 +41,7 @@ def test_bench_estimate_estimates_and_trains_the_lora_preset_with_the_real_loop(
                                         steps=8, work=tmp_path, report=lambda line: None)
     (row,) = rows
     assert row["estimate_gib"] > 0 and set(row["parts_gib"]) == {"weights", "gradients", "optimizer_state", "ema",
-                                                                 "activations"}
+                                                                 "activations", "sampling"}
     assert row["img_s"] > 0 and row["real_gib"] is None  # max_memory_allocated exists on a GPU only
     from safetensors.torch import load_file
     written = load_file(tmp_path / "sd15_lora-1" / "out.safetensors")  # the LoRA the run wrote, kohya's layout

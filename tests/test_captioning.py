@@ -215,6 +215,28 @@ def test_loss_mask_files_are_not_captioned(models, tmp_path):
     assert len(captioning.plan(spec, lambda e: None)[0]) == 1  # cat-masklabel.png now, the others have captions
 
 
+def test_journals_do_not_depend_on_the_folder_a_run_starts_from(models, tmp_path, monkeypatch):
+    folder = image_folder(tmp_path / "pics", {"a": BLUE}, {"a": "orig\n"})
+    spec = CaptionSpec(image_dir=str(folder), mode="append", captioner="none", tagger="wd",
+                       tagger_model=str(models["wd"]), device="cpu")  # journals: SeaChange's cache folder
+    for start in ("one", "two"):
+        (tmp_path / start).mkdir()
+        monkeypatch.chdir(tmp_path / start)
+        assert run(spec)[0].outcome == "completed"
+    assert text_of(folder, "a") == f"orig, {BLUE_TAGS}\n"  # appended once
+    assert list(captioning.journal_folder(spec).glob("journal-*.json"))
+
+
+def test_two_images_sharing_a_caption_file_are_left_alone(models, tmp_path):
+    folder = image_folder(tmp_path / "pics", {"a": BLUE, "b": RED}, {"a": "orig\n"})
+    Image.new("RGB", (32, 32), RED).save(folder / "a.jpg")
+    spec = CaptionSpec(image_dir=str(folder), mode="append", captioner="none", tagger="wd",
+                       tagger_model=str(models["wd"]), device="cpu", workspace_dir=str(tmp_path / "journals"))
+    finished, events = run(spec)
+    assert finished.outcome == "completed" and text_of(folder, "a") == "orig\n" and (folder / "b.txt").exists()
+    assert any("a.jpg and a.png share the caption file a.txt" in e.text for e in events if isinstance(e, ev.Log))
+
+
 def test_a_caption_changed_during_the_run_is_read_again(models, tmp_path):
     folder = image_folder(tmp_path / "pics", {n: BLUE for n in "abc"}, {"c": "before\n"})
     events = []

@@ -186,6 +186,37 @@ def test_a_run_continues_only_in_a_workspace_it_claimed(tmp_path, fake_inputs):
     assert how_to_start(run, RunState(status="running", run_id="abc")) == ("latest", False)
 
 
+def test_clashes_with_earlier_files_are_found_before_anything_runs(tmp_path, fake_inputs):
+    from trainer.queue_runner import check_starts, describe_runs
+    from trainer.run_queue import QueueState, read_state, run_settings, write_state
+    path = write_json(tmp_path / "QUEUE.json", {"version": 1, "entries": [
+        {"name": "a", "preset_data": base_data(tmp_path, *fake_inputs)},
+        {"name": "b", "preset_data": base_data(tmp_path, *fake_inputs)}]})
+    a, b = check_queue(path)
+    trained = []
+    write_run_file(b.workspace, "someone-elses")  # a run that this queue did not start
+    with pytest.raises(InputError, match=r"run b: its workspace .* holds an earlier run .* rename the entry"):
+        run_queue(path, lambda event: None, None, lambda *args: trained.append(args))
+    assert trained == [] and not (tmp_path / "QUEUE.state.json").exists()  # refused before run a
+    (b.workspace / "run.json").unlink()
+    from trainer.runs import output_file
+    output_file(a.preset).parent.mkdir(parents=True, exist_ok=True)
+    output_file(a.preset).write_bytes(b"the user's")
+    with pytest.raises(InputError, match="run a: .* exists and this queue did not write it"):
+        check_starts([a, b], read_state(path))
+    output_file(a.preset).unlink()
+    # a run recorded as running while no runner holds the queue was interrupted; a completed run whose settings
+    # changed since is said so
+    write_state(path, QueueState({"a": RunState(status="completed", settings="0" * 16),
+                                  "b": RunState(status="running", settings=run_settings(b))}))
+    state = read_state(path)
+    assert state.runs["b"].status == "interrupted" and "continues" in state.runs["b"].message
+    described = "\n".join(describe_runs([a, b], state))
+    assert "a [completed; skipped, though its settings changed since it ran" in described
+    with running_lock(path):  # while a runner holds it, running is running
+        assert read_state(path).runs["b"].status == "running"
+
+
 # ---- running ----------------------------------------------------------------------------------------------
 
 def test_a_failing_run_is_recorded_and_the_queue_goes_on(tiny_model_dir, color_concept, tmp_path):

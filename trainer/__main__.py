@@ -102,11 +102,12 @@ def cmd_train(args) -> int:
 def cmd_queue(args) -> int:
     """Run a queue of trainings and sweeps (trainer.queue_runner), or with --dry-run check it and print its runs."""
     from trainer.errors import InputError
-    from trainer.queue_runner import describe_runs
+    from trainer.queue_runner import check_starts, describe_runs
     from trainer.run_queue import check_queue, read_state
     try:
         runs = check_queue(args.queue)
         state = read_state(args.queue)
+        check_starts(runs, state)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

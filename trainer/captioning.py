@@ -83,6 +83,17 @@ def _lines(text: str) -> list[str]:
 
 # ---- the journal: which images a run captioned, kept outside the user's folder ---------------------------
 
+def journal_folder(spec: CaptionSpec) -> Path:
+    """spec.workspace_dir, or when empty SeaChange's cache folder for journals: $SEACHANGE_CACHE_DIR, else
+    $XDG_CACHE_HOME/seachange, else ~/.cache/seachange; then caption-journals. Not relative to the folder a run
+    starts from, so that the window and the command line find the same journals."""
+    if spec.workspace_dir.strip():
+        return Path(spec.workspace_dir).expanduser()
+    base = os.environ.get("SEACHANGE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                         Path.home() / ".cache") / "seachange"
+    return Path(base) / "caption-journals"
+
+
 class Journal:
     """The journal of one image folder, WORKSPACE/journal-<hash of the folder's absolute path>.json:
     {"version", "folder": absolute path, "images": {file name: {"settings": settings_key, "caption": text}}}.
@@ -136,6 +147,14 @@ def plan(spec: CaptionSpec, emit: Callable, journals: dict | None = None) -> tup
     if masks:
         emit(ev.Log("info", f"{len(masks)} loss mask file(s) (e.g. {sorted(masks)[0].name}) are not captioned"))
         images = [image for image in images if image not in masks]
+    sharing: dict[Path, list[Path]] = {}
+    for image in images:
+        sharing.setdefault(caption_file_of(image, spec), []).append(image)
+    for caption_file, shared in sharing.items():
+        if len(shared) > 1:  # one caption file, two images: either caption would be the other's
+            emit(ev.Log("warning", f"{' and '.join(i.name for i in shared)} share the caption file "
+                                   f"{caption_file.name}: not captioned; rename one of them"))
+            images = [image for image in images if image not in shared]
     key = settings_key(spec)
     journals = {} if journals is None else journals
     todo, has_caption, done, unreadable = [], 0, 0, []
@@ -150,7 +169,7 @@ def plan(spec: CaptionSpec, emit: Callable, journals: dict | None = None) -> tup
                 todo.append(work)
         else:
             if image.parent not in journals:
-                journals[image.parent] = Journal(Path(spec.workspace_dir), image.parent)
+                journals[image.parent] = Journal(journal_folder(spec), image.parent)
             if journals[image.parent].done(work, key):
                 done += 1
             else:
@@ -159,7 +178,7 @@ def plan(spec: CaptionSpec, emit: Callable, journals: dict | None = None) -> tup
         emit(ev.Log("info", f"{has_caption} image(s) already have a caption: left as they are (mode missing)"))
     if done:
         emit(ev.Log("info", f"{done} image(s) were captioned with these settings by an earlier run: left as they "
-                            f"are (the journals in {spec.workspace_dir} record them; delete them to caption "
+                            f"are (the journals in {journal_folder(spec)} record them; delete them to caption "
                             "again)"))
     if unreadable:
         emit(ev.Log("warning", f"{len(unreadable)} caption file(s) cannot be decoded and are left untouched: "

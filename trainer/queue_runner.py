@@ -14,8 +14,8 @@ from typing import Callable
 
 from trainer import events as ev
 from trainer.errors import InputError
-from trainer.run_queue import (QueueRun, QueueState, RunState, check_queue, read_state, running_lock, state_lock,
-                               write_state)
+from trainer.run_queue import (QueueRun, QueueState, RunState, check_queue, read_state, run_settings, running_lock,
+                               state_lock, write_state)
 from trainer.runs import backup_root, complete_backups, output_file, read_run_id
 
 # run_training(preset, resume, fresh, emit, commands): one training that emits its events and exactly one
@@ -39,6 +39,7 @@ def run_queue(path: str | Path, emit: Callable, commands: queue.Queue | None,
     also when another runner runs this queue."""
     path = Path(path).expanduser().absolute()
     runs = check_queue(path)
+    check_starts(runs, read_state(path))
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(running_lock(path))
@@ -49,6 +50,23 @@ def run_queue(path: str | Path, emit: Callable, commands: queue.Queue | None,
             raise InputError(f"{path}: the queue's state cannot be written beside it ({e.strerror or e}); move the "
                              "queue file to a folder you can write to") from None
         return QueueRunner(path, runs, emit, commands, run_training).run()
+
+
+def check_starts(runs: list[QueueRun], state: QueueState) -> None:
+    """Before anything runs: every run that would start new (how_to_start) has a workspace that holds no earlier
+    run and a model file that does not exist yet, else InputError naming the run and what to do (found now, not
+    when the run's turn comes in the night)."""
+    for run in runs:
+        record = state.runs.get(run.name, RunState())
+        if record.status == "completed" or how_to_start(run, record) != (None, False):
+            continue
+        if read_run_id(run.workspace):
+            raise InputError(f"run {run.name}: its workspace {run.workspace} holds an earlier run that this queue did "
+                             "not start: move that folder away, or rename the entry")
+        output = output_file(run.preset)
+        if output.exists():
+            raise InputError(f"run {run.name}: {output} exists and this queue did not write it: move it away, or "
+                             "rename the entry")
 
 
 def how_to_start(run: QueueRun, record: RunState) -> tuple[str | None, bool]:
@@ -106,7 +124,7 @@ class QueueRunner:
         if not resume:
             record.started, record.final_loss, record.validation_loss, record.model = _now(), None, None, ""
         record.status, record.message, record.finished = "running", "", ""
-        record.workspace = str(run.workspace)
+        record.workspace, record.settings = str(run.workspace), run_settings(run)
         self._changed(run.name)
         finished = self._one_training(run, record, resume, fresh)
         record.status = finished.outcome if finished.outcome in ("completed", "stopped") else "failed"
@@ -218,7 +236,9 @@ def describe_runs(runs: list[QueueRun], state: QueueState) -> list[str]:
     for number, run in enumerate(runs, 1):
         record = state.runs.get(run.name, RunState())
         resume, fresh = how_to_start(run, record)
-        what = ("completed: skipped" if record.status == "completed" else "continues from its last backup"
+        changed = record.settings and record.settings != run_settings(run)
+        what = (("skipped, though its settings changed since it ran: rename the entry to run it again" if changed
+                 else "skipped") if record.status == "completed" else "continues from its last backup"
                 if resume else "starts over" if fresh else "starts")
         model, training = run.preset.model, run.preset.training
         lines += [f"{number}. {run.name} [{record.status}; {what}]", f"   workspace: {run.workspace.absolute()}",

@@ -32,7 +32,7 @@ VERSION = 1
 MIGRATIONS: dict[int, Callable[[dict], dict]] = {}  # MIGRATIONS[n]: a version-n queue dict -> version n + 1
 STATE_VERSION = 1
 STATE_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
-STATUSES = ("pending", "running", "completed", "failed", "stopped")
+STATUSES = ("pending", "running", "completed", "failed", "stopped", "interrupted")  # interrupted: read_state's
 ENTRY_KEYS = ("name", "preset", "preset_data", "set", "sweep")
 DERIVED = ("general.workspace_dir", "model.output_path", "model.merged_output_path")  # set per run by place_run
 
@@ -342,6 +342,7 @@ class RunState:
     run_id: str = ""
     started: str = ""
     finished: str = ""
+    settings: str = ""  # run_settings() when it last started: a completed run whose settings changed is said so
 
 
 @dataclass
@@ -370,6 +371,11 @@ def read_state(queue_path: str | Path) -> QueueState:
                 for name, record in data.get("runs", {}).items()}
         if any(run.status not in STATUSES for run in runs.values()):
             raise ConfigError(f"runs: a status is not one of {', '.join(STATUSES)}")
+        if any(run.status == "running" for run in runs.values()) and not queue_running(queue_path):
+            for run in runs.values():  # its runner ended without a word (killed, aborted, a crash)
+                if run.status == "running":
+                    run.status, run.message = "interrupted", "the queue ended during this run; it continues " \
+                                                             "from its last backup"
         return QueueState(runs, bool(data.get("pause_after_current", False)))
     except (ConfigError, AttributeError, TypeError) as e:
         raise InputError(f"{path}: damaged ({e}); it records which runs are done. Repair it, or delete it to run "
@@ -408,6 +414,23 @@ def running_lock(queue_path: str | Path):
     """The lock a runner holds while it runs the queue (.QUEUE.json.running); BlockingIOError when held."""
     queue_path = Path(queue_path).expanduser()
     return _lock(queue_path.with_name(f".{queue_path.name}.running"), wait=False)
+
+
+def queue_running(queue_path: str | Path) -> bool:
+    """Whether a runner holds this queue now (running_lock); False where nothing can be locked."""
+    try:
+        with running_lock(queue_path):
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def run_settings(run: QueueRun) -> str:
+    """A fingerprint of a run's resolved settings (its preset as JSON)."""
+    from trainer.config import preset_to_json
+    return hashlib.sha1(preset_to_json(run.preset).encode()).hexdigest()[:16]
 
 
 def set_pause(queue_path: str | Path, pause: bool = True) -> None:

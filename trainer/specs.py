@@ -156,9 +156,11 @@ class CaptionSpec:
                      "CPU.", choices=DTYPES)
     caption_extension: str = opt(".txt", "Caption extension", "SeaChange trains from .txt; .caption is for other "
                                  "trainers (kohya's --caption_extension).", choices=(".txt", ".caption"))
-    workspace_dir: str = opt("workspace/captions", "Journal folder", "Where the journal of each image folder is "
-                             "kept (never in the image folder): which images a run captioned, so that a stopped "
-                             "run resumes without captioning or appending twice.", kind="dir")
+    workspace_dir: str = opt("", "Journal folder", "Where the journal of each image folder is kept (never in the "
+                             "image folder): which images a run captioned, so that a stopped run resumes without "
+                             "captioning or appending twice. Empty: SeaChange's cache folder "
+                             "(~/.cache/seachange/caption-journals), the same whatever folder a run starts from.",
+                             kind="dir")
 
 
 KINDS = {"generate_data": GenerateDataSpec, "compare": CompareSpec, "caption": CaptionSpec}

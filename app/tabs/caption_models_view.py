@@ -124,8 +124,7 @@ class CaptionModelsView(ctk.CTkToplevel):
         self.window, self.concept, self.on_changed = window, concept, on_changed
         self.last_spec = LastSpec(window.recent.path.with_name("last-caption.json"))
         remembered = (self.last_spec.read(CaptionSpec) or (CaptionSpec(), {}))[0]
-        spec = CaptionSpec(**{name: getattr(remembered, name) for name in REMEMBERED},
-                           workspace_dir=str(Path(preset.general.workspace_dir) / "captions"))
+        spec = CaptionSpec(**{name: getattr(remembered, name) for name in REMEMBERED})  # journals: the engine's
         self.form = Form(spec, self._edited, window.dialogs.browse, validator=self.spec_problems)
         self.trigger, self._filled_prefix = preset.training.embedding_placeholder.strip(), ""
         self.runner = ToolRunner("Captioning", self._make_session, window.run_finished, lambda spec: True)

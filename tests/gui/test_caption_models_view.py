@@ -13,7 +13,7 @@ import pytest
 
 import app.tabs.caption_models_view as view_module
 from app.widgets import ChoiceField
-from app.tabs.caption_models_view import plan_text
+from app.tabs.caption_models_view import CONCEPT_FIELDS, plan_text
 from caption_helpers import BLUE, BLUE_TAGS, RED, build_blip, build_tagger, image_folder
 from gui_helpers import settled, type_into
 from trainer import captioning
@@ -114,7 +114,9 @@ def test_preview_proposes_captions_in_a_child_process_and_writes_nothing(models,
         tags = RED_TAGS if Path(path).stem == "f" else BLUE_TAGS
         assert caption.startswith("mnstr, ") and caption.endswith(f", {tags}") and not skipped, caption
         assert image.cget("image") is not None and text.cget("text") == caption
-    assert files(folder) == before and not Path(view.spec.workspace_dir).exists()
+    from trainer.captioning import Journal, journal_folder
+    journal = Journal(journal_folder(view.spec), folder).path
+    assert files(folder) == before and not journal.exists()  # a preview keeps no journal either
     viewer = view.open_card(3)  # a thumbnail full size, its proposal below
     assert viewer.item.path == view.cards[3][0] and view.cards[3][1] in viewer.item.details
     viewer.close()
@@ -162,7 +164,7 @@ def test_wrong_models_and_a_busy_device_are_refused_before_anything_runs(models,
     view = open_view(folder, captioner="blip", captioner_model=str(models["wd"]), tagger="none")
     for f in fields(CaptionSpec):  # the form: every field but the concept's two, as its metadata says
         bindings = view.form.bindings_for(f.name)
-        assert bool(bindings) == (f.name not in ("image_dir", "include_subfolders")), f.name
+        assert bool(bindings) == (f.name not in CONCEPT_FIELDS), f.name  # those follow the concept
         if bindings:
             labelled = bindings[0].labelled
             assert (labelled.label.cget("text"), labelled.help_text) == (f.metadata["label"], f.metadata["help"])
