@@ -343,6 +343,7 @@ class CaptionModelsView(ctk.CTkToplevel):
         text, warning = plan_text(summary, self.spec.mode)
         reconfigure(self.plan_label, text=text)
         self._show_line(self.warning_label, warning)
+        self.show_running()  # nothing to caption: the buttons are off
 
     @staticmethod
     def _show_line(label, text: str) -> None:
@@ -417,7 +418,8 @@ class CaptionModelsView(ctk.CTkToplevel):
                 reconfigure(button, text="Stopping…" if stopping else "Stop", fg_color=STOP_COLOUR[0],
                             state="disabled" if stopping else "normal")
             else:
-                enabled = ok and not running
+                idle = self.plan_settled() and self.summary.get("todo") == 0  # nothing a run would write
+                enabled = ok and not running and not idle
                 reconfigure(button, text=text, fg_color=colour if enabled else DISABLED,
                             state="normal" if enabled else "disabled")
         self.problem_line.text, self.problem_line.tail = problem_text([] if running else self.reasons,

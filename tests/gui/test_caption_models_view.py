@@ -149,8 +149,10 @@ def test_caption_all_in_mode_missing_writes_only_missing_captions_and_the_stats_
              "the concept's statistics to count the new captions")
     wait_for(window, view.plan_settled, "the view's counts")
     assert view.plan_label.cget("text") == "Nothing to caption: all 5 image(s) keep their captions as they are."
+    assert view.caption_button.cget("state") == view.preview_button.cget("state") == "disabled"
     view.form.widget_for("mode").set("all")
     wait_for(window, view.plan_settled, "the counts for mode all")
+    assert view.caption_button.cget("state") == "normal"
     assert view.warning_label.cget("text").startswith("⚠ Mode all replaces 5 existing caption(s)")
     window.dialogs.confirm_answer = False  # "Replace captions?" No: nothing starts
     assert not view.caption_all() and view.runner.session is None
