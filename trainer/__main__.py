@@ -337,7 +337,8 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: one subcommand per job, each with its function as `func`."""
     parser = argparse.ArgumentParser(prog="python -m trainer", description="SeaChange: fine-tune SD 1.5.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train headless from a preset")
@@ -416,7 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", action="store_true", help="write the EMA UNet weights of a file that holds raw and "
                    "EMA ones (default: the raw ones)")
     p.set_defaults(func=cmd_convert)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as e:  # a bad preset or spec file, or a bad --set: named by its dotted path

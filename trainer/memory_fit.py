@@ -136,31 +136,34 @@ def fit_settings(preset: Preset, vram_gib: float, progress=None) -> Fit | NoFit:
         options.append((factor, changes, tuple(state[2] for state in states if state[2])))
     measured: dict = {}
 
-    def problems(changes: dict, batch: int) -> list[str]:
-        candidate = _with(preset, {**changes, "training.batch_size": batch,
-                                   "training.gradient_accumulation_steps": images // batch})
-        return [problem for problem in validate(candidate) if problem not in known]
+    def candidate(changes: dict, batch: int) -> Preset:
+        """The preset with `changes` at `batch`, keeping the images per optimizer step."""
+        return _with(preset, {**changes, "training.batch_size": batch,
+                              "training.gradient_accumulation_steps": images // batch})
+
+    def problems(settings: Preset) -> list[str]:
+        return [problem for problem in validate(settings) if problem not in known]
 
     def estimate(changes: dict, batch: int, words: tuple) -> MemoryEstimate | None:
         key = (tuple(sorted(changes.items())), batch)
         if key not in measured:
-            if problems(changes, batch):
+            settings = candidate(changes, batch)
+            if problems(settings):
                 measured[key] = None
             else:
                 if progress:
                     progress(f"estimating batch {batch} with {', '.join(words) or 'no memory savers'}")
-                measured[key] = estimate_memory(_with(preset, {**changes, "training.batch_size": batch,
-                                                               "training.gradient_accumulation_steps": images // batch}))
+                measured[key] = estimate_memory(settings)
         return measured[key]
 
     # First the smallest the preset allows: every saver it accepts on, at batch 1. If that does not fit, nothing does.
     blocked = []
     for switch in found_switches:
         saving = next(state for state in switch.states if state[2] == switch.saver)
-        refused = problems(saving[0], 1)
+        refused = problems(candidate(saving[0], 1))
         if refused:
             blocked.append(f"{switch.saver}: {'; '.join(refused)}")
-    allowed = [option for option in options if not problems(option[1], 1)]
+    allowed = [option for option in options if not problems(candidate(option[1], 1))]
     most = max(allowed, key=lambda option: len(set(option[2]) & saver_words), default=None)
     smallest = estimate(most[1], 1, most[2]) if most else None
     if smallest is None or smallest.total > budget:
