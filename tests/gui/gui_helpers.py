@@ -94,12 +94,35 @@ class Shot:
         return int((np.abs(self.region(widget).astype(int) - rgb).max(axis=-1) <= tolerance).sum())
 
 
+def _layout(widget) -> list:
+    """Where `widget` and everything in it lie on the screen now (root x, y, width, height, shown)."""
+    out, todo = [], [widget]
+    while todo:
+        w = todo.pop()
+        out.append((str(w), w.winfo_rootx(), w.winfo_rooty(), w.winfo_width(), w.winfo_height(), w.winfo_ismapped()))
+        todo.extend(w.winfo_children())
+    return out
+
+
+def settle(window, pump: Callable, timeout_s: float = 5.0) -> None:
+    """Turn the Tk loop until the window's layout stops moving (the same in two looks 0.1 s apart), at most
+    `timeout_s`: on a loaded machine a relayout after a preset load can outlast a fixed wait."""
+    end, before = time.monotonic() + timeout_s, _layout(window)
+    while time.monotonic() < end:
+        pump(window, 0.1)
+        now = _layout(window)
+        if now == before:
+            return
+        before = now
+
+
 def screenshot(window, pump: Callable, folder: Path, name: str) -> Shot:
     """What `window` (a toplevel) shows on the screen once its Tk loop ran a while (drains, redraws), with the
     pointer moved to its corner first so that no tooltip covers it; saved as folder/NAME.png."""
     from PIL import ImageGrab
     window.event_generate("<Motion>", warp=True, x=4, y=4)
     pump(window, 0.4)
+    settle(window, pump)
     x, y = window.winfo_rootx(), window.winfo_rooty()
     image = ImageGrab.grab(bbox=(x, y, x + window.winfo_width(), y + window.winfo_height()))
     folder.mkdir(parents=True, exist_ok=True)

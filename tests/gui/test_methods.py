@@ -178,4 +178,8 @@ def test_screenshots_of_the_training_tab_per_method(window, pump, screenshots):
     assert window.load_file(PRESETS / "sd15_lora.json")
     shot = screenshot(window, pump, screenshots, "methods_model_lora")
     for path in ("model.lora_weights", "model.merged_output_path", "model.merge_strength"):
-        assert shot.inside(labelled(window, path).label, window.tabview.tab("model")), path
+        label, tab = labelled(window, path).label, window.tabview.tab("model")
+        assert shot.inside(label, tab), (f"{path} at {label.winfo_rootx()},{label.winfo_rooty()} "
+                                         f"{label.winfo_width()}x{label.winfo_height()} shown "
+                                         f"{label.winfo_viewable()}; the tab at {tab.winfo_rootx()},"
+                                         f"{tab.winfo_rooty()} {tab.winfo_width()}x{tab.winfo_height()}")
