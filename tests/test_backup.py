@@ -182,11 +182,43 @@ def test_incompatible_resume_is_refused_and_harmless_change_allowed(tiny_model_d
         run(preset, resume="latest")
     preset.training.batch_size = 2
     preset.sampling.every = 7
+    # a new learning rate and weight decay take effect from the resumed step on (the backup's would come back)
+    preset.training.learning_rate, preset.training.weight_decay = 3e-4, 0.05
     finished, events = run(preset, resume="latest")
     assert finished.outcome == "completed"
     assert any("harmless" in e.text and "sampling.every" in e.text for e in events if isinstance(e, ev.Log))
+    state = final_state(preset)[1]
+    assert state["lr_scheduler"]["base_lrs"] == [3e-4]
+    assert [(g["initial_lr"], g["weight_decay"]) for g in state["optimizer"]["param_groups"]] == [(3e-4, 0.05)]
     with pytest.raises(InputError, match="not a complete backup"):
         run(preset, resume=str(tmp_path / "nowhere"))
+
+
+def test_a_resumed_schedule_goes_on_at_the_presets_rates():
+    from types import SimpleNamespace
+
+    from trainer.backup import TrainingState
+    from trainer.optim import make_lr_scheduler
+
+    def training_state(lr, weight_decay):
+        weight = torch.nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=weight_decay)
+        schedule = make_lr_scheduler("cosine", optimizer, 2, 10)
+        losses = SimpleNamespace(state_dict=dict, load_state_dict=lambda _state: None)
+        return TrainingState(optimizer, schedule, None, None, losses), weight
+
+    before, weight = training_state(1e-3, 0.01)
+    for _ in range(4):
+        weight.sum().backward()
+        before.optimizer.step(), before.lr_scheduler.step(), before.optimizer.zero_grad()
+    saved = before.state_dict()
+    after, _ = training_state(2e-4, 0.1)
+    after.load_state_dict(saved)
+    factor = after.lr_scheduler.lr_lambdas[0](4)
+    group = after.optimizer.param_groups[0]
+    assert 0 < factor < 1 and group["lr"] == pytest.approx(2e-4 * factor) and group["weight_decay"] == 0.1
+    assert after.lr_scheduler.get_last_lr() == [group["lr"]] and after.lr_scheduler.last_epoch == 4
+    assert after.optimizer.state_dict()["state"][0]["step"] == 4  # the moments are the backup's
 
 
 # ---- NaN, disk full, unwritable output, interrupted save -----------------------------------------------

@@ -74,9 +74,20 @@ class TrainingState:
                 "validation": self.validation.state_dict() if self.validation is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict() gave (torch.load of a backup's state.pt); RNGs included."""
+        """Restore what state_dict() gave (torch.load of a backup's state.pt); RNGs included.
+
+        The learning rates and weight decay stay the preset's: compare_presets lets them change on resume, and
+        the backup's optimizer param_groups and LambdaLR base_lrs would silently bring the old ones back. The
+        schedule goes on from the backup's step with the preset's rates (base_lr * lambda(step))."""
+        chosen = [{k: g[k] for k in ("initial_lr", "weight_decay") if k in g} for g in self.optimizer.param_groups]
+        base_lrs = list(self.lr_scheduler.base_lrs)
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        step = self.lr_scheduler.last_epoch
+        lrs = [base * factor(step) for factor, base in zip(self.lr_scheduler.lr_lambdas, base_lrs)]
+        for group, preset_values, lr in zip(self.optimizer.param_groups, chosen, lrs):  # new dicts once loaded
+            group.update(preset_values, lr=lr)
+        self.lr_scheduler.base_lrs, self.lr_scheduler._last_lr = base_lrs, lrs
         if state["scaler"] is not None and self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema and state["ema"]:

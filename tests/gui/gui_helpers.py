@@ -82,6 +82,12 @@ class Shot:
         return (bool(widget.winfo_viewable()) and ax <= x and ay <= y and x + widget.winfo_width() <= ax +
                 area.winfo_width() and y + widget.winfo_height() <= ay + area.winfo_height())
 
+    @staticmethod
+    def where(widget) -> str:
+        """Where `widget` lies on the screen and whether it is shown, for a failure message."""
+        return (f"{widget.winfo_rootx()},{widget.winfo_rooty()} {widget.winfo_width()}x{widget.winfo_height()} "
+                f"{'shown' if widget.winfo_viewable() else 'not shown'}")
+
     def colours(self, widget) -> int:
         """How many different colours `widget` shows (1: a flat area, nothing drawn on it)."""
         return len(np.unique(self.region(widget).reshape(-1, 3), axis=0))

@@ -166,7 +166,7 @@ def test_screenshots_of_the_training_tab_per_method(window, pump, screenshots):
         first = ["training.method"] + (["training.lora_rank", "training.lora_alpha"] if name == "lora" else [])
         for path in first + ["training.embedding_placeholder", "training.embedding_vectors"]:
             label = labelled(window, path).label
-            assert shot.inside(label, frame), f"{name}: {path} is not in view"
+            assert shot.inside(label, frame), f"{name}: {path} at {shot.where(label)}, the tab at {shot.where(frame)}"
             assert shot.colours(label) > 4, f"{name}: {path}'s label is blank"
     type_into(window.form.widget_for("training.embedding_placeholder"), "cat")
     window.update()
@@ -179,7 +179,4 @@ def test_screenshots_of_the_training_tab_per_method(window, pump, screenshots):
     shot = screenshot(window, pump, screenshots, "methods_model_lora")
     for path in ("model.lora_weights", "model.merged_output_path", "model.merge_strength"):
         label, tab = labelled(window, path).label, window.tabview.tab("model")
-        assert shot.inside(label, tab), (f"{path} at {label.winfo_rootx()},{label.winfo_rooty()} "
-                                         f"{label.winfo_width()}x{label.winfo_height()} shown "
-                                         f"{label.winfo_viewable()}; the tab at {tab.winfo_rootx()},"
-                                         f"{tab.winfo_rooty()} {tab.winfo_width()}x{tab.winfo_height()}")
+        assert shot.inside(label, tab), f"{path} at {shot.where(label)}, the tab at {shot.where(tab)}"
