@@ -30,3 +30,15 @@ def test_ema_follows_the_decay_warmup_formula(dtype):
     ema.swap_out()
     for p, r in zip(params, raw):
         assert torch.equal(p, r)
+
+
+def test_a_resumed_ema_keeps_its_shadows_and_takes_the_new_decay():
+    params = [torch.randn(4)]
+    before = EMA(params, decay=0.999, device="cpu")
+    for _ in range(200):
+        params[0].add_(1.0)
+        before.step()
+    after = EMA(params, decay=0.95, device="cpu")  # the preset's ema_decay changed before resuming
+    after.load_state_dict(before.state_dict())
+    assert after.updates == 200 and torch.equal(after.shadow[0], before.shadow[0])
+    assert after.current_decay() == 0.95

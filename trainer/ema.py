@@ -47,8 +47,9 @@ class EMA:
         return {"updates": self.updates, "decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the shadows and the update count of state_dict(); the decay stays this EMA's (the preset's
+        training.ema_decay, which may change on resume)."""
         self.updates = state["updates"]
-        self.decay = state["decay"]
         for shadow, saved in zip(self.shadow, state["shadow"]):
             shadow.copy_(saved)
 
