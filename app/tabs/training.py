@@ -61,17 +61,24 @@ METHODS_OF: dict[str, tuple[str, ...]] = {
 OPTIMIZERS_OF: dict[str, tuple[str, ...]] = {f"training.{name}": names for name, names in OPTIMIZER_FIELDS.items()}
 
 
-def applies(path: str, method: str, optimizer: str = "") -> bool:
-    """Whether the preset field at dotted `path` matters when training.method is `method` (METHODS_OF) and
-    training.optimizer is `optimizer` (OPTIMIZERS_OF; "" leaves the optimizer out)."""
-    return method in METHODS_OF.get(path, (method,)) and (
-        not optimizer or optimizer in OPTIMIZERS_OF.get(path, (optimizer,)))
+# The fields that apply to some loss types only (what trainer.losses reads for each training.loss_type).
+LOSS_TYPES_OF: dict[str, tuple[str, ...]] = {f"training.{name}": ("huber", "smooth_l1")
+                                             for name in ("huber_c", "huber_schedule")}
+
+
+def applies(path: str, method: str, optimizer: str = "", loss_type: str = "") -> bool:
+    """Whether the preset field at dotted `path` matters when training.method is `method` (METHODS_OF),
+    training.optimizer is `optimizer` (OPTIMIZERS_OF) and training.loss_type is `loss_type` (LOSS_TYPES_OF); ""
+    leaves the optimizer or the loss type out."""
+    return (method in METHODS_OF.get(path, (method,))
+            and (not optimizer or optimizer in OPTIMIZERS_OF.get(path, (optimizer,)))
+            and (not loss_type or loss_type in LOSS_TYPES_OF.get(path, (loss_type,))))
 
 
 class MethodFields:
     """The labelled fields of one tab's `section` ("training", "model"), shown when they apply to the preset's
-    training.method and training.optimizer and hidden (LabelledField.set_visible) when not; a group whose fields are all hidden is
-    hidden as well, and comes back in its place in its column. A field with a problem (validation's, or text
+    training.method, training.optimizer and training.loss_type (applies()) and hidden (LabelledField.set_visible)
+    when not; a group whose fields are all hidden is hidden as well, and comes back in its place in its column. A field with a problem (validation's, or text
     that does not parse) is always shown: no problem the bottom bar lists sits on a field the user cannot see."""
 
     def __init__(self, form: Form, section: str):
@@ -95,15 +102,15 @@ class MethodFields:
         return set(self.form.parse_errors) | {split_problem(p)[0] for p in self.form.problems(check_paths=False)}
 
     def update(self, hide: bool) -> None:
-        """Show what applies to the method and optimizer and what has a problem. With `hide` (after a method or
-        optimizer change or a preset load) also hide what no longer applies; without (after any other edit) only a
+        """Show what applies to the method, optimizer and loss type and what has a problem. With `hide` (after a
+        change of one of them or a preset load) also hide what no longer applies; without (after any other edit) only a
         hidden field that gained a problem comes back, so no field goes away under the user's hand."""
-        method, optimizer = self.form.preset.training.method, self.form.preset.training.optimizer
+        training = self.form.preset.training
         if not hide and all(self.shown.values()):
             return
         problems = self.problem_paths()
         for path, labelled in self.fields.items():
-            show = applies(path, method, optimizer) or path in problems
+            show = applies(path, training.method, training.optimizer, training.loss_type) or path in problems
             if show != self.shown[path] and (show or hide):
                 labelled.set_visible(show)
                 self.shown[path] = show
@@ -122,7 +129,7 @@ class MethodFields:
 
 
 class MethodTab(Tab):
-    """A tab of grouped fields of `section` where what training.method and training.optimizer do not use is
+    """A tab of grouped fields of `section` where what training.method, optimizer and loss_type do not use is
     hidden (MethodFields)."""
 
     section = ""
@@ -145,7 +152,7 @@ class MethodTab(Tab):
 
     def field_changed(self, path: str) -> None:
         if self.method_fields is not None:
-            self.method_fields.update(hide=path in ("training.method", "training.optimizer"))
+            self.method_fields.update(hide=path in ("training.method", "training.optimizer", "training.loss_type"))
 
 
 class TrainingTab(MethodTab):

@@ -76,3 +76,10 @@ def test_screenshots_of_the_optimizer_group(window, pump, screenshots):
                 label = labelled(window, f"training.{name}").label
                 assert shot.inside(label, frame), f"{optimizer}: {name} is not in view"
                 assert shot.colours(label) > 4, f"{optimizer}: {name}'s label is blank"
+
+
+def test_the_huber_settings_show_for_the_losses_that_read_them(window):
+    for loss_type, huber in [("huber", True), ("mse", False), ("smooth_l1", True), ("l1", False)]:
+        choose(window, "loss_type", loss_type)
+        assert shown(window, "training.huber_c") == shown(window, "training.huber_schedule") == huber, loss_type
+        assert shown(window, "training.loss_type") and shown(window, "training.min_timestep")
