@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gui_helpers import screenshot, type_into
+from gui_helpers import Shot, screenshot, type_into, wait_for
 
 from app.widgets import ERROR
 from trainer.config import OPTIMIZER_FIELDS
@@ -160,14 +160,26 @@ def test_a_field_with_a_problem_stays_in_sight(window):
     assert "needs method lora" in window.form.bindings_for("model.lora_weights")[0].reason
 
 
+def in_view(window, paths: list[str], tab) -> None:
+    """Wait (at most 10 s) until the labels of the fields at `paths` lie in view in `tab`: a loaded machine may
+    take a while to lay out a preset just loaded."""
+    try:
+        wait_for(window, lambda: all(Shot.inside(labelled(window, p).label, tab) for p in paths), "", timeout_s=10)
+    except AssertionError:
+        where = "; ".join(f"{p} at {Shot.where(labelled(window, p).label)}" for p in paths)
+        raise AssertionError(f"not all in view after 10 s: {where}; the tab at {Shot.where(tab)}") from None
+
+
 def test_screenshots_of_the_training_tab_per_method(window, pump, screenshots):
     for name in ("lora", "embedding"):
         assert window.load_file(PRESETS / f"sd15_{name}.json")
         window.tabview.set("training")
-        shot = screenshot(window, pump, screenshots, f"methods_training_{name}")
         frame = window.tabview.tab("training")
         first = ["training.method"] + (["training.lora_rank", "training.lora_alpha"] if name == "lora" else [])
-        for path in first + ["training.embedding_placeholder", "training.embedding_vectors"]:
+        paths = first + ["training.embedding_placeholder", "training.embedding_vectors"]
+        in_view(window, paths, frame)
+        shot = screenshot(window, pump, screenshots, f"methods_training_{name}")
+        for path in paths:
             label = labelled(window, path).label
             assert shot.inside(label, frame), f"{name}: {path} at {shot.where(label)}, the tab at {shot.where(frame)}"
             assert shot.colours(label) > 4, f"{name}: {path}'s label is blank"
@@ -179,7 +191,9 @@ def test_screenshots_of_the_training_tab_per_method(window, pump, screenshots):
     assert shot.inside(reason, window.tabview.tab("training")) and shot.count(reason, ERROR) > 20
     window.tabview.set("model")
     assert window.load_file(PRESETS / "sd15_lora.json")
+    paths = ["model.lora_weights", "model.merged_output_path", "model.merge_strength"]
+    in_view(window, paths, window.tabview.tab("model"))
     shot = screenshot(window, pump, screenshots, "methods_model_lora")
-    for path in ("model.lora_weights", "model.merged_output_path", "model.merge_strength"):
+    for path in paths:
         label, tab = labelled(window, path).label, window.tabview.tab("model")
         assert shot.inside(label, tab), f"{path} at {shot.where(label)}, the tab at {shot.where(tab)}"
