@@ -14,7 +14,7 @@ import customtkinter as ctk
 
 from app.dialogs import ModalDialog
 from app.widgets import ERROR, MUTED, WARNING
-from trainer.images import IMAGE_SUFFIXES
+from trainer.data.images import IMAGE_SUFFIXES
 
 THUMB_PX = 92        # a thumbnail's longest side
 MAX_THUMBS = 24      # the preview shows a folder's first images, not all of them
@@ -85,7 +85,7 @@ class ThumbnailLoader:
                 found.append((kind, value))
 
     def _work(self, token: int, folder: Path) -> None:
-        from trainer.images import open_image  # photos up to the trainer's limit, not Pillow's ~179 MP
+        from trainer.data.images import open_image  # photos up to the trainer's limit, not Pillow's ~179 MP
         try:
             with os.scandir(folder) as entries:
                 names = sorted((e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES)

@@ -17,10 +17,10 @@ from app.recent import config_dir
 from app.widgets import ERROR, MUTED, WARNING, Tooltip, fit_text, reconfigure
 from trainer.config import preset_to_json
 from trainer.fields import ConfigError, atomic_write_text, set_value
-from trainer.vram import amount as vram_amount
-from trainer.vram import usable_gib
+from trainer.tools.vram import amount as vram_amount
+from trainer.tools.vram import usable_gib
 
-COMMAND = (sys.executable, "-m", "trainer", "memory")  # the engine's estimate (trainer/memory.py)
+COMMAND = (sys.executable, "-m", "trainer", "memory")  # the engine's estimate (trainer/tools/memory.py)
 DEBOUNCE_MS = 1500  # after the last edit, before an estimate starts
 POLL_MS = 100
 WIDTH = 370  # px the line wraps at: the column's width
@@ -29,7 +29,7 @@ TITLE = "Fit to my GPU"
 
 
 def amount(gib: float, exact: bool = False) -> str:
-    """GiB in words (trainer.vram.amount); a card's size as typed when `exact` ('7.5 GiB')."""
+    """GiB in words (trainer.tools.vram.amount); a card's size as typed when `exact` ('7.5 GiB')."""
     return f"{gib:g} GiB" if exact else vram_amount(gib)
 
 

@@ -1,5 +1,5 @@
 """The queue tab's sweep dialog: a queue entry's sweep as lines of `dotted.path = value, value`, checked by the
-engine (trainer.run_queue.expand_entry) before the entry takes it."""
+engine (trainer.tools.run_queue.expand_entry) before the entry takes it."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +13,7 @@ from app.form import read
 from app.widgets import ERROR, MUTED
 from trainer.config import Preset
 from trainer.fields import ConfigError, set_value
-from trainer.run_queue import value_text
+from trainer.tools.run_queue import value_text
 
 EXAMPLE = "training.learning_rate = 1e-6, 2e-6"
 

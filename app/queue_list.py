@@ -1,4 +1,5 @@
-"""The queue tab's list: each entry of a queue (trainer/run_queue.py) with its runs under it (a sweep's runs as rows
+"""The queue tab's list: each entry of a queue (trainer/tools/run_queue.py) with its runs under it (a sweep's runs as
+rows
 of their own), each run's status, final loss and model; and the words for entries and runs it uses."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import customtkinter as ctk
 from app.run_widgets import AXIS_TEXT, CHART_BG
 from app.widgets import ERROR, MUTED, SUCCESS, WARNING
 from trainer.errors import InputError
-from trainer.run_queue import (QueueEntry, QueueFile, RunState, check_queue, key_labels, read_queue, read_state,
+from trainer.tools.run_queue import (QueueEntry, QueueFile, RunState, check_queue, key_labels, read_queue, read_state,
                                run_name, value_text)
 
 COLUMNS = (("settings", "Sweep values · preset", 280), ("status", "Status", 190), ("loss", "Final loss", 120),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from app.form import split_problem
 from trainer.errors import plain_text
-from trainer.runs import EARLIER_DIR, EarlierRun, earlier_run
+from trainer.train.runs import EARLIER_DIR, EarlierRun, earlier_run
 
 START_OVER = "Start over"
 RESUME_CHANGED = "Resume with the changed data"

@@ -54,7 +54,7 @@ def format_tick(value: float) -> str:
 
 class LossChart(tk.Canvas):
     """Raw loss (thin, as a min/max band when dense) and smoothed loss over steps, the validation loss (its own
-    points, joined, when the run measures one: trainer.validation) on the same axis; LR on the right axis."""
+    points, joined, when the run measures one: trainer.train.validation) on the same axis; LR on the right axis."""
 
     MARGIN = (58, 30, 58, 30)  # left, top (the legend), right, bottom
 

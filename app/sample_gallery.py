@@ -200,7 +200,7 @@ class SampleGallery(ctk.CTkFrame):
         return row
 
     def _draw_strip(self, prompt_index: int) -> None:
-        from trainer.compare import evenly
+        from trainer.tools.compare import evenly
         row, shown = self.rows[prompt_index], self.shown.get(prompt_index)
         own = sorted((s for s in self.samples if s.prompt_index == prompt_index), key=lambda s: s.step)
         chosen = evenly(own, max(1, (row.strip.winfo_width() - GAP) // (STRIP + GAP)))

@@ -37,8 +37,8 @@ def scaled(im, width: int, height: int):
 
 def load_image(path: str | Path, width: int = 0, height: int = 0):
     """The image file as an RGB PIL image, fitted into width x height px by `scaled` when they are given; None
-    when it cannot be read (gone, not an image, too large: see trainer.images.open_image)."""
-    from trainer.images import open_image
+    when it cannot be read (gone, not an image, too large: see trainer.data.images.open_image)."""
+    from trainer.data.images import open_image
     try:
         with open_image(path) as im:
             if width and height:
@@ -52,7 +52,7 @@ def load_image(path: str | Path, width: int = 0, height: int = 0):
 def sample_details(path: str, step: int | None = None, epoch: int | None = None) -> str | None:
     """"seed S · step N · epoch E" for a sample image, from its file name (stepN-epochE-promptP-seedS.png) where
     `step` and `epoch` are not given (None when the name does not say them); a name without a seed leaves it out."""
-    from trainer.compare import SAMPLE_NAME
+    from trainer.tools.compare import SAMPLE_NAME
     match = SAMPLE_NAME.search(Path(path).name)
     if step is None and match is None:
         return None

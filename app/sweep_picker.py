@@ -1,5 +1,5 @@
 """The results tab's sweep section: a queue file, one of its entries (or all) and a step; shows the entry's runs side
-by side in the tab's grid, from the sample images the runs already wrote (trainer.run_samples)."""
+by side in the tab's grid, from the sample images the runs already wrote (trainer.tools.run_samples)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +11,8 @@ from app.grid_view import GridView
 from app.queue_list import values_text
 from app.widgets import Group, TextField, Tooltip
 from trainer.errors import InputError
-from trainer.run_queue import expand_entry, read_queue, read_state
-from trainer.run_samples import SideBySide, side_by_side
+from trainer.tools.run_queue import expand_entry, read_queue, read_state
+from trainer.tools.run_samples import SideBySide, side_by_side
 
 ALL = "all entries"
 LAST = "last"

@@ -2,7 +2,7 @@
 timestep_distribution, timestep_logit_mean/std, min_timestep/max_timestep), redrawn as those fields change, as
 OneTrainer shows its timestep distribution beside the settings (modules/ui/TimestepDistributionWindow). Torch-free:
 the probabilities are computed exactly with math.erfc, and tests/test_loss_control.py checks that the engine's
-draws (trainer.losses.sample_timesteps) follow them."""
+draws (trainer.train.losses.sample_timesteps) follow them."""
 from __future__ import annotations
 
 import math
@@ -26,7 +26,7 @@ def timestep_probabilities(distribution: str, logit_mean: float = 0.0, logit_std
                            min_timestep: int = 0, max_timestep: int = NUM_TIMESTEPS,
                            num_timesteps: int = NUM_TIMESTEPS) -> list[float]:
     """P(t = k) for every timestep k in 0 .. num_timesteps - 1 (a list that sums to 1), as
-    trainer.losses.sample_timesteps draws them: the range [min_timestep, max_timestep), minimum inclusive and
+    trainer.train.losses.sample_timesteps draws them: the range [min_timestep, max_timestep), minimum inclusive and
     maximum exclusive (kohya's min_timestep/max_timestep).
 
     "uniform": 1 / (max - min) on the range. "logit_normal": t = floor(min + sigmoid(n) (max - min)) with

@@ -406,7 +406,7 @@ class RootImage(ctk.CTkImage):
 def load_thumbnail(path: str | Path, size: int, master) -> RootImage | None:
     """An image file scaled to fit `size` px, as an image for the widgets of `master`'s window; None when it
     cannot be read."""
-    from trainer.images import open_image  # photos up to the trainer's limit, not Pillow's ~179 MP
+    from trainer.data.images import open_image  # photos up to the trainer's limit, not Pillow's ~179 MP
     try:
         with open_image(path) as im:
             im.draft("RGB", (size, size))

@@ -48,7 +48,7 @@ def epoch_rate(plan, workers: int) -> float:
 def run(args) -> dict:
     import torch
     from trainer.config import preset_from_dict
-    from trainer.data import EpochPlan, collect_items
+    from trainer.data.data import EpochPlan, collect_items
     work = Path(tempfile.mkdtemp(prefix="bench_data_"))
     make_photos(work / "images", args.images, args.long_side)
     preset = preset_from_dict({
@@ -70,10 +70,10 @@ def run(args) -> dict:
     if args.no_cache:
         return result
     if args.model:
-        from trainer.models import load_model
+        from trainer.model.models import load_model
         components = load_model(args.model)
     else:
-        from trainer.demo import build_tiny_components
+        from trainer.tools.demo import build_tiny_components
         components = build_tiny_components()
     components.vae.requires_grad_(False).eval()
     plan = EpochPlan(preset, items)

@@ -24,8 +24,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from trainer.compare import SAMPLE_NAME  # noqa: E402  (after the path is set)
-from trainer.demo import BACKGROUNDS, COLORS, SHAPES, draw_shape  # noqa: E402
+from trainer.tools.compare import SAMPLE_NAME  # noqa: E402  (after the path is set)
+from trainer.tools.demo import BACKGROUNDS, COLORS, SHAPES, draw_shape  # noqa: E402
 
 SHAPE_IOU = 0.7  # a drawn circle of the smallest demo size against the mean-sized ideal circle: 0.88
 SHAPE_MARGIN = 0.05  # a circle and a square of one size overlap with IoU pi / 4 = 0.79

@@ -1,8 +1,8 @@
-"""The memory estimate before Start (trainer.memory) against the real peak, for each built-in preset.
+"""The memory estimate before Start (trainer.tools.memory) against the real peak, for each built-in preset.
 
 For each built-in SD 1.5 preset at batch 1 and 4 (512 px, the preset as `python -m trainer bench` trains it:
-trainer.bench.bench_preset, with --set overrides on top), `python -m trainer memory`'s estimate by part and how long
-it took; with --real DEVICE also the real training loop's peak over its steps (trainer.bench.seachange_run on random
+trainer.tools.bench.bench_preset, with --set overrides on top), `python -m trainer memory`'s estimate by part and how
+long it took; with --real DEVICE also the real training loop's peak over its steps (bench.seachange_run on random
 weights: torch.cuda.max_memory_allocated on a GPU, none on a CPU) and the estimate's error. Presets run eager
 (training.compile off: the estimate is of eager steps; compiling takes minutes per shape).
 
@@ -29,16 +29,16 @@ def estimate_rows(presets: list[str], batches: list[int], overrides: list[str], 
                   model: str = "sd15", steps: int = 8, work: Path | None = None, report=print) -> list[dict]:
     """One dict per preset and batch size: "estimate_gib", "parts_gib", "estimate_s"; with `real` (a device) also
     "real_gib" (None on a CPU), "img_s" and "error_pct". Raises what the runs raise."""
-    from trainer import bench
+    from trainer.tools import bench
     from trainer.config import save_preset, validate
     from trainer.fields import apply_overrides
-    from trainer.memory import GIB, estimate_memory
-    from trainer.models import BUNDLED_SD15
+    from trainer.tools.memory import GIB, estimate_memory
+    from trainer.model.models import BUNDLED_SD15
     work = Path(work or tempfile.mkdtemp(prefix="seachange-bench-estimate-"))
     size = 512 if model == "sd15" else 64
     model_dir, data = BUNDLED_SD15, work / "data"
     if real:
-        from trainer.demo import save_diffusers_folder
+        from trainer.tools.demo import save_diffusers_folder
         model_dir = save_diffusers_folder(bench.build_model(model), work / "model")
         data = bench.make_dataset(work / "data", max(batches) * 4, size)
     rows = []

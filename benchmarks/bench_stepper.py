@@ -3,7 +3,7 @@
 SD 1.5's 686 UNet weights are recreated 1024 times smaller (at least one element each; the bucket size is scaled
 alike), so what is timed is the per-call and per-weight overhead that a GPU pays on its host CPU, not the
 arithmetic. Three ways for each optimizer: the optimizer's own step over plain bf16 weights (no stochastic
-rounding: the floor), trainer.optim.Stepper as the fused back pass uses it (buckets), and the same Stepper with
+rounding: the floor), trainer.train.optim.Stepper as the fused back pass uses it (buckets), and the same Stepper with
 buckets of one weight (a step per weight, as in a gradient hook).
 
     python benchmarks/bench_stepper.py [--optimizers adamw,adamw8bit] [--scale 1024]
@@ -26,7 +26,7 @@ def sd15_sizes() -> list[int]:
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from trainer.models import BUNDLED_SD15
+    from trainer.model.models import BUNDLED_SD15
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(BUNDLED_SD15 / "unet"))
     return [p.numel() for p in unet.parameters()]
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--optimizers", default="adamw,adamw8bit")
     parser.add_argument("--scale", type=int, default=1024)
     args = parser.parse_args()
-    from trainer import optim
+    from trainer.train import optim
     torch.set_num_threads(1)
     torch.manual_seed(0)
     sizes = sd15_sizes()

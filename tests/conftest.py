@@ -21,7 +21,7 @@ from transformers import BertTokenizer, CLIPTokenizer  # noqa: E402,F401
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from trainer.demo import build_tiny_components, save_diffusers_folder
+    from trainer.tools.demo import build_tiny_components, save_diffusers_folder
     return save_diffusers_folder(build_tiny_components(seed=0), tmp_path_factory.mktemp("tiny") / "model")
 
 
@@ -39,7 +39,7 @@ def color_concept(tmp_path_factory):
 @pytest.fixture(scope="module")
 def components(tiny_model_dir):
     """The tiny model loaded (models.SDComponents), its VAE and text encoder frozen, once per test module."""
-    from trainer.models import load_model
+    from trainer.model.models import load_model
     c = load_model(str(tiny_model_dir))
     c.vae.requires_grad_(False).eval()
     c.text_encoder.requires_grad_(False).eval()

@@ -34,7 +34,7 @@ def preset_for(tmp_path: Path, folder: Path, model="unused-model", concept=None,
 
 
 def plan_for(preset):
-    from trainer.data import EpochPlan, collect_items
+    from trainer.data.data import EpochPlan, collect_items
     return EpochPlan(preset, collect_items(preset))
 
 

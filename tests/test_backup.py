@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
-from trainer import losses
-from trainer.backup import complete_backups, prune_backups
+from trainer.train import losses
+from trainer.train.backup import complete_backups, prune_backups
 from trainer.config import save_preset
 from trainer.errors import InputError
-from trainer.intervals import Interval
+from trainer.train.intervals import Interval
 
 STEPS = 12
 TRAINING = {"max_steps": STEPS, "batch_size": 2, "optimizer": "adamw", "lr_scheduler": "cosine",
@@ -197,8 +197,8 @@ def test_incompatible_resume_is_refused_and_harmless_change_allowed(tiny_model_d
 def test_a_resumed_schedule_goes_on_at_the_presets_rates():
     from types import SimpleNamespace
 
-    from trainer.backup import TrainingState
-    from trainer.optim import make_lr_scheduler
+    from trainer.train.backup import TrainingState
+    from trainer.train.optim import make_lr_scheduler
 
     def training_state(lr, weight_decay):
         weight = torch.nn.Parameter(torch.ones(3))
@@ -316,7 +316,7 @@ def test_not_enough_disk_exits_2(tiny_model_dir, color_concept, tmp_path, monkey
 
 
 def test_interrupted_save_leaves_the_old_file_readable(tiny_model_dir, tmp_path, monkeypatch):
-    from trainer import models
+    from trainer.model import models
     components = models.load_model(str(tiny_model_dir))
     target = tmp_path / "model.safetensors"
     models.save_model(components, target, "single_file", "float16", {"modelspec.title": "old"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from trainer.bench import TRAINER_BARE_STEP, format_table, run_bench, timed_windows
+from trainer.tools.bench import TRAINER_BARE_STEP, format_table, run_bench, timed_windows
 
 
 def test_timed_windows_take_the_median_after_warmup():

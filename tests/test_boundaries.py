@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from trainer import events as ev
-from trainer.backup import Position
+from trainer.train.backup import Position
 from trainer.config import preset_from_dict
-from trainer.intervals import Actions, Boundaries
+from trainer.train.intervals import Actions, Boundaries
 
 
 def boundaries(total_steps=10, **backup):

@@ -7,7 +7,7 @@ import torch
 
 from data_helpers import mixed_folder, plan_for, preset_for, write_image
 from trainer import events as ev
-from trainer.images import Augment, load_pixels
+from trainer.data.images import Augment, load_pixels
 
 
 class Counting:

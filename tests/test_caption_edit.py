@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from trainer.captions import find_replace_captions, read_txt_lines, replace_in_caption, strip_phrases, write_caption
+from trainer.data.captions import (find_replace_captions, read_txt_lines, replace_in_caption, strip_phrases,
+                                   write_caption)
 
 
 def test_replace_whole_words_case_insensitive_and_tidy():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import captions
-from trainer.captions import (caption_file_for, find_replace_captions, read_caption_file, read_txt_lines,
+from trainer.data import captions
+from trainer.data.captions import (caption_file_for, find_replace_captions, read_caption_file, read_txt_lines,
                               save_caption, write_caption)
 from trainer.errors import InputError
 

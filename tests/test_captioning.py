@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from caption_helpers import BLUE, BLUE_TAGS, RED, TAGS, build_blip, build_tagger, image_folder, save_model
-from trainer import captioning
+from trainer.tools import captioning
 from trainer import events as ev
-from trainer.caption_models import MODEL_FILES, captioner_problem, pick_tags, read_tag_table, wd_pixels
-from trainer.captioning import caption, check_inputs, preview
+from trainer.tools.caption_models import MODEL_FILES, captioner_problem, pick_tags, read_tag_table, wd_pixels
+from trainer.tools.captioning import caption, check_inputs, preview
 from trainer.errors import InputError
 from trainer.fields import ConfigError
 from trainer.specs import CaptionSpec, load_spec, save_spec, spec_from_dict, spec_to_dict
@@ -401,7 +401,7 @@ def test_subfolders_are_captioned_when_asked_each_with_its_own_journal(models, t
 
 
 def test_the_engine_api_loads_no_torch_until_a_model_loads(tmp_path):
-    code = ("import sys; from trainer.captioning import check_inputs, plan, preview; "
+    code = ("import sys; from trainer.tools.captioning import check_inputs, plan, preview; "
             "from trainer.session import caption_session; assert 'torch' not in sys.modules, 'torch'; "
             "assert 'transformers' not in sys.modules and 'onnxruntime' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

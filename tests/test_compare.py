@@ -10,10 +10,10 @@ from lora_helpers import write_tiny_lora
 from PIL import Image
 
 from trainer import events as ev
-from trainer.compare import compare, evenly, samples_table
+from trainer.tools.compare import compare, evenly, samples_table
 from trainer.config import SamplePrompt
 from trainer.errors import InputError
-from trainer.grid import PAD, PngWriter, write_grid
+from trainer.tools.grid import PAD, PngWriter, write_grid
 from trainer.specs import CompareModel, CompareSpec
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
@@ -120,7 +120,7 @@ def test_compare_without_samples_says_so(tmp_path):
 
 @pytest.fixture(scope="module")
 def second_model_dir(tmp_path_factory):
-    from trainer.demo import build_tiny_components, save_diffusers_folder
+    from trainer.tools.demo import build_tiny_components, save_diffusers_folder
     return save_diffusers_folder(build_tiny_components(seed=1), tmp_path_factory.mktemp("tiny2") / "model")
 
 
@@ -132,8 +132,8 @@ def model_spec(tmp_path, first, second, name="grid.png") -> CompareSpec:
 
 
 def test_model_comparison_puts_each_model_in_its_column(tiny_model_dir, second_model_dir, tmp_path):
-    from trainer.models import load_model
-    from trainer.sampling import generate, make_pipeline
+    from trainer.model.models import load_model
+    from trainer.train.sampling import generate, make_pipeline
     spec = model_spec(tmp_path, tiny_model_dir, second_model_dir)
     events = []
     finished = compare(spec, events.append, queue.Queue())
@@ -216,10 +216,10 @@ def lora_spec(tmp_path, model, lora_file, strengths, name="lora.png") -> Compare
 
 def merged_by_hand(model_dir, lora_file, strength: float):
     """The tiny model with the LoRA file added to its weights from the file's tensors alone (kohya's rule: the
-    change is up @ down * alpha / rank, times the strength), without PEFT or trainer.lora."""
+    change is up @ down * alpha / rank, times the strength), without PEFT or trainer.model.lora."""
     from safetensors.torch import load_file
 
-    from trainer.models import load_model
+    from trainer.model.models import load_model
     model = load_model(str(model_dir))
     modules = {"lora_unet_" + name.replace(".", "_"): module for name, module in model.unet.named_modules()}
     tensors = load_file(str(lora_file))
@@ -233,7 +233,7 @@ def merged_by_hand(model_dir, lora_file, strength: float):
 
 def drawn_alone(model_dir, lora_file, strength: float, seed: int) -> np.ndarray:
     """The image of lora_spec's prompt at `seed` from merged_by_hand's model, as ints."""
-    from trainer.sampling import generate, make_pipeline
+    from trainer.train.sampling import generate, make_pipeline
     model = merged_by_hand(model_dir, lora_file, strength)
     pipe = make_pipeline(model.unet, model.vae, model.text_encoder, model.tokenizer, model.noise_scheduler.config,
                          "ddim")
@@ -281,7 +281,7 @@ def test_a_model_row_with_a_lora_and_no_strengths_is_one_column_at_its_own_stren
 
 
 def test_column_labels_of_lora_rows():
-    from trainer.compare import model_columns
+    from trainer.tools.compare import model_columns
     spec = CompareSpec(source="models", models=[
         CompareModel("m/base.safetensors"), CompareModel("m/run", "mine", lora="l/ink.safetensors"),
         CompareModel("m/run", lora="l/ink.safetensors", lora_strength=-0.25)])

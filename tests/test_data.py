@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from data_helpers import mixed_folder, plan_for, preset_for, use_counts, write_image
-from trainer.buckets import bucket_sizes, nearest_bucket
-from trainer.captions import augment_caption, pick_caption
+from trainer.data.buckets import bucket_sizes, nearest_bucket
+from trainer.data.captions import augment_caption, pick_caption
 from trainer.config import ConceptConfig
 from trainer.errors import InputError
-from trainer.images import Augment
+from trainer.data.images import Augment
 
 
 # ---- captions --------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_augmentations_change_pixels_and_flip_mirrors(tmp_path):
 
 
 def test_colour_augmentations():
-    from trainer.images import color_jitter
+    from trainer.data.images import color_jitter
     rng = np.random.default_rng(0)
     x = rng.uniform(0.2, 0.8, (8, 8, 3)).astype(np.float32)
     luma = np.array([0.299, 0.587, 0.114], np.float32)

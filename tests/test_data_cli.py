@@ -41,7 +41,7 @@ def test_stats_command_and_function(tmp_path, capsys):
     preset = make_preset(tmp_path, "unused", folder, training={"resolution": "32"}, concepts=[
         {"name": "mixed", "path": str(folder)}, {"name": "gone", "path": str(tmp_path / "gone")},
         {"name": "other", "path": str(tmp_path / "other"), "enabled": False, "resolution": "32,64"}])
-    from trainer.stats import concept_stats
+    from trainer.data.stats import concept_stats
     mixed, gone, other = concept_stats(preset)
     assert mixed["image_count"] == 7 and mixed["usable"] == 6 and mixed["without_caption"] == 1
     assert [s["path"].endswith("broken.jpg") for s in mixed["skipped"]] == [True]
@@ -65,7 +65,7 @@ def test_stats_command_and_function(tmp_path, capsys):
 
 def test_stats_imports_no_torch():
     import subprocess
-    code = ("import sys, trainer.stats, trainer.data\n"
+    code = ("import sys, trainer.data.stats, trainer.data.data\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from data_helpers import plan_for, preset_for, write_image
-from trainer.data import collect_items
+from trainer.data.data import collect_items
 from trainer.errors import InputError
-from trainer.images import Augment, load_pixels
+from trainer.data.images import Augment, load_pixels
 
 RED = (200, 30, 30)
 
@@ -83,7 +83,7 @@ def test_bad_files_are_skipped_and_reported_once(tmp_path):
     assert set(reasons) == {"notes.png", "truncated.png"}
     assert "not an image" in reasons["notes.png"] and "decode" in reasons["truncated.png"]
     preset.training.cache_latents = False
-    from trainer.inputs import input_report
+    from trainer.data.inputs import input_report
     again = collect_items(preset)  # the second scan reads the file index: the same answer
     plan = plan_for(preset)
     warnings = [e.text for e in input_report(preset, again) if e.level == "warning" and "Skipped" in e.text]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.demo import (BACKGROUNDS, COLORS, SHAPES, build_tiny_components, demo_pixels, draw_shape,
+from trainer.tools.demo import (BACKGROUNDS, COLORS, SHAPES, build_tiny_components, demo_pixels, draw_shape,
                           fit_demo_vae, load_pixels, make_demo, make_demo_images, reconstruction_error)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -53,7 +53,7 @@ def test_fitted_vae_reconstructs_the_demo_images():
 
 
 def test_make_demo_writes_a_loadable_model_and_images_and_is_idempotent(tmp_path, monkeypatch):
-    import trainer.demo as demo
+    import trainer.tools.demo as demo
     fits = []
     real_fit = demo.fit_demo_vae
 
@@ -70,7 +70,7 @@ def test_make_demo_writes_a_loadable_model_and_images_and_is_idempotent(tmp_path
     assert not (folder / "model.tmp").exists() and not (folder / "images.tmp").exists()
     scale = json.loads((folder / "model" / "vae" / "config.json").read_text())["scaling_factor"]
 
-    from trainer.models import load_model
+    from trainer.model.models import load_model
     model = load_model(str(folder / "model"))
     with torch.no_grad():
         latents = model.vae.encode(load_pixels(folder / "images")).latent_dist.mean * model.vae.config.scaling_factor
@@ -89,7 +89,7 @@ def test_make_demo_writes_a_loadable_model_and_images_and_is_idempotent(tmp_path
 
 
 def test_make_demo_says_what_it_does_and_how_far_along(tmp_path, monkeypatch):
-    import trainer.demo as demo
+    import trainer.tools.demo as demo
     from trainer import events as ev
     clock = [100.0]
     monkeypatch.setattr(demo.time, "monotonic", lambda: clock[0])

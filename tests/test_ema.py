@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.ema import EMA
+from trainer.train.ema import EMA
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -13,9 +13,9 @@ from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.config import validate
 from trainer.errors import InputError
-from trainer.loop import train
-from trainer.models import load_model
-from trainer.prompts import encode_prompts
+from trainer.train.loop import train
+from trainer.model.models import load_model
+from trainer.data.prompts import encode_prompts
 
 WORD = "mystylexq"
 STEPS = 6
@@ -65,8 +65,8 @@ def test_the_word_trains_and_samples_use_it(tiny_model_dir, word_concept, tmp_pa
 
 
 def test_nothing_but_the_word_is_trained(tiny_model_dir, word_concept, tmp_path):
-    from trainer.training_model import TrainingModel
-    from trainer.data import collect_items
+    from trainer.model.training_model import TrainingModel
+    from trainer.data.data import collect_items
     preset = word_preset(tmp_path, tiny_model_dir, word_concept)
     model = TrainingModel.load(preset, collect_items(preset), torch.device("cpu"), lambda e: None)
     groups = model.parameter_groups(preset.training)
@@ -85,7 +85,7 @@ def test_diffusers_loads_the_file_and_encodes_the_word_as_training_did(tiny_mode
     text = f"a {WORD} square"
     theirs = pipe.encode_prompt(text, "cpu", 1, False)[0]  # it expands the word to its 3 tokens itself
 
-    from trainer.embedding import Embedding
+    from trainer.model.embedding import Embedding
     base = load_model(str(tiny_model_dir))
     word = Embedding(base.tokenizer, base.text_encoder, WORD, 3, "square")
     word.module.vectors.data = load_file(finished.output_path)["emb_params"]
@@ -145,7 +145,7 @@ def test_a_word_no_caption_uses_is_refused_before_loading(tiny_model_dir, color_
 
 
 def test_the_base_tokenizer_knowing_the_word_is_refused(tiny_model_dir):
-    from trainer.embedding import Embedding
+    from trainer.model.embedding import Embedding
     base = load_model(str(tiny_model_dir))
     base.tokenizer.add_tokens([WORD])
     with pytest.raises(InputError, match=f"'{WORD}' is already a token of the base model's tokenizer"):

@@ -31,7 +31,7 @@ def full_sd15():
 
 
 def tiny_models(seed: int = 0):
-    """The suite's tiny SD-1.5-shaped UNet and text encoder (the shapes of trainer/demo.py build_tiny_components,
+    """The suite's tiny SD-1.5-shaped UNet and text encoder (the shapes of trainer/tools/demo.py build_tiny_components,
     built here without its VAE): two UNet levels, the first with cross-attention, two CLIP layers."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

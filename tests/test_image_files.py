@@ -10,9 +10,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from data_helpers import write_image
-from trainer import images
-from trainer.buckets import bucket_sizes, nearest_bucket
-from trainer.images import (Augment, FileIndex, ImageTooLarge, check_image, decode, list_image_files,
+from trainer.data import images
+from trainer.data.buckets import bucket_sizes, nearest_bucket
+from trainer.data.images import (Augment, FileIndex, ImageTooLarge, check_image, decode, list_image_files,
                             load_pixels, scan_files)
 
 BIG = (15000, 12400)  # 186 MP: over Pillow's own ~179 MP limit, under ours
@@ -70,8 +70,8 @@ def test_a_symlinked_file_to_an_image_already_there_is_counted_once(tmp_path):
 
 def test_a_file_reached_twice_is_named_by_stats_and_the_run(tmp_path):
     from tiny_presets import make_preset
-    from trainer.data import collect_items
-    from trainer.stats import concept_stats
+    from trainer.data.data import collect_items
+    from trainer.data.stats import concept_stats
     folder = tmp_path / "concept"
     write_image(folder / "b.png")
     (folder / "a_link.png").symlink_to(folder / "b.png")

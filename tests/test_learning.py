@@ -9,9 +9,9 @@ from PIL import Image
 
 from tiny_presets import make_preset
 from trainer.config import SamplePrompt
-from trainer.loop import train
-from trainer.models import load_model
-from trainer.sampling import generate, make_pipeline
+from trainer.train.loop import train
+from trainer.model.models import load_model
+from trainer.train.sampling import generate, make_pipeline
 
 
 def mean_latent(vae, color) -> torch.Tensor:

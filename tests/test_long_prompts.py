@@ -5,9 +5,9 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from trainer.config import SamplePrompt
-from trainer.demo import TOKENIZER_DIR
-from trainer.prompts import chunk_count, chunked_ids, encode_prompts, over_limit, token_count
-from trainer.sampling import generate, make_pipeline, sample_embeds, sample_prompt_warnings
+from trainer.tools.demo import TOKENIZER_DIR
+from trainer.data.prompts import chunk_count, chunked_ids, encode_prompts, over_limit, token_count
+from trainer.train.sampling import generate, make_pipeline, sample_embeds, sample_prompt_warnings
 
 BOS, EOS = 49406, 49407
 
@@ -28,7 +28,7 @@ def text_encoder():
 
 @pytest.fixture(scope="module")
 def pipe():
-    from trainer.demo import build_tiny_components
+    from trainer.tools.demo import build_tiny_components
     c = build_tiny_components(seed=0)
     return make_pipeline(c.unet, c.vae, c.text_encoder, c.tokenizer, c.noise_scheduler.config, "euler_a")
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.errors import InputError
-from trainer.loop import train
-from trainer.models import load_model
+from trainer.train.loop import train
+from trainer.model.models import load_model
 
 STEPS = 6
 
@@ -176,7 +176,7 @@ def test_samples_show_the_base_with_the_lora_applied(tiny_model_dir, color_conce
     import numpy as np
     from PIL import Image
     from trainer.config import SamplePrompt
-    from trainer.sampling import generate, make_pipeline
+    from trainer.train.sampling import generate, make_pipeline
     prompt = {"prompt": "a red square", "steps": 2, "width": 32, "height": 32, "sampler": "ddim", "seed": 3}
     preset = lora_preset(tmp_path, tiny_model_dir, color_concept, training={"train_text_encoder": True},
                          model_section={"merged_output_path": str(tmp_path / "merged"), "output_format": "diffusers",

@@ -11,16 +11,16 @@ from safetensors.torch import load_file
 
 import format_reference as ref
 from tiny_presets import make_preset
-from trainer import lora
-from trainer.loop import train
-from trainer.models import load_model
+from trainer.model import lora
+from trainer.train.loop import train
+from trainer.model.models import load_model
 
 
 def full_size_sd15():
     """SD 1.5's UNet and CLIP text encoder at full size on the meta device (no memory), from the bundled configs."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-    from trainer.models import BUNDLED_SD15
+    from trainer.model.models import BUNDLED_SD15
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(BUNDLED_SD15 / "unet"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(BUNDLED_SD15 / "text_encoder"))

@@ -16,7 +16,7 @@ from app.timestep_plot import timestep_probabilities
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.config import Preset, validate
-from trainer.losses import (
+from trainer.train.losses import (
     DEBIASED_SNR_CAP,
     compute_snr,
     configure_noise_scheduler,
@@ -27,7 +27,7 @@ from trainer.losses import (
     min_snr_weights,
     sample_timesteps,
 )
-from trainer.step import sample_generator
+from trainer.train.step import sample_generator
 
 SD15_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                   "num_train_timesteps": 1000, "steps_offset": 1, "clip_sample": False}
@@ -338,7 +338,7 @@ def unet_weights(path) -> dict:
 
 @pytest.fixture(scope="module")
 def initial(tiny_model_dir, tmp_path_factory):
-    from trainer.models import load_model, save_model
+    from trainer.model.models import load_model, save_model
     return save_model(load_model(str(tiny_model_dir)), tmp_path_factory.mktemp("init") / "init.safetensors",
                       "single_file", "float32", {})
 
@@ -388,7 +388,7 @@ def test_a_timestep_range_past_the_models_schedule_is_refused(tiny_model_dir, co
 
     from tiny_presets import make_preset
     from trainer.errors import InputError
-    from trainer.loop import train
+    from trainer.train.loop import train
     model = shutil.copytree(tiny_model_dir, tmp_path / "short")
     config = model / "scheduler" / "scheduler_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "num_train_timesteps": 500}))

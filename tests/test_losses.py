@@ -1,11 +1,11 @@
-"""Tests for trainer.losses: noise, timesteps, targets, min-SNR weights and the loss."""
+"""Tests for trainer.train.losses: noise, timesteps, targets, min-SNR weights and the loss."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import (
+from trainer.train.losses import (
     compute_snr,
     configure_noise_scheduler,
     diffusion_loss,

@@ -1,4 +1,4 @@
-"""Masked training (trainer/masks.py): masks from files or alpha channels follow each crop, flip and bucket resize
+"""Masked training (trainer/data/masks.py): masks from files or alpha channels follow each crop, flip and bucket resize
 of their image onto the latent grid; the loss counts masked-out cells at the unmasked weight (the gradient on the
 UNet's prediction shows it); the latent cache keeps masks and re-encodes when a mask file changes; statistics and
 the run log count images with and without masks; a mask of the wrong size is refused by name."""
@@ -14,11 +14,11 @@ from PIL import Image
 from data_helpers import preset_for
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
-from trainer import losses
+from trainer.train import losses
 from trainer.config import validate
 from trainer.errors import InputError
-from trainer.images import Augment, crop_to, load_pixels
-from trainer.masks import batch_weights, load_with_mask, loss_weights, mask_path_for, to_latent_grid
+from trainer.data.images import Augment, crop_to, load_pixels
+from trainer.data.masks import batch_weights, load_with_mask, loss_weights, mask_path_for, to_latent_grid
 
 
 def half_mask(size, left=True, level=255) -> Image.Image:
@@ -69,7 +69,7 @@ def test_a_mask_follows_crop_flip_and_bucket_resize_pixel_for_pixel(tmp_path, au
     image.save(tmp_path / "a.png")
     mask.save(tmp_path / "a-masklabel.png")
 
-    from trainer.masks import MaskRef
+    from trainer.data.masks import MaskRef
     pixels, got = load_with_mask(tmp_path / "a.png", size, aug, MaskRef("file", tmp_path / "a-masklabel.png", "x"))
     assert got.shape == (size[1], size[0]) and pixels.shape == (size[1], size[0], 3)
     assert np.abs((pixels[..., 0] + 1) / 2 - got).max() < 1.5 / 255
@@ -90,7 +90,7 @@ def test_a_jpeg_decoded_at_reduced_scale_keeps_its_mask_aligned(tmp_path):
     image.save(tmp_path / "big.jpg", quality=95)
     mask.save(tmp_path / "big-masklabel.png")
 
-    from trainer.masks import MaskRef
+    from trainer.data.masks import MaskRef
     for aug in AUGMENTS:
         pixels, got = load_with_mask(tmp_path / "big.jpg", (64, 48), aug,
                                      MaskRef("file", tmp_path / "big-masklabel.png", "x"))
@@ -141,10 +141,10 @@ def prediction_gradient(preset, monkeypatch):
     """Run step.micro_batch_loss on the first micro-batch of epoch 0 and backpropagate: (effective weight of each
     element of the UNet's prediction, recovered from its gradient, B x C x h x w; the batch). For the MSE loss
     d loss / d pred = 2 (pred - target) w / (B C h w), so w = grad B C h w / (2 (pred - target))."""
-    from trainer.data import EpochPlan, collect_items
-    from trainer.processes import make_accelerator
-    from trainer.step import micro_batch_loss
-    from trainer.training_model import TrainingModel
+    from trainer.data.data import EpochPlan, collect_items
+    from trainer.train.processes import make_accelerator
+    from trainer.train.step import micro_batch_loss
+    from trainer.model.training_model import TrainingModel
     items = collect_items(preset)
     model = TrainingModel.load(preset, items, torch.device("cpu"), lambda e: None)
     plan = EpochPlan(preset, items)
@@ -222,7 +222,7 @@ def test_plan_batches_carry_masks_through_flip_and_bucket_resize(tmp_path, flip)
     preset = preset_for(tmp_path, folder, concept={"masks": "file", "unmasked_weight": 0.0, "random_flip": flip,
                                                    "random_flip_probability": 1.0},
                         training={"resolution": "32", "cache_latents": False, "batch_size": 1})
-    from trainer.data import EpochPlan, collect_items
+    from trainer.data.data import EpochPlan, collect_items
     plan = EpochPlan(preset, collect_items(preset))
     batch = next(plan.iter_epoch(0))[0]
     size = plan.layout(0)[0][0].size
@@ -249,7 +249,7 @@ def test_alpha_channel_masks(tmp_path):
         (folder / f"{name}.txt").write_text("x\n")
     preset = preset_for(tmp_path, folder, concept={"masks": "alpha", "unmasked_weight": 0.3},
                         training={"cache_latents": False, "batch_size": 1})
-    from trainer.data import EpochPlan, collect_items
+    from trainer.data.data import EpochPlan, collect_items
     items = collect_items(preset)
     assert {i.path.name: i.mask is not None for i in items} == {"cut.png": True, "plain.png": False,
                                                                 "plain-masklabel.png": False}
@@ -269,7 +269,7 @@ def test_alpha_channel_masks(tmp_path):
 # ---- cache ---------------------------------------------------------------------------------------------
 
 def test_the_cache_keeps_masks_and_a_changed_mask_re_encodes(tmp_path, components):
-    from trainer.data import EpochPlan, collect_items
+    from trainer.data.data import EpochPlan, collect_items
     folder = masked_folder(tmp_path / "imgs", sizes=((32, 32),) * 3)
     preset = preset_for(tmp_path, folder, concept={"masks": "file", "unmasked_weight": 0.0},
                         training={"batch_size": 1})
@@ -305,7 +305,7 @@ def test_the_cache_keeps_masks_and_a_changed_mask_re_encodes(tmp_path, component
 # ---- inputs: files, statistics, the log, refusals ---------------------------------------------------------
 
 def test_mask_files_are_not_images_and_stats_count_with_and_without(tmp_path):
-    from trainer.stats import concept_stats, format_stats
+    from trainer.data.stats import concept_stats, format_stats
     folder = masked_folder(tmp_path / "imgs", sizes=((32, 32),) * 5, masked=[0, 1, 2])
     half_mask((32, 32)).save(folder / "ghost-masklabel.png")  # a mask without its image
     preset = preset_for(tmp_path, folder, concept={"masks": "file"})
@@ -325,7 +325,7 @@ def test_mask_files_are_not_images_and_stats_count_with_and_without(tmp_path):
 
 
 def test_the_run_says_once_which_images_have_no_mask(tmp_path, components):
-    from trainer.data import EpochPlan, collect_items
+    from trainer.data.data import EpochPlan, collect_items
     folder = masked_folder(tmp_path / "imgs", sizes=((32, 32),) * 3, masked=[0])
     preset = preset_for(tmp_path, folder, concept={"masks": "file"})
     events = []
@@ -336,8 +336,8 @@ def test_the_run_says_once_which_images_have_no_mask(tmp_path, components):
 
 
 def test_a_mask_of_the_wrong_size_is_refused_by_name(tmp_path):
-    from trainer.data import collect_items
-    from trainer.stats import concept_stats
+    from trainer.data.data import collect_items
+    from trainer.data.stats import concept_stats
     folder = masked_folder(tmp_path / "imgs", sizes=((32, 32),) * 2)
     half_mask((32, 30)).save(folder / "img_1-masklabel.png")
     preset = preset_for(tmp_path, folder, concept={"masks": "file"})
@@ -371,11 +371,11 @@ def test_a_masked_run_trains_end_to_end(tmp_path, tiny_model_dir):
 def test_a_changed_mask_file_is_a_changed_image_for_resume():
     """A backup's dataset record holds the mask file's hash with its image's: resume sees a new mask as a changed
     image (and asks), while an image without a mask keeps the record older backups have."""
-    from trainer.data import ImageItem
-    from trainer.inputs import dataset_changes, dataset_record
+    from trainer.data.data import ImageItem
+    from trainer.data.inputs import dataset_changes, dataset_record
     from pathlib import Path
 
-    from trainer.masks import MaskRef
+    from trainer.data.masks import MaskRef
     plain = ImageItem(Path("a.png"), 0, digest="d1", captions=("x",))
     masked = ImageItem(Path("b.png"), 0, digest="d2", captions=("x",), mask=MaskRef("file", Path("b-masklabel.png"), "m1"))
     before = dataset_record([plain, masked])

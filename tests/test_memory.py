@@ -1,5 +1,5 @@
-"""The GPU-memory estimate (trainer.memory) and the settings that fit a card (trainer.memory_fit), on the tiny model:
-each part against sizes computed by hand from the model's own tensors and the optimizers' documented state."""
+"""The GPU-memory estimate (trainer/tools/memory.py) and the settings that fit a card (memory_fit.py), on the tiny
+model: each part against sizes computed by hand from the model's own tensors and the optimizers' documented state."""
 from __future__ import annotations
 
 import json
@@ -12,16 +12,16 @@ import torch
 
 from tiny_presets import make_preset
 from trainer.config import load_preset
-from trainer.memory import (AutocastLike, LiveBytes, MemoryEstimate, estimate_memory, meta_model, pass_bytes,
+from trainer.tools.memory import (AutocastLike, LiveBytes, MemoryEstimate, estimate_memory, meta_model, pass_bytes,
                             state_bytes)
-from trainer.memory_fit import Fit, NoFit, fit_settings
+from trainer.tools.memory_fit import Fit, NoFit, fit_settings
 
 
 def card_for(usable_bytes: float) -> float:
     """The card size in GiB whose usable part (memory.usable_gib) is `usable_bytes`."""
-    from trainer.vram import HEADROOM_GIB, HEADROOM_SHARE
+    from trainer.tools.vram import HEADROOM_GIB, HEADROOM_SHARE
     return (usable_bytes / 2**30 + HEADROOM_GIB) / (1 - HEADROOM_SHARE)
-from trainer.models import load_model
+from trainer.model.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_activations_scale_with_the_batch_and_pixels_not_the_attention_matrix(tm
 
 
 def test_memory_savers_lower_their_parts(tmp_path, tiny_model_dir, color_concept, monkeypatch):
-    from trainer.optim import Stepper
+    from trainer.train.optim import Stepper
     monkeypatch.setattr(Stepper, "BUCKET", 4096)  # SD 1.5's bucket holds the whole tiny UNet: make it small
     at = {"resolution": "128", "batch_size": 4}  # where the activations make the peak
     plain = estimate_memory(preset_with(tmp_path, tiny_model_dir, color_concept, **at))
@@ -145,7 +145,7 @@ def test_memory_savers_lower_their_parts(tmp_path, tiny_model_dir, color_concept
 
 def test_state_of_every_optimizer_is_the_librarys(tmp_path, tiny_model_dir, color_concept):
     from trainer.config import OPTIMIZERS
-    from trainer.optim import make_optimizer, optimizer_settings
+    from trainer.train.optim import make_optimizer, optimizer_settings
     preset = preset_with(tmp_path, tiny_model_dir, color_concept)
     shapes = [torch.Size([64, 32, 3, 3]), torch.Size([64])]
     for name in OPTIMIZERS:
@@ -162,7 +162,7 @@ def test_state_of_every_optimizer_is_the_librarys(tmp_path, tiny_model_dir, colo
 
 
 def test_fit_finds_the_fastest_settings_under_a_budget(tmp_path, tiny_model_dir, color_concept):
-    from trainer.vram import usable_gib
+    from trainer.tools.vram import usable_gib
     preset = preset_with(tmp_path, tiny_model_dir, color_concept, batch_size=4, ema="gpu")
     full = estimate_memory(preset).total
     assert fit_settings(preset, card_for(full * 1.01)).changes == {}  # fits already: nothing to change

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from trainer import convert
-from trainer.models import BUNDLED_SD15, _empty_models, load_model, save_model
+from trainer.model import convert
+from trainer.model.models import BUNDLED_SD15, _empty_models, load_model, save_model
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "sd15_ldm_state_dict.tsv"
 # The noise-schedule buffers of LatentDiffusion (rebuilt from the config by every loader) and CLIP's position_ids

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer import convert
+from trainer.model import convert
 from trainer.__main__ import main
 from trainer.errors import ModelLoadError
-from trainer.models import EMA_LOADED_NOTE, EMA_NOTE, SDComponents, load_model, save_model
+from trainer.model.models import EMA_LOADED_NOTE, EMA_NOTE, SDComponents, load_model, save_model
 
 PARTS = ("unet", "vae", "text_encoder")
 LIGHTNING_MODULES = ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint")
@@ -235,7 +235,7 @@ def test_a_run_starts_from_the_weights_the_preset_chooses_and_says_which(tiny_st
 
     from tiny_presets import make_preset
     from trainer import events as ev
-    from trainer.loop import train
+    from trainer.train.loop import train
     path = tmp_path / "ema.safetensors"
     save_file(with_ema(tiny_state_dict), str(path))
     for load_ema, note in ((False, EMA_NOTE), (True, EMA_LOADED_NOTE)):

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from tiny_presets import make_preset
 from trainer.config import portable_preset, preset_to_json
-from trainer.loop import train
+from trainer.train.loop import train
 
 
 def metadata_of(path) -> dict:
@@ -53,7 +53,7 @@ def test_saved_model_metadata_follows_modelspec_and_embeds_a_portable_preset(tin
 def test_v_prediction_single_files_get_an_a1111_config_and_say_how_to_sample(tiny_model_dir, color_concept,
                                                                                tmp_path):
     import yaml
-    from trainer.objective import from_yaml
+    from trainer.train.objective import from_yaml
     preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={
         "max_steps": 1, "prediction_type": "v_prediction", "zero_terminal_snr": True})
     finished = train(preset, lambda e: None, queue.Queue())
@@ -96,6 +96,6 @@ def test_a_v_prediction_diffusers_folder_states_it_in_its_scheduler_config(tiny_
     finished = train(preset, lambda e: None, queue.Queue())
     config = json.loads((Path(finished.output_path) / "scheduler" / "scheduler_config.json").read_text())
     assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"] is True
-    from trainer.models import load_model
+    from trainer.model.models import load_model
     reloaded = load_model(finished.output_path)
     assert reloaded.prediction_type == "v_prediction" and reloaded.zero_terminal_snr

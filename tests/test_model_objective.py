@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from trainer.config import Preset, preset_to_json
 from trainer.errors import ModelLoadError
-from trainer.models import FIRST_CONV, SDComponents, load_model, save_model
-from trainer.objective import resolve_prediction_type
+from trainer.model.models import FIRST_CONV, SDComponents, load_model, save_model
+from trainer.train.objective import resolve_prediction_type
 
 
 @pytest.fixture(scope="module")

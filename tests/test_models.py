@@ -7,9 +7,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from trainer import convert
+from trainer.model import convert
 from trainer.errors import ModelLoadError
-from trainer.models import BUNDLED_SD15, SDComponents, load_model, save_model
+from trainer.model.models import BUNDLED_SD15, SDComponents, load_model, save_model
 
 PARTS = ("unet", "vae", "text_encoder")
 METADATA = {"modelspec.architecture": "stable-diffusion-v1", "modelspec.title": "tiny",

@@ -19,9 +19,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tiny_presets import make_preset
-from trainer.backup import complete_backups
+from trainer.train.backup import complete_backups
 from trainer.config import save_preset
-from trainer.data import EpochPlan, collect_items
+from trainer.data.data import EpochPlan, collect_items
 from trainer.errors import InputError
 
 # 6 wide images (bucket 40x24 at 32 px) and 3 square ones (32x32): with batch 2 and two processes an epoch has
@@ -170,7 +170,7 @@ def test_resume_with_two_processes_matches_the_uninterrupted_run(two_process_run
 
 
 def test_resume_with_another_process_count_is_refused(two_process_run):
-    from trainer.loop import train
+    from trainer.train.loop import train
     preset, tmp, _ = two_process_run
     backup = tmp / "ws" / "backup" / "step0000002-epoch0001"
     with pytest.raises(InputError, match=r"written by a run on 2 process\(es\) and this run has 1"):

@@ -1,11 +1,11 @@
-"""Tests for trainer.optim: every optimizer trains, every LR schedule has its warmup and its end."""
+"""Tests for trainer.train.optim: every optimizer trains, every LR schedule has its warmup and its end."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from trainer.config import LR_SCHEDULERS, OPTIMIZERS
-from trainer.optim import current_lr, make_lr_scheduler, make_optimizer
+from trainer.train.optim import current_lr, make_lr_scheduler, make_optimizer
 
 # A learning rate that suits each optimizer on the test quadratic (Prodigy finds its own step size from lr=1).
 TEST_LR = {"adamw": 0.05, "adamw8bit": 0.05, "adafactor": 0.05, "lion": 0.02, "prodigy": 1.0, "sgd": 0.05,

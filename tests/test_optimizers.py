@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from test_precision import eval_loss, small_model
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
-from trainer import outputs
-from trainer.backup import complete_backups
+from trainer.train import outputs
+from trainer.train.backup import complete_backups
 from trainer.config import (OPTIMIZER_DEFAULTS, OPTIMIZER_FIELDS, OPTIMIZERS, Preset, TrainingConfig, validate)
 from trainer.errors import InputError
-from trainer.optim import Stepper, current_lr, make_lr_scheduler, make_optimizer, optimizer_settings
+from trainer.train.optim import Stepper, current_lr, make_lr_scheduler, make_optimizer, optimizer_settings
 
 NEW = ("adamw_schedulefree", "prodigy_schedulefree", "came", "adopt", "ademamix")
 BUCKETED = ("adamw_schedulefree", "came", "adopt", "ademamix")  # Prodigy's step size needs all gradients at once
@@ -366,7 +366,7 @@ def unet_tensors(components) -> dict[str, torch.Tensor]:
 def library_average(name: str, folder: Path, model_dir) -> dict[str, torch.Tensor]:
     """The UNet's weights of a backup (the stepped y) moved to the optimizer's average x by the library's own
     eval() (schedulefree), on an optimizer loaded with the backup's state."""
-    from trainer.models import load_model
+    from trainer.model.models import load_model
     unet = load_model(str(model_dir)).unet
     unet.load_state_dict(load_file(str(folder / "unet.safetensors")))
     optimizer = make_optimizer(name, [{"params": [p for p in unet.parameters() if p.requires_grad]}], LR[name])
@@ -380,7 +380,7 @@ def test_schedule_free_samples_and_saves_use_its_average(name, tiny_model_dir, c
     """Samples and the saved model use the optimizer's average x, as schedulefree's eval() makes it from a
     backup's stepped weights y and state; backups keep y; sampling leaves the training exactly as it was (the same
     run without samples ends with the same backup)."""
-    from trainer.models import load_model
+    from trainer.model.models import load_model
     seen = []
 
     def fake_generate(pipe, prompt, device, **kwargs):  # what the sample is drawn from, without drawing it

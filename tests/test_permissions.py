@@ -49,7 +49,7 @@ def test_umask_mode_follows_the_mask(umask):
 
 @pytest.mark.parametrize("output_format", ["single_file", "diffusers"])
 def test_saved_model_follows_the_umask(tmp_path, tiny_model_dir, umask, output_format):
-    from trainer.models import load_model, save_model
+    from trainer.model.models import load_model, save_model
     components = load_model(str(tiny_model_dir))
     for mask, file_mode, dir_mode in MASKS:
         umask(mask)
@@ -61,7 +61,7 @@ def test_saved_model_follows_the_umask(tmp_path, tiny_model_dir, umask, output_f
 
 
 def test_backup_follows_the_umask(tmp_path, tiny_model_dir, color_concept, umask):
-    from trainer.backup import Position, write_backup
+    from trainer.train.backup import Position, write_backup
     preset = make_preset(tmp_path, tiny_model_dir, color_concept)
     for mask, file_mode, dir_mode in MASKS:
         umask(mask)
@@ -72,7 +72,7 @@ def test_backup_follows_the_umask(tmp_path, tiny_model_dir, color_concept, umask
 
 
 def test_cache_entry_follows_the_umask(tmp_path, umask):
-    from trainer.cache import TensorCache
+    from trainer.data.cache import TensorCache
     cache = TensorCache(tmp_path / "cache")
     for mask, file_mode, _ in MASKS:
         umask(mask)
@@ -100,7 +100,7 @@ def test_atomic_write_text_new_file_follows_umask_and_an_existing_one_keeps_its_
 
 def test_training_run_files_are_readable_by_others_under_umask_022(tmp_path, tiny_model_dir, color_concept,
                                                                    umask):
-    from trainer.loop import train
+    from trainer.train.loop import train
     umask(0o022)
     preset = make_preset(
         tmp_path, tiny_model_dir, color_concept, training={"max_steps": 1},

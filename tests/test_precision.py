@@ -12,7 +12,7 @@ from tiny_presets import make_preset
 from trainer import events as ev
 from trainer.config import preset_from_dict
 from trainer.fields import ConfigError
-from trainer.optim import Stepper, stochastic_round_
+from trainer.train.optim import Stepper, stochastic_round_
 
 
 def test_stochastic_rounding_is_unbiased_and_exact_where_it_can_be():
@@ -109,7 +109,7 @@ def eval_loss(model_path, image_dir, config_dir) -> float:
     """The UNet's loss on the training image with fixed noise and timesteps (deterministic)."""
     import numpy as np
 
-    from trainer.models import load_model
+    from trainer.model.models import load_model
     m = load_model(str(model_path), str(config_dir))
     pixels = torch.from_numpy(np.asarray(Image.open(image_dir / "a.png"), dtype=np.float32) / 127.5 - 1)
     pixels = pixels.permute(2, 0, 1)[None]
@@ -127,7 +127,7 @@ def test_bf16_weights_learn_with_stochastic_rounding_and_not_without(tiny_model_
     """The quality guard: the same 60 small steps in float32, bf16 + stochastic rounding and bf16 rounded to
     nearest. With a fine-tuning-sized learning rate the bf16 rounding step swallows most updates unless they are
     rounded stochastically."""
-    from trainer.loop import train
+    from trainer.train.loop import train
     (tmp_path / "one").mkdir()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "one" / "a.png")
     results = {}
@@ -152,7 +152,7 @@ def test_bf16_weights_learn_with_stochastic_rounding_and_not_without(tiny_model_
 def test_fused_back_pass_in_the_loop_trains_like_the_plain_one(tiny_model_dir, color_concept, tmp_path):
     from safetensors.torch import load_file
 
-    from trainer.loop import train
+    from trainer.train.loop import train
     outputs = []
     for fused in (False, True):
         preset = make_preset(tmp_path / str(fused), tiny_model_dir, color_concept,
@@ -175,7 +175,7 @@ def test_compiled_unet_trains_and_saves_plain_keys(tiny_model_dir, color_concept
     minutes on a CPU); samples, backups and the saved model see the plain module."""
     from safetensors.torch import load_file
 
-    from trainer.loop import train
+    from trainer.train.loop import train
     real_compile, compiled = torch.compile, []
     monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or
                         real_compile(module, backend="eager"))
@@ -200,8 +200,8 @@ def test_deferred_loss_reads_skip_bad_steps_on_the_device(tiny_model_dir, color_
     skipped inside the fused optimizer and reported when read. Forced on here, on the CPU."""
     from safetensors.torch import load_file
 
-    import trainer.loop as loop
-    from trainer import losses, progress
+    import trainer.train.loop as loop
+    from trainer.train import losses, progress
     monkeypatch.setattr(progress, "LOSS_READ_SECONDS", 1e9)  # read only at boundaries: here the epoch ends (4 steps)
     real, calls = losses.diffusion_loss, [0]
 

@@ -1,4 +1,4 @@
-"""A queue of runs and sweeps (trainer/run_queue.py, trainer/queue_runner.py): expansion and naming, refusal before
+"""A queue of runs and sweeps (trainer/tools/run_queue.py, queue_runner.py): expansion and naming, refusal before
 anything runs, failures recorded while the queue goes on, stop and continue, pause after the current run, a queue
 file changed between runs, the command line."""
 from __future__ import annotations
@@ -16,10 +16,10 @@ from trainer import events as ev
 from trainer.config import Preset, preset_to_dict
 from trainer.errors import InputError
 from trainer.event_log import read_event_log
-from trainer.queue_runner import how_to_start, run_queue
-from trainer.run_queue import (QueueEntry, QueueFile, RunState, check_queue, expand_queue, key_labels, read_queue,
+from trainer.tools.queue_runner import how_to_start, run_queue
+from trainer.tools.run_queue import (QueueEntry, QueueFile, RunState, check_queue, expand_queue, key_labels, read_queue,
                                read_state, running_lock, safe_part, set_pause, state_path, write_queue)
-from trainer.runs import MANIFEST, RUN_ID_KEY, complete_backups, model_metadata, write_run_file
+from trainer.train.runs import MANIFEST, RUN_ID_KEY, complete_backups, model_metadata, write_run_file
 from trainer.session import queue_job, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,8 +187,8 @@ def test_a_run_continues_only_in_a_workspace_it_claimed(tmp_path, fake_inputs):
 
 
 def test_clashes_with_earlier_files_are_found_before_anything_runs(tmp_path, fake_inputs):
-    from trainer.queue_runner import check_starts, describe_runs
-    from trainer.run_queue import QueueState, read_state, run_settings, write_state
+    from trainer.tools.queue_runner import check_starts, describe_runs
+    from trainer.tools.run_queue import QueueState, read_state, run_settings, write_state
     path = write_json(tmp_path / "QUEUE.json", {"version": 1, "entries": [
         {"name": "a", "preset_data": base_data(tmp_path, *fake_inputs)},
         {"name": "b", "preset_data": base_data(tmp_path, *fake_inputs)}]})
@@ -199,7 +199,7 @@ def test_clashes_with_earlier_files_are_found_before_anything_runs(tmp_path, fak
         run_queue(path, lambda event: None, None, lambda *args: trained.append(args))
     assert trained == [] and not (tmp_path / "QUEUE.state.json").exists()  # refused before run a
     (b.workspace / "run.json").unlink()
-    from trainer.runs import output_file
+    from trainer.train.runs import output_file
     output_file(a.preset).parent.mkdir(parents=True, exist_ok=True)
     output_file(a.preset).write_bytes(b"the user's")
     with pytest.raises(InputError, match="run a: .* exists and this queue did not write it"):

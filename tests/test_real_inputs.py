@@ -16,8 +16,8 @@ from trainer import events as ev
 from trainer.__main__ import main as cli_main
 from trainer.config import save_preset, validate
 from trainer.errors import InputError
-from trainer.loop import train
-from trainer.runs import EARLIER_DIR, RUN_ID_KEY, earlier_run
+from trainer.train.loop import train
+from trainer.train.runs import EARLIER_DIR, RUN_ID_KEY, earlier_run
 from trainer.session import TrainingSession
 
 QUICK = {"max_steps": 2, "batch_size": 2}
@@ -85,7 +85,7 @@ def test_images_without_caption_are_reported_at_start_and_trained_as_before(tiny
 
 
 def test_missing_caption_actions(tiny_model_dir, color_concept, tmp_path):
-    from trainer.data import collect_items
+    from trainer.data.data import collect_items
     folder = uncaptioned(color_concept, tmp_path)
 
     def items(action, caption=""):
@@ -128,8 +128,8 @@ def test_stats_name_images_without_caption(color_concept, tmp_path, capsys):
 
 def test_captions_in_other_encodings_train_as_written_and_undecodable_ones_are_skipped(tiny_model_dir,
                                                                                        color_concept, tmp_path):
-    from trainer.data import collect_items
-    from trainer.stats import concept_stats
+    from trainer.data.data import collect_items
+    from trainer.data.stats import concept_stats
     folder = concept_copy(color_concept, tmp_path)
     legacy = "a red square in a café, naïve crème brûlée style, déjà vu, à la carte, façade, garçon"
     (folder / "red0.txt").write_bytes(legacy.encode("cp1252"))
@@ -152,7 +152,7 @@ def test_captions_in_other_encodings_train_as_written_and_undecodable_ones_are_s
 # ---- 2. captions over the token limit (wiring; the encoding itself is in test_long_prompts.py) ------------
 
 def test_long_captions_reported_in_stats_and_log_and_trained_in_chunks(tiny_model_dir, color_concept, tmp_path):
-    from trainer.stats import concept_stats
+    from trainer.data.stats import concept_stats
     folder = concept_copy(color_concept, tmp_path)
     long = ", ".join(f"word{i}" for i in range(30)) + ", sks trigger"  # 112 CLIP tokens
     (folder / "red1.txt").write_text(long + "\n")
@@ -251,7 +251,7 @@ def test_output_path_of_the_wrong_kind_or_a_users_file_is_refused(fmt, make, col
 
 
 def test_failed_final_save_keeps_the_training_in_a_backup(tiny_model_dir, color_concept, tmp_path, monkeypatch):
-    from trainer import outputs
+    from trainer.train import outputs
     preset = quick_preset(tmp_path, tiny_model_dir, color_concept, backup={"backup_before_save": False})
     real_save = outputs.save_model
 
@@ -385,7 +385,7 @@ def test_input_errors_carry_no_traceback_and_no_escape_codes(color_concept, tmp_
 
 
 def test_a_bug_still_logs_its_traceback(tiny_model_dir, color_concept, tmp_path, monkeypatch):
-    from trainer import training_model
+    from trainer.model import training_model
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
@@ -454,7 +454,7 @@ def test_a_damaged_backup_is_refused_by_name(tiny_model_dir, color_concept, tmp_
 
 
 def test_resume_names_each_changed_setting_and_token_length_breaks_it(tiny_model_dir, color_concept, tmp_path):
-    from trainer.backup import compare_presets
+    from trainer.train.backup import compare_presets
     preset = quick_preset(tmp_path, tiny_model_dir, color_concept)
     changed = quick_preset(tmp_path, tiny_model_dir, color_concept)
     changed.concepts[0].missing_caption = "skip"
@@ -482,7 +482,7 @@ def test_tensorboard_that_cannot_write_is_turned_off_and_the_run_goes_on(tiny_mo
 
 
 def test_known_run_failures_show_no_traceback(tiny_model_dir, color_concept, tmp_path, monkeypatch):
-    from trainer import outputs
+    from trainer.train import outputs
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

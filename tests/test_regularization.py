@@ -96,7 +96,7 @@ def test_a_regularization_concept_needs_a_training_concept(folders, tmp_path):
 def test_collect_items_refuses_without_training_images(folders, tmp_path):
     """The data's own check, for a preset changed after validation: only regularization and validation images
     leave nothing to train on."""
-    from trainer.data import collect_items
+    from trainer.data.data import collect_items
     preset = reg_preset(tmp_path, folders)
     preset.concepts[0].role = "validation"
     with pytest.raises(InputError, match="role train"):
@@ -106,15 +106,15 @@ def test_collect_items_refuses_without_training_images(folders, tmp_path):
 def test_training_sees_regularization_images_at_their_weight(folders, tiny_model_dir, tmp_path, monkeypatch):
     """A tiny run: the micro-batches the loss is computed on hold the regularization images as often as the
     training images, at the prior loss weight, and the epoch is as long as both together."""
-    import trainer.step
+    import trainer.train.step
     seen = Counter()
-    micro_batch_loss = trainer.step.micro_batch_loss
+    micro_batch_loss = trainer.train.step.micro_batch_loss
 
     def observed(batch, *args, **kwargs):
         for caption, weight in zip(batch.captions, batch.loss_weights):
             seen[(caption, weight)] += 1
         return micro_batch_loss(batch, *args, **kwargs)
-    monkeypatch.setattr(trainer.step, "micro_batch_loss", observed)
+    monkeypatch.setattr(trainer.train.step, "micro_batch_loss", observed)
     preset = reg_preset(tmp_path, folders, tiny_model_dir, reg={"loss_weight": 0.5},
                         training={"epochs": 2, "batch_size": 2}, backup={"backup_unit": "never"})
     finished, events = run_stopping_at(preset)

@@ -15,7 +15,7 @@ from tiny_presets import make_preset
 from trainer import events as ev
 from trainer.__main__ import main as cli_main
 from trainer.config import save_preset
-from trainer.loop import train
+from trainer.train.loop import train
 from trainer.config import LR_SCHEDULERS, OPTIMIZERS
 from trainer.session import TrainingSession
 
@@ -40,7 +40,7 @@ def te_weights(path) -> dict:
 @pytest.fixture(scope="module")
 def initial(tiny_model_dir, tmp_path_factory):
     """The tiny model as a float32 single file, the reference for 'weights changed'."""
-    from trainer.models import load_model, save_model
+    from trainer.model.models import load_model, save_model
     return save_model(load_model(str(tiny_model_dir)), tmp_path_factory.mktemp("init") / "init.safetensors",
                       "single_file", "float32", {})
 
@@ -55,7 +55,7 @@ def test_cli_demo_run_writes_model_samples_and_tensorboard(tmp_path):
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "workspace" / "demo" / "model.safetensors"
-    from trainer.models import load_model
+    from trainer.model.models import load_model
     trained = load_model(str(out), base_config=str(tmp_path / "demo" / "model"))
     base = load_model(str(tmp_path / "demo" / "model"))
     assert any(not torch.equal(a, b) for a, b in zip(trained.unet.state_dict().values(),
@@ -236,7 +236,7 @@ def test_cpu_threads_hold_for_the_run_and_are_given_back(tiny_model_dir, color_c
     """general.cpu_threads sets torch's threads while a CPU run trains (the demo uses 1: on a busy 2-core machine
     two threads stall); the count the process had comes back afterwards."""
     from trainer import events as ev
-    from trainer.loop import train
+    from trainer.train.loop import train
     before = torch.get_num_threads()
     preset = make_preset(tmp_path, tiny_model_dir, color_concept, training={"max_steps": 2},
                          general={"cpu_threads": 1 if before != 1 else 2})

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.config import save_preset
-from trainer.data import EpochPlan, collect_items
+from trainer.data.data import EpochPlan, collect_items
 from trainer.event_log import read_event_log
-from trainer.intervals import Actions, Boundaries
-from trainer.validation import validation_timesteps
+from trainer.train.intervals import Actions, Boundaries
+from trainer.train.validation import validation_timesteps
 
 HELD_OUT = "a green square held out"
 
@@ -74,14 +74,14 @@ def test_validation_images_never_reach_the_optimizer(tiny_model_dir, color_conce
     """A run with a validation concept: no micro-batch the training loss is computed on holds its caption, the
     weights end bit for bit as those of the same run without it, and the loss is measured before the first
     step, after each epoch and at the end."""
-    import trainer.step
+    import trainer.train.step
     captions = []
-    micro_batch_loss = trainer.step.micro_batch_loss
+    micro_batch_loss = trainer.train.step.micro_batch_loss
 
     def observed(batch, *args, **kwargs):
         captions.extend(batch.captions)
         return micro_batch_loss(batch, *args, **kwargs)
-    monkeypatch.setattr(trainer.step, "micro_batch_loss", observed)
+    monkeypatch.setattr(trainer.train.step, "micro_batch_loss", observed)
     training = {"epochs": 2, "learning_rate": 1e-3}
     with_held_out = preset_with(tmp_path / "with", tiny_model_dir, color_concept, held_out, training=training)
     finished, events = run_stopping_at(with_held_out)
@@ -123,7 +123,7 @@ def test_points_are_recorded_and_written_to_tensorboard(tiny_model_dir, color_co
     from trainer.event_log import EventRecorder
     preset = preset_with(tmp_path, tiny_model_dir, color_concept, held_out, general={"tensorboard": True},
                          sampling={"validate_every": 3, "validate_unit": "steps"}, training={"epochs": 2})
-    from trainer.loop import train
+    from trainer.train.loop import train
     events = []
     train(preset, EventRecorder(events.append))
     assert [step for step, _ in points(events)] == [0, 3, 6, 8]
@@ -181,8 +181,8 @@ def test_validate_unit_never_measures_nothing_and_says_so(tiny_model_dir, color_
 
 def test_backups_keep_the_history(tiny_model_dir, color_concept, held_out, tmp_path):
     """A backup's state holds the points measured so far, as plain numbers."""
-    from trainer.backup import load_backup
-    from trainer.runs import complete_backups
+    from trainer.train.backup import load_backup
+    from trainer.train.runs import complete_backups
     preset = preset_with(tmp_path, tiny_model_dir, color_concept, held_out,
                          sampling={"validate_every": 1, "validate_unit": "steps"},
                          backup={"backup_unit": "steps", "backup_every": 2, "backup_before_save": False})

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from trainer.wildcards import Wildcards, WildcardError, expand_all, expand_random
+from trainer.data.wildcards import Wildcards, WildcardError, expand_all, expand_random
 
 
 def test_inline_choices_expand_to_every_combination_in_order():

@@ -24,12 +24,12 @@ def make_preset(tmp_path, model_dir, concept_dir, **sections):
 
 
 def run_stopping_at(preset, stop_at: int | None = None, resume=None):
-    """Train in-process (trainer.loop.train); stop_at sends STOP once that step is reported. Returns
+    """Train in-process (trainer.train.loop.train); stop_at sends STOP once that step is reported. Returns
     (RunFinished, the events)."""
     import queue
 
     from trainer import events as ev
-    from trainer.loop import train
+    from trainer.train.loop import train
     commands, events = queue.Queue(), []
 
     def emit(e):

@@ -27,7 +27,7 @@ def slow_backup_files(seconds: float) -> None:
 
     def slow(tensors, filename, *args, **kwargs):
         result = save_file(tensors, filename, *args, **kwargs)
-        if ".tmp-" in Path(filename).parent.name:  # a backup's folder while it is written (trainer.backup)
+        if ".tmp-" in Path(filename).parent.name:  # a backup's folder while it is written (trainer.train.backup)
             time.sleep(seconds)
         return result
     safetensors.torch.save_file = slow
@@ -37,11 +37,11 @@ def rank_dump(folder: Path) -> callable:
     """Install the observers; returns the function that writes this process's record."""
     import torch
 
-    import trainer.loop
+    import trainer.train.loop
     from trainer import events as ev
-    from trainer.cache import TensorCache
-    from trainer.data import EpochPlan
-    from trainer.training_model import TrainingModel
+    from trainer.data.cache import TensorCache
+    from trainer.data.data import EpochPlan
+    from trainer.model.training_model import TrainingModel
     record = {"positions": {}, "padding": 0, "written": [], "cache_writes": 0}
     models = []
 
@@ -57,7 +57,7 @@ def rank_dump(folder: Path) -> callable:
             yield micro_batches
     EpochPlan.iter_epoch = observed_epoch
 
-    main_process_only = trainer.loop.main_process_only
+    main_process_only = trainer.train.loop.main_process_only
 
     def observed_emit(emit, accelerator):
         reported = main_process_only(emit, accelerator)
@@ -69,7 +69,7 @@ def rank_dump(folder: Path) -> callable:
                 record["written"].append(["sample", event.path])
             reported(event)
         return both
-    trainer.loop.main_process_only = observed_emit
+    trainer.train.loop.main_process_only = observed_emit
 
     write_entry = TensorCache.write
 

@@ -100,10 +100,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_queue(args) -> int:
-    """Run a queue of trainings and sweeps (trainer.queue_runner), or with --dry-run check it and print its runs."""
+    """Run a queue of trainings and sweeps (trainer.tools.queue_runner), or with --dry-run check it and print its
+    runs."""
     from trainer.errors import InputError
-    from trainer.queue_runner import check_starts, describe_runs
-    from trainer.run_queue import check_queue, read_state
+    from trainer.tools.queue_runner import check_starts, describe_runs
+    from trainer.tools.run_queue import check_queue, read_state
     try:
         runs = check_queue(args.queue)
         state = read_state(args.queue)
@@ -136,7 +137,7 @@ def cmd_caption(args) -> int:
     if not args.preview:
         from trainer.session import caption_session
         return run_session(caption_session(spec), quiet=args.quiet)
-    from trainer.captioning import preview
+    from trainer.tools.captioning import preview
     from trainer.errors import describe_failure, is_input_error
 
     def emit(event):
@@ -158,11 +159,11 @@ def fill_caches(preset, emit, progress=None) -> dict:
     the counts (EpochPlan.report). progress(what, done, total), if given, follows each batch."""
     import torch
 
-    from trainer.cache import frozen_dtype
-    from trainer.checks import check_inputs, quiet_libraries
-    from trainer.data import EpochPlan
-    from trainer.inputs import input_report
-    from trainer.models import load_model
+    from trainer.data.cache import frozen_dtype
+    from trainer.train.checks import check_inputs, quiet_libraries
+    from trainer.data.data import EpochPlan
+    from trainer.data.inputs import input_report
+    from trainer.model.models import load_model
     quiet_libraries()
     items = check_inputs(preset, emit)
     for log in input_report(preset, items):
@@ -221,7 +222,7 @@ def cmd_cache(args) -> int:
 def cmd_stats(args) -> int:
     import json
 
-    from trainer.stats import concept_stats, format_stats
+    from trainer.data.stats import concept_stats, format_stats
     preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
     stats = concept_stats(preset)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
@@ -230,7 +231,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_make_demo(args) -> int:
-    from trainer.demo import make_demo
+    from trainer.tools.demo import make_demo
     folder = make_demo(args.dir)
     print(f"demo written to {folder}")
     return EXIT_OK
@@ -238,7 +239,7 @@ def cmd_make_demo(args) -> int:
 
 def cmd_convert(args) -> int:
     from trainer.errors import ModelLoadError, plain_text
-    from trainer.models import load_model, save_model
+    from trainer.model.models import load_model, save_model
     try:
         components = load_model(args.source, args.base_config, load_ema=args.ema)
     except ModelLoadError as e:  # here the setting is the --ema option
@@ -248,7 +249,7 @@ def cmd_convert(args) -> int:
         print(f"loaded the {components.weights_note.replace('model.load_ema', '--ema')}")
     from pathlib import Path
 
-    from trainer.outputs import MODELSPEC_PREDICTION, write_a1111_config
+    from trainer.train.outputs import MODELSPEC_PREDICTION, write_a1111_config
     title = args.title or Path(args.dest).name.removesuffix(".safetensors")  # the file's stem, as a run writes it
     metadata = {"modelspec.title": title, "modelspec.prediction_type": MODELSPEC_PREDICTION[components.prediction_type],
                 "seachange.prediction_type": components.prediction_type}
@@ -260,17 +261,17 @@ def cmd_convert(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    """The estimated peak GPU memory of the preset's training run (trainer.memory), against the stated or detected
-    card less its headroom; with --fit the fastest settings that fit (trainer.memory_fit), written as a preset with
+    """The estimated peak GPU memory of the preset's training run (tools/memory.py), against the stated or detected
+    card less its headroom; with --fit the fastest settings that fit (tools/memory_fit.py), written as a preset with
     --write."""
     import json
     from pathlib import Path
 
     from trainer.config import save_preset
     from trainer.errors import InputError
-    from trainer.memory import GIB, detected_vram_gib, estimate_memory
-    from trainer.vram import amount, usable_gib
-    from trainer.memory_fit import Fit, fit_settings
+    from trainer.tools.memory import GIB, detected_vram_gib, estimate_memory
+    from trainer.tools.vram import amount, usable_gib
+    from trainer.tools.memory_fit import Fit, fit_settings
     for name, value in (("--vram", args.vram), ("--fit", args.fit)):
         if value is not None and not value > 0:
             print(f"error: {name}: give the card's memory in GiB, a number above 0 (e.g. 8 or 24)", file=sys.stderr)
@@ -333,7 +334,7 @@ def cmd_memory(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from trainer.bench import main as bench_main
+    from trainer.tools.bench import main as bench_main
     return bench_main(args)
 
 

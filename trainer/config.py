@@ -526,7 +526,7 @@ def validate(preset: Preset, check_paths: bool = False) -> list[str]:
 def _method_problems(preset: Preset) -> list[str]:
     """What training.method needs: something to train; a LoRA or an embedding written as a .safetensors file; a
     new word that CLIP does not know yet."""
-    from trainer.vocab import placeholder_problem
+    from trainer.data.vocab import placeholder_problem
     t, model, problems = preset.training, preset.model, []
     if t.method != "embedding" and not (t.train_unet or t.train_text_encoder):
         problems.append("training.train_unet: nothing to train (turn on the UNet or the text encoder)")
@@ -643,7 +643,7 @@ def _precision_problems(t: TrainingConfig) -> list[str]:
     return problems
 
 
-DEMO_PARTS = ("images", "model")  # what trainer.demo.make_demo builds under general.demo_dir
+DEMO_PARTS = ("images", "model")  # what trainer.tools.demo.make_demo builds under general.demo_dir
 
 
 def built_by_demo(preset: Preset, path: str) -> bool:

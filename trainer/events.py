@@ -40,7 +40,7 @@ class Progress:
 @dataclass(frozen=True)
 class ValidationLoss:
     """The loss on the validation images (concept role validation, never trained on) after `step` optimizer
-    steps (0: before the first), with fixed noise and timesteps, so points of one run compare (trainer.validation).
+    steps (0: before the first), with fixed noise and timesteps, so points of one run compare (train/validation.py).
     `epoch`: Position.epoch_number; `images`: how many images it was measured on."""
     step: int
     epoch: int
@@ -90,7 +90,7 @@ class RunFinished:
 @dataclass(frozen=True)
 class ImageGenerated:
     """generate-data wrote (or, resuming, found) one image and its caption. `done` counts from 1 to `total`.
-    caption (trainer.captioning) uses it too: `path` is a captioned image and `caption` the text its caption
+    caption (trainer.tools.captioning) uses it too: `path` is a captioned image and `caption` the text its caption
     file now holds (a preview: the text proposed); skipped: the image was left without a new caption."""
     path: str
     caption: str
@@ -116,7 +116,7 @@ class GridCell:
     total: int
 
 
-# ---- queue events (trainer/queue_runner.py): each run's training events as above but its RunFinished, these
+# ---- queue events (trainer/tools/queue_runner.py): each run's training events as above but its RunFinished, these
 # between them, and one RunFinished for the whole queue ---------------------------------------------------------
 
 @dataclass(frozen=True)

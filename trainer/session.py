@@ -28,19 +28,19 @@ from trainer.config import Preset
 
 def train_job(emit, commands, preset: Preset, resume: str | None, fresh: bool = False,
               allow_changed_data: bool = False):
-    from trainer.loop import train  # lazy: torch loads in the worker, never before the window paints
+    from trainer.train.loop import train  # lazy: torch loads in the worker, never before the window paints
     return train(preset, emit, commands, resume=resume, fresh=fresh, allow_changed_data=allow_changed_data)
 
 
 def generate_data_job(emit, commands, spec):
-    from trainer.generate_data import generate_data
+    from trainer.tools.generate_data import generate_data
     return generate_data(spec, emit, commands)
 
 
 def caption_job(emit, commands, spec, preview_count: int = 0):
-    """Caption spec.image_dir (trainer.captioning.caption); with preview_count, propose that many captions as
+    """Caption spec.image_dir (trainer.tools.captioning.caption); with preview_count, propose that many captions as
     ImageGenerated events and write nothing."""
-    from trainer import captioning
+    from trainer.tools import captioning
     if not preview_count:
         return captioning.caption(spec, emit, commands)
     found = captioning.preview(spec, preview_count, emit, commands)
@@ -48,13 +48,13 @@ def caption_job(emit, commands, spec, preview_count: int = 0):
 
 
 def compare_job(emit, commands, spec):
-    from trainer.compare import compare
+    from trainer.tools.compare import compare
     return compare(spec, emit, commands)
 
 
 def queue_job(emit, commands, path: str):
-    """Run the queue QUEUE.json at `path` (trainer.queue_runner.run_queue), each of its runs through run_job."""
-    from trainer.queue_runner import run_queue
+    """Run the queue QUEUE.json at `path` (trainer.tools.queue_runner.run_queue), each of its runs through run_job."""
+    from trainer.tools.queue_runner import run_queue
     return run_queue(path, emit, commands, _queue_training)
 
 
@@ -222,7 +222,7 @@ class TrainingSession(Session):
     def __init__(self, preset: Preset, resume: str | None = None, process: bool = False, fresh: bool = False,
                  allow_changed_data: bool = False):
         """resume: 'latest' or a backup folder; fresh: start over where an earlier run left files (they are moved
-        aside, see trainer.runs); allow_changed_data: resume although the concepts' files changed."""
+        aside, see trainer.train.runs); allow_changed_data: resume although the concepts' files changed."""
         self.preset = copy.deepcopy(preset)
         self.resume, self.fresh, self.allow_changed_data = resume, fresh, allow_changed_data
         super().__init__(train_job, (self.preset, resume, fresh, allow_changed_data), process,
@@ -240,9 +240,9 @@ def compare_session(spec, process: bool = False) -> Session:
 
 
 def queue_session(path, process: bool = False) -> Session:
-    """A session that runs the queue QUEUE.json at `path` (trainer.queue_runner.run_queue): the runs' training
+    """A session that runs the queue QUEUE.json at `path` (trainer.tools.queue_runner.run_queue): the runs' training
     events, a QueueRunState at each change of a run's state, one RunFinished for the queue; stop() stops the current
-    run (it writes its backup) and the queue. Pause after the current run: trainer.run_queue.set_pause."""
+    run (it writes its backup) and the queue. Pause after the current run: trainer.tools.run_queue.set_pause."""
     return Session(queue_job, (str(path),), process, "seachange-queue")
 
 
@@ -255,7 +255,7 @@ def caption_session(spec, process: bool = False, preview_count: int = 0) -> Sess
 def concept_statistics(preset: Preset) -> list[dict]:
     """Per concept: images, usable and skipped files with reasons, missing captions, caption lengths and the
     bucket histogram (plain data; may take a while on big folders, so call it off the UI thread)."""
-    from trainer.stats import concept_stats  # no torch: safe before the first run
+    from trainer.data.stats import concept_stats  # no torch: safe before the first run
     return concept_stats(copy.deepcopy(preset))
 
 

@@ -112,7 +112,7 @@ CAPTION_MODES = ("missing", "all", "prepend", "append")
 
 @dataclass
 class CaptionSpec:
-    """Caption a folder of images with a local vision-language model and/or a WD tagger (trainer.captioning)."""
+    """Caption a folder of images with a local vision-language model and/or a WD tagger (trainer.tools.captioning)."""
     image_dir: str = opt("", "Image folder", "The images to caption; each caption is written beside its image "
                          "(photo.jpg -> photo.txt).", kind="dir")
     include_subfolders: bool = opt(False, "Include subfolders", "Also caption the images in every folder below "
@@ -200,7 +200,7 @@ def validate_spec(spec: Any) -> list[str]:
 def caption_problems(spec: CaptionSpec) -> list[str]:
     """What makes a caption spec unable to run, as 'field: reason': no image folder, nothing to do (no captioner
     and no tagger), a Florence-2 prompt that is not a captioning task. Folders and models are checked when the
-    tool runs (trainer.captioning.check_inputs)."""
+    tool runs (trainer.tools.captioning.check_inputs)."""
     problems = []
     if not spec.image_dir.strip():
         problems.append("image_dir: choose the folder of images to caption")

@@ -10,7 +10,7 @@ import customtkinter as ctk
 
 from app.widgets import ERROR, GROUP_COLOUR, MUTED, SUCCESS, WARNING, Group, SwitchField, Tooltip, bury, \
     close_on_escape, load_thumbnail
-from trainer.captions import TXT_SOURCES, caption_file_for, find_replace_captions, read_caption_file, save_caption
+from trainer.data.captions import TXT_SOURCES, caption_file_for, find_replace_captions, read_caption_file, save_caption
 from trainer.config import ConceptConfig
 from trainer.errors import InputError
 
@@ -21,7 +21,7 @@ LEGEND = "✓ has a caption   ○ none yet   ⚠ cannot be read"
 
 
 def caption_state(found) -> str:
-    """What a caption file (trainer.captions.read_caption_file) holds for the list's mark: "ok" (a caption),
+    """What a caption file (trainer.data.captions.read_caption_file) holds for the list's mark: "ok" (a caption),
     "none" (no file, or an empty one) or "problem" (it cannot be read or decoded)."""
     return "problem" if found.problem else "ok" if found.lines else "none"
 
@@ -68,8 +68,8 @@ class CaptionEditor(ctk.CTkToplevel):
 
     @staticmethod
     def _list_images(concept: ConceptConfig) -> list[Path]:
-        from trainer.images import list_image_files  # the engine's own listing (no torch)
-        from trainer.masks import separate_mask_files  # mask files are no images to caption
+        from trainer.data.images import list_image_files  # the engine's own listing (no torch)
+        from trainer.data.masks import separate_mask_files  # mask files are no images to caption
         folder = Path(concept.path).expanduser()
         try:
             listed = list_image_files(folder, concept.include_subdirectories) if folder.is_dir() else []

@@ -1,4 +1,4 @@
-"""Caption a concept's images with a model (trainer.captioning) from the concepts tab: the caption spec's form,
+"""Caption a concept's images with a model (trainer.tools.captioning) from the concepts tab: the caption spec's form,
 what a run would write, a preview of a few proposed captions (nothing written) and the run itself, a device job."""
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from app.tool_runner import ToolRunner
 from app.widgets import (GROUP_COLOUR, MUTED, WARNING, RootImage, Tooltip, bury, close_on_escape, load_thumbnail,
                          reconfigure, show_image_window)
 from trainer import events as ev
-from trainer.caption_models import REPO_ID, captioner_problem, tagger_problem
-from trainer.captions import TXT_SOURCES
+from trainer.tools.caption_models import REPO_ID, captioner_problem, tagger_problem
+from trainer.data.captions import TXT_SOURCES
 from trainer.config import ConceptConfig, Preset
 from trainer.errors import InputError
 from trainer.specs import DEFAULT_CAPTIONER_MODELS, DEFAULT_TAGGER_MODEL, CaptionSpec, validate_spec
@@ -46,10 +46,10 @@ SESSION_IN_CHILD = True  # the window's way: torch loads in a child process (tes
 
 
 def plan_summary(spec: CaptionSpec) -> dict:
-    """What a run of `spec` would do, counted as trainer.captioning.plan counts it (no model loads): "todo"
+    """What a run of `spec` would do, counted as trainer.tools.captioning.plan counts it (no model loads): "todo"
     images, "with_caption" of those (replaced in mode all, extended in prepend / append), "kept" as they are and
     the engine's "notes"; "error" says why it cannot tell. Plain data in and out: it runs in a worker thread."""
-    from trainer import captioning
+    from trainer.tools import captioning
     if not spec.image_dir.strip() or not Path(spec.image_dir).expanduser().is_dir():
         return {"error": f"{spec.image_dir or '(no folder)'} is not a folder"}
     notes: list[str] = []
@@ -80,7 +80,7 @@ def plan_text(summary: dict, mode: str) -> tuple[str, str]:
 
 
 def model_problems(spec: CaptionSpec) -> list[str]:
-    """The engine's refusals of the folder and model fields as 'field: reason' (what trainer.captioning.
+    """The engine's refusals of the folder and model fields as 'field: reason' (what trainer.tools.captioning.
     check_inputs and caption_models.model_folder say), all of them; a repo id is checked when it is fetched."""
     problems = []
     if spec.image_dir.strip() and not Path(spec.image_dir).expanduser().is_dir():
@@ -369,7 +369,7 @@ class CaptionModelsView(ctk.CTkToplevel):
         """Run as shown; False, with the reason shown, when it cannot (the engine's own checks come first)."""
         if self.runner.running or self.validate_now():
             return False
-        from trainer.captioning import check_inputs
+        from trainer.tools.captioning import check_inputs
         try:
             check_inputs(self.spec)
         except InputError as e:

@@ -330,7 +330,7 @@ class StatsPanel(Group):
         self.shown = None
 
     def show(self, stats: dict, concept, demo: bool) -> None:
-        """Draw `stats` (one entry of trainer.stats.concept_stats) of `concept`; `demo`: its folder is the
+        """Draw `stats` (one entry of trainer.data.stats.concept_stats) of `concept`; `demo`: its folder is the
         demo's, built at Start (so a missing one is no mistake)."""
         folder_missing = bool(stats["path"]) and not Path(stats["path"]).expanduser().is_dir()
         if stats["error"] and not stats["image_count"]:

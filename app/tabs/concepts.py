@@ -14,10 +14,10 @@ from app.form import hint_of, is_scalar, split_problem
 from app.tabs.common import Tab
 from app.tabs.concept_stats import StatsPanel, stats_key
 from app.widgets import ERROR, MUTED, WARNING, Group, Tooltip, bury, load_thumbnail, reconfigure
-from trainer.captions import caption_lines
+from trainer.data.captions import caption_lines
 from trainer.config import ConceptConfig
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as trainer.images
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as trainer.data.images
 THUMBS = 8
 THUMB_SIZE = 120
 STATS_DEBOUNCE_MS = 300
@@ -31,7 +31,7 @@ ROLE_TAGS = {"regularization": ("REG", "#7d5bbe", "Regularization: its images ar
              "validation": ("VAL", "#2e8a57", "Validation: never trained on; the loss on its images is measured "
                             "with fixed noise and drawn in the run tab's chart.")}
 ROLE_FIELDS = {"repeats": "train", "regularization_rate": "regularization"}  # editor fields of one role only
-MASK_FIELDS = ("mask_suffix", "unmasked_weight", "normalize_masked_area_loss")  # apply with masks on (trainer.masks)
+MASK_FIELDS = ("mask_suffix", "unmasked_weight", "normalize_masked_area_loss")  # apply with masks on (data/masks.py)
 
 
 def switches_of(cls) -> dict[str, str]:
@@ -65,7 +65,7 @@ def scan_folder(folder: str, mask_suffix: str = "") -> list[Path]:
 
 
 def caption_of(image: Path, concept: ConceptConfig) -> tuple[str, str]:
-    """The caption training would use, read as the engine reads it (trainer.captions: any common text encoding,
+    """The caption training would use, read as the engine reads it (trainer.data.captions: any common text encoding,
     the concept's missing_caption), and how to show it: ("text", "ok"); for several .txt lines the first (others
     are picked at random); ("(skipped: …)", "warning") for an image training leaves out; ("", "error") for an
     empty caption."""

@@ -1,4 +1,5 @@
-"""The queue tab: a queue of runs and sweeps (trainer/run_queue.py) edited and run from the window. Its entries and
+"""The queue tab: a queue of runs and sweeps (trainer/tools/run_queue.py) edited and run from the window. Its entries
+and
 their runs, each with its state (QUEUE.state.json, then live from events.QueueRunState); add the window's settings
 or a preset file, sweep an entry, reorder, remove; start, pause after the current run, stop."""
 from __future__ import annotations
@@ -22,7 +23,7 @@ from trainer import events as ev
 from trainer.config import Preset, load_preset, preset_from_dict, preset_to_dict
 from trainer.errors import InputError
 from trainer.fields import ConfigError, atomic_write_text
-from trainer.run_queue import (QueueEntry, QueueFile, RunState, expand_entry, read_state, safe_part, set_pause,
+from trainer.tools.run_queue import (QueueEntry, QueueFile, RunState, expand_entry, read_state, safe_part, set_pause,
                                write_queue)
 
 DEFAULT_QUEUE = "workspace/queue.json"  # relative to the folder SeaChange runs in, as the presets' paths
@@ -262,7 +263,7 @@ class QueueTab(Tab):
             self.open_sweep_dialog(index).wait()
 
     def set_sweep(self, index: int, sweep: dict[str, list]) -> str | None:
-        """Give entry `index` this sweep when the engine's check of the entry takes it (trainer.run_queue.
+        """Give entry `index` this sweep when the engine's check of the entry takes it (trainer.tools.run_queue.
         expand_entry; input files are checked at Start): None, and the file is written; else its refusal."""
         changed = copy.deepcopy(self.queue_file)
         changed.entries[index].sweep = sweep
@@ -370,7 +371,7 @@ class QueueTab(Tab):
             self.show_running()
 
     def pause_changed(self) -> None:
-        """Pause after this run, ticked or not: the flag in QUEUE.state.json (trainer.run_queue.set_pause)."""
+        """Pause after this run, ticked or not: the flag in QUEUE.state.json (trainer.tools.run_queue.set_pause)."""
         try:
             set_pause(self.path.expanduser(), bool(self.pause_box.get()))
         except (OSError, InputError) as e:

@@ -37,7 +37,7 @@ GROUPS = [
                               "gradient_checkpointing"]),
 ]
 
-# The fields that apply to some values of training.method only (what trainer.training_model and optim read for
+# The fields that apply to some values of training.method only (what trainer.model.training_model and optim read for
 # each method); every other field applies to all three. The embedding fields apply to all three: with full or
 # lora a placeholder trains an extra word beside.
 METHODS_OF: dict[str, tuple[str, ...]] = {
@@ -56,12 +56,12 @@ METHODS_OF: dict[str, tuple[str, ...]] = {
 }
 
 
-# The optimizer settings and the optimizers that read them (config.OPTIMIZER_FIELDS, what trainer.optim passes
+# The optimizer settings and the optimizers that read them (config.OPTIMIZER_FIELDS, what trainer.train.optim passes
 # to each); every other field applies to every optimizer.
 OPTIMIZERS_OF: dict[str, tuple[str, ...]] = {f"training.{name}": names for name, names in OPTIMIZER_FIELDS.items()}
 
 
-# The fields that apply to some loss types only (what trainer.losses reads for each training.loss_type).
+# The fields that apply to some loss types only (what trainer.train.losses reads for each training.loss_type).
 LOSS_TYPES_OF: dict[str, tuple[str, ...]] = {f"training.{name}": ("huber", "smooth_l1")
                                              for name in ("huber_c", "huber_schedule")}
 
@@ -78,8 +78,9 @@ def applies(path: str, method: str, optimizer: str = "", loss_type: str = "") ->
 class MethodFields:
     """The labelled fields of one tab's `section` ("training", "model"), shown when they apply to the preset's
     training.method, training.optimizer and training.loss_type (applies()) and hidden (LabelledField.set_visible)
-    when not; a group whose fields are all hidden is hidden as well, and comes back in its place in its column. A field with a problem (validation's, or text
-    that does not parse) is always shown: no problem the bottom bar lists sits on a field the user cannot see."""
+    when not; a group whose fields are all hidden is hidden as well, and comes back in its place in its column. A
+    field with a problem (validation's, or text that does not parse) is always shown: no problem the bottom bar lists
+    sits on a field the user cannot see."""
 
     def __init__(self, form: Form, section: str):
         self.form = form

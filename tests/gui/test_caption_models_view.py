@@ -16,7 +16,7 @@ from app.widgets import ChoiceField
 from app.tabs.caption_models_view import CONCEPT_FIELDS, plan_text
 from caption_helpers import BLUE, BLUE_TAGS, RED, build_blip, build_tagger, image_folder
 from gui_helpers import settled, type_into
-from trainer import captioning
+from trainer.tools import captioning
 from trainer.specs import CaptionSpec
 
 RED_TAGS = BLUE_TAGS.replace("blue", "red")
@@ -114,7 +114,7 @@ def test_preview_proposes_captions_in_a_child_process_and_writes_nothing(models,
         tags = RED_TAGS if Path(path).stem == "f" else BLUE_TAGS
         assert caption.startswith("mnstr, ") and caption.endswith(f", {tags}") and not skipped, caption
         assert image.cget("image") is not None and text.cget("text") == caption
-    from trainer.captioning import Journal, journal_folder
+    from trainer.tools.captioning import Journal, journal_folder
     journal = Journal(journal_folder(view.spec), folder).path
     assert files(folder) == before and not journal.exists()  # a preview keeps no journal either
     viewer = view.open_card(3)  # a thumbnail full size, its proposal below

@@ -1,4 +1,5 @@
-"""The concept editor's mask settings (masked training, trainer/masks.py): shown with masks on, the suffix for masks
+"""The concept editor's mask settings (masked training, trainer/data/masks.py): shown with masks on, the suffix for
+masks
 from files only; the statistics count the images with and without a mask and leave the mask files out."""
 from __future__ import annotations
 

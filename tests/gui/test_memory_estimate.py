@@ -87,7 +87,7 @@ def test_fit_to_my_gpu_applies_the_engines_changes(window, folder, tiny_model_di
     line.refresh()
     eight = estimated(window, line, wait_for)
     assert eight > two
-    from trainer.vram import HEADROOM_GIB, HEADROOM_SHARE, usable_gib
+    from trainer.tools.vram import HEADROOM_GIB, HEADROOM_SHARE, usable_gib
     card = ((two + eight) / 2 + HEADROOM_GIB) / (1 - HEADROOM_SHARE)  # usable: batch 8 does not fit, batch 2 does
 
     line.detected = None  # no card here and none typed: Fit asks for its size first (here: cancelled)

@@ -1,5 +1,5 @@
 """Each optimizer's own settings in the training tab's Optimizer group: shown when that optimizer is chosen and
-hidden for the others (config.OPTIMIZER_FIELDS, what trainer.optim passes to each), a setting with a problem
+hidden for the others (config.OPTIMIZER_FIELDS, what trainer.train.optim passes to each), a setting with a problem
 stays in sight, a refusal (a schedule-free optimizer with a decaying schedule) marks the field it names."""
 from __future__ import annotations
 

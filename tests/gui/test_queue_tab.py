@@ -12,9 +12,9 @@ from tiny_presets import make_preset
 
 from app.queue_dialogs import parse_sweep, sweep_text
 from trainer.config import Preset, preset_to_dict, save_preset
-from trainer.run_queue import read_queue
-from trainer.run_samples import side_by_side, workspace_samples
-from trainer.runs import complete_backups
+from trainer.tools.run_queue import read_queue
+from trainer.tools.run_samples import side_by_side, workspace_samples
+from trainer.train.runs import complete_backups
 
 
 def tiny_preset(tmp_path: Path, model_dir, concept_dir, steps: int = 2) -> Preset:

@@ -43,7 +43,7 @@ def earlier_run_files(workspace: Path, step: int | None = 8, epoch: int = 2, sam
                                                           "run_id": run_id, "files": []}))
     (workspace / "samples").mkdir(exist_ok=True)
     for i in range(samples):
-        name = f"step{step or 0:07d}-epoch{epoch:04d}-prompt{i:02d}-seed{i}.png"  # trainer.sampling.sample_path
+        name = f"step{step or 0:07d}-epoch{epoch:04d}-prompt{i:02d}-seed{i}.png"  # trainer.train.sampling.sample_path
         Image.new("RGB", (16, 16), "red").save(workspace / "samples" / name)
     if model is not None:
         model.parent.mkdir(parents=True, exist_ok=True)
@@ -367,7 +367,7 @@ def test_screenshots_of_the_new_states(window, pump, tmp_path, screenshots):
     """Screenshots real_inputs_*.png: a missing concept folder, the caption findings, both questions."""
     from app.dialogs import ChoiceDialog
     from app.run_questions import changed_data_message, earlier_run_message
-    from trainer.runs import earlier_run
+    from trainer.train.runs import earlier_run
     tab = add_concept(window, tmp_path / "my_photos")
     wait_for(window, lambda: settled(tab, tmp_path / "my_photos"), "the statistics")
     shot = screenshot(window, pump, screenshots, "real_inputs_missing_folder")

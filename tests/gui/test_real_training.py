@@ -12,7 +12,7 @@ from trainer.config import load_preset
 from trainer.fields import set_value
 
 
-@pytest.mark.skipif(importlib.util.find_spec("trainer.loop") is None, reason="trainer/loop.py is not there yet")
+@pytest.mark.skipif(importlib.util.find_spec("trainer.train.loop") is None, reason="trainer/train/loop.py is not there yet")
 @pytest.mark.skipif(not DEFAULT_PRESET.exists(), reason="presets/demo.json is not there yet")
 def test_window_trains_the_demo_and_shows_samples(make_window, tmp_path):
     from app.window import default_session_factory

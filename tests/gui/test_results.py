@@ -15,7 +15,7 @@ from trainer.specs import CompareModel, CompareSpec
 
 @pytest.fixture(scope="module")
 def second_model(tmp_path_factory):
-    from trainer.demo import build_tiny_components, save_diffusers_folder
+    from trainer.tools.demo import build_tiny_components, save_diffusers_folder
     return save_diffusers_folder(build_tiny_components(seed=1), tmp_path_factory.mktemp("tiny1") / "model")
 
 

@@ -14,14 +14,14 @@ from app.sample_gallery import GAP, STRIP
 from app.sample_viewer import scaled
 from app.widgets import show_image_window
 from trainer import events as ev
-from trainer.sampling import sample_path
+from trainer.train.sampling import sample_path
 from trainer.specs import CompareSpec
 
 COLOURS = ("red", "blue")
 
 
 def sample_file(folder: Path, index: int, step: int, epoch: int, size: int = 64) -> ev.SampleReady:
-    """A sample as the engine writes it (its file name from trainer.sampling): a disc in the prompt's colour, as
+    """A sample as the engine writes it (its file name from trainer.train.sampling): a disc in the prompt's colour, as
     wide as the step says, on white, two colours only (no antialiasing); seed 7 + the prompt's index."""
     folder.mkdir(parents=True, exist_ok=True)
     image = Image.new("RGB", (size, size), "white")

@@ -282,7 +282,7 @@ def test_screenshots_of_the_queue_and_a_sweep_side_by_side(window, fake_session,
 
     from app.queue_list import STATUS_COLOURS
     from app.widgets import SUCCESS
-    from trainer.run_queue import QueueState, RunState, write_state
+    from trainer.tools.run_queue import QueueState, RunState, write_state
     window.set_preset(make_preset(tmp_path, tiny_model_dir, color_concept), tmp_path / "portrait.json")
     tab, path = window.tabs["queue"], tmp_path / "queue.json"
     tab.set_path(path)

@@ -89,7 +89,7 @@ def test_the_time_left_is_smooth_over_the_run(window, sessions, pump):
     """Steps of 0.5 to 1.5 s, a 30 s first step (compiling) and a 20 s sample every 50 steps: from a quarter into
     the run the time left is near the truth and moves steadily down, where the steps left over the speed of
     the last 10 s jump about; the bottom bar shows it as time left with the clock time."""
-    from trainer.progress import LossTracker, StepLoss
+    from trainer.train.progress import LossTracker, StepLoss
     clock, rng, emitted, ended_at = [0.0], random.Random(0), [], []
     total = 400
     tracker = LossTracker(total, 1, 0, False, emitted.append, lambda *a: None, clock=lambda: clock[0])
