@@ -13,7 +13,7 @@ from app.run_widgets import AXIS_TEXT, CHART_BG
 from app.widgets import ERROR, MUTED, SUCCESS, WARNING
 from trainer.errors import InputError
 from trainer.tools.run_queue import (QueueEntry, QueueFile, RunState, check_queue, key_labels, read_queue, read_state,
-                               run_name, value_text)
+                                     run_name, value_text)
 
 COLUMNS = (("settings", "Sweep values · preset", 280), ("status", "Status", 190), ("loss", "Final loss", 120),
            ("model", "Model", 420))

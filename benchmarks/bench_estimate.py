@@ -29,11 +29,11 @@ def estimate_rows(presets: list[str], batches: list[int], overrides: list[str], 
                   model: str = "sd15", steps: int = 8, work: Path | None = None, report=print) -> list[dict]:
     """One dict per preset and batch size: "estimate_gib", "parts_gib", "estimate_s"; with `real` (a device) also
     "real_gib" (None on a CPU), "img_s" and "error_pct". Raises what the runs raise."""
-    from trainer.tools import bench
     from trainer.config import save_preset, validate
     from trainer.fields import apply_overrides
-    from trainer.tools.memory import GIB, estimate_memory
     from trainer.model.models import BUNDLED_SD15
+    from trainer.tools import bench
+    from trainer.tools.memory import GIB, estimate_memory
     work = Path(work or tempfile.mkdtemp(prefix="seachange-bench-estimate-"))
     size = 512 if model == "sd15" else 64
     model_dir, data = BUNDLED_SD15, work / "data"

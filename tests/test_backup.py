@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
-from trainer.train import losses
-from trainer.train.backup import complete_backups, prune_backups
 from trainer.config import save_preset
 from trainer.errors import InputError
+from trainer.train import losses
+from trainer.train.backup import complete_backups, prune_backups
 from trainer.train.intervals import Interval
 
 STEPS = 12

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from trainer import events as ev
-from trainer.train.backup import Position
 from trainer.config import preset_from_dict
+from trainer.train.backup import Position
 from trainer.train.intervals import Actions, Boundaries
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from trainer.data import captions
 from trainer.data.captions import (caption_file_for, find_replace_captions, read_caption_file, read_txt_lines,
-                              save_caption, write_caption)
+                                   save_caption, write_caption)
 from trainer.errors import InputError
 
 ACCENTS = "café, naïve"

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from caption_helpers import BLUE, BLUE_TAGS, RED, TAGS, build_blip, build_tagger, image_folder, save_model
-from trainer.tools import captioning
 from trainer import events as ev
-from trainer.tools.caption_models import MODEL_FILES, captioner_problem, pick_tags, read_tag_table, wd_pixels
-from trainer.tools.captioning import caption, check_inputs, preview
 from trainer.errors import InputError
 from trainer.fields import ConfigError
 from trainer.specs import CaptionSpec, load_spec, save_spec, spec_from_dict, spec_to_dict
+from trainer.tools import captioning
+from trainer.tools.caption_models import MODEL_FILES, captioner_problem, pick_tags, read_tag_table, wd_pixels
+from trainer.tools.captioning import caption, check_inputs, preview
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,11 +10,11 @@ from lora_helpers import write_tiny_lora
 from PIL import Image
 
 from trainer import events as ev
-from trainer.tools.compare import compare, evenly, samples_table
 from trainer.config import SamplePrompt
 from trainer.errors import InputError
-from trainer.tools.grid import PAD, PngWriter, write_grid
 from trainer.specs import CompareModel, CompareSpec
+from trainer.tools.compare import compare, evenly, samples_table
+from trainer.tools.grid import PAD, PngWriter, write_grid
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
 

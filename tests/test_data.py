@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from data_helpers import mixed_folder, plan_for, preset_for, use_counts, write_image
+from trainer.config import ConceptConfig
 from trainer.data.buckets import bucket_sizes, nearest_bucket
 from trainer.data.captions import augment_caption, pick_caption
-from trainer.config import ConceptConfig
-from trainer.errors import InputError
 from trainer.data.images import Augment
+from trainer.errors import InputError
 
 
 # ---- captions --------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from PIL import Image
 
 from data_helpers import plan_for, preset_for, write_image
 from trainer.data.data import collect_items
-from trainer.errors import InputError
 from trainer.data.images import Augment, load_pixels
+from trainer.errors import InputError
 
 RED = (200, 30, 30)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainer.tools.demo import (BACKGROUNDS, COLORS, SHAPES, build_tiny_components, demo_pixels, draw_shape,
-                          fit_demo_vae, load_pixels, make_demo, make_demo_images, reconstruction_error)
+                                fit_demo_vae, load_pixels, make_demo, make_demo_images, reconstruction_error)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_demo  # noqa: E402  (after the path is set)
@@ -89,8 +89,8 @@ def test_make_demo_writes_a_loadable_model_and_images_and_is_idempotent(tmp_path
 
 
 def test_make_demo_says_what_it_does_and_how_far_along(tmp_path, monkeypatch):
-    import trainer.tools.demo as demo
     from trainer import events as ev
+    import trainer.tools.demo as demo
     clock = [100.0]
     monkeypatch.setattr(demo.time, "monotonic", lambda: clock[0])
     real_fit = demo.fit_demo_vae

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.config import validate
-from trainer.errors import InputError
-from trainer.train.loop import train
-from trainer.model.models import load_model
 from trainer.data.prompts import encode_prompts
+from trainer.errors import InputError
+from trainer.model.models import load_model
+from trainer.train.loop import train
 
 WORD = "mystylexq"
 STEPS = 6
@@ -65,8 +65,8 @@ def test_the_word_trains_and_samples_use_it(tiny_model_dir, word_concept, tmp_pa
 
 
 def test_nothing_but_the_word_is_trained(tiny_model_dir, word_concept, tmp_path):
-    from trainer.model.training_model import TrainingModel
     from trainer.data.data import collect_items
+    from trainer.model.training_model import TrainingModel
     preset = word_preset(tmp_path, tiny_model_dir, word_concept)
     model = TrainingModel.load(preset, collect_items(preset), torch.device("cpu"), lambda e: None)
     groups = model.parameter_groups(preset.training)

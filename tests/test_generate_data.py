@@ -14,10 +14,10 @@ from PIL import Image
 
 from tiny_presets import make_preset
 from trainer import events as ev
-from trainer.fields import ConfigError
 from trainer.errors import InputError
-from trainer.tools.generate_data import generate_data, plan_images
+from trainer.fields import ConfigError
 from trainer.specs import GenerateDataSpec, load_spec, save_spec, spec_from_dict
+from trainer.tools.generate_data import generate_data, plan_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,8 +124,8 @@ def test_refuses_folders_it_did_not_write(tiny_model_dir, tmp_path):
 
 
 def test_output_folder_trains_as_a_concept(tiny_model_dir, tmp_path):
-    from trainer.train.loop import train
     from trainer.data.stats import concept_stats
+    from trainer.train.loop import train
     out = tmp_path / "generated"
     assert run(tiny_spec(tiny_model_dir, out))[0].outcome == "completed"
     preset = make_preset(tmp_path, tiny_model_dir, out, training={"epochs": 1, "batch_size": 2})

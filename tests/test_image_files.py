@@ -13,7 +13,7 @@ from data_helpers import write_image
 from trainer.data import images
 from trainer.data.buckets import bucket_sizes, nearest_bucket
 from trainer.data.images import (Augment, FileIndex, ImageTooLarge, check_image, decode, list_image_files,
-                            load_pixels, scan_files)
+                                 load_pixels, scan_files)
 
 BIG = (15000, 12400)  # 186 MP: over Pillow's own ~179 MP limit, under ours
 

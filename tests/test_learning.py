@@ -9,8 +9,8 @@ from PIL import Image
 
 from tiny_presets import make_preset
 from trainer.config import SamplePrompt
-from trainer.train.loop import train
 from trainer.model.models import load_model
+from trainer.train.loop import train
 from trainer.train.sampling import generate, make_pipeline
 
 

@@ -5,8 +5,8 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from trainer.config import SamplePrompt
-from trainer.tools.demo import TOKENIZER_DIR
 from trainer.data.prompts import chunk_count, chunked_ids, encode_prompts, over_limit, token_count
+from trainer.tools.demo import TOKENIZER_DIR
 from trainer.train.sampling import generate, make_pipeline, sample_embeds, sample_prompt_warnings
 
 BOS, EOS = 49406, 49407

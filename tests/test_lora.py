@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.errors import InputError
-from trainer.train.loop import train
 from trainer.model.models import load_model
+from trainer.train.loop import train
 
 STEPS = 6
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 import format_reference as ref
 from tiny_presets import make_preset
 from trainer.model import lora
-from trainer.train.loop import train
 from trainer.model.models import load_model
+from trainer.train.loop import train
 
 
 def full_size_sd15():

@@ -17,16 +17,16 @@ from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
 from trainer.config import Preset, validate
 from trainer.train.losses import (
-    DEBIASED_SNR_CAP,
-    compute_snr,
-    configure_noise_scheduler,
-    debiased_weights,
-    diffusion_loss,
-    elementwise_loss,
-    huber_c_per_timestep,
-    min_snr_weights,
-    sample_timesteps,
-)
+                                  DEBIASED_SNR_CAP,
+                                  compute_snr,
+                                  configure_noise_scheduler,
+                                  debiased_weights,
+                                  diffusion_loss,
+                                  elementwise_loss,
+                                  huber_c_per_timestep,
+                                  min_snr_weights,
+                                  sample_timesteps,
+                                  )
 from trainer.train.step import sample_generator
 
 SD15_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from trainer.train.losses import (
-    compute_snr,
-    configure_noise_scheduler,
-    diffusion_loss,
-    make_noise,
-    min_snr_weights,
-    sample_timesteps,
-    training_target,
-)
+                                  compute_snr,
+                                  configure_noise_scheduler,
+                                  diffusion_loss,
+                                  make_noise,
+                                  min_snr_weights,
+                                  sample_timesteps,
+                                  training_target,
+                                  )
 
 # The SD 1.5 scheduler config (a PNDMScheduler's, as shipped in the model folder).
 SD15_SCHEDULER = {

@@ -14,11 +14,11 @@ from PIL import Image
 from data_helpers import preset_for
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
-from trainer.train import losses
 from trainer.config import validate
-from trainer.errors import InputError
 from trainer.data.images import Augment, crop_to, load_pixels
 from trainer.data.masks import batch_weights, load_with_mask, loss_weights, mask_path_for, to_latent_grid
+from trainer.errors import InputError
+from trainer.train import losses
 
 
 def half_mask(size, left=True, level=255) -> Image.Image:
@@ -142,9 +142,9 @@ def prediction_gradient(preset, monkeypatch):
     element of the UNet's prediction, recovered from its gradient, B x C x h x w; the batch). For the MSE loss
     d loss / d pred = 2 (pred - target) w / (B C h w), so w = grad B C h w / (2 (pred - target))."""
     from trainer.data.data import EpochPlan, collect_items
+    from trainer.model.training_model import TrainingModel
     from trainer.train.processes import make_accelerator
     from trainer.train.step import micro_batch_loss
-    from trainer.model.training_model import TrainingModel
     items = collect_items(preset)
     model = TrainingModel.load(preset, items, torch.device("cpu"), lambda e: None)
     plan = EpochPlan(preset, items)

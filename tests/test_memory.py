@@ -13,7 +13,7 @@ import torch
 from tiny_presets import make_preset
 from trainer.config import load_preset
 from trainer.tools.memory import (AutocastLike, LiveBytes, MemoryEstimate, estimate_memory, meta_model, pass_bytes,
-                            state_bytes)
+                                  state_bytes)
 from trainer.tools.memory_fit import Fit, NoFit, fit_settings
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.model import convert
 from trainer.__main__ import main
 from trainer.errors import ModelLoadError
+from trainer.model import convert
 from trainer.model.models import EMA_LOADED_NOTE, EMA_NOTE, SDComponents, load_model, save_model
 
 PARTS = ("unet", "vae", "text_encoder")

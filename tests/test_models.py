@@ -7,8 +7,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from trainer.model import convert
 from trainer.errors import ModelLoadError
+from trainer.model import convert
 from trainer.model.models import BUNDLED_SD15, SDComponents, load_model, save_model
 
 PARTS = ("unet", "vae", "text_encoder")

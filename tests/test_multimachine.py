@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file
 
 from test_multiprocess import PROBE, SIZES, free_port, launch_args, preset_for, two_buckets  # noqa: F401 (fixture)
-from trainer.train import processes
-from trainer.train.checks import SHARED_BACKUP, start_disagreement
 from trainer.config import save_preset
 from trainer.errors import InputError, RunFailure
+from trainer.train import processes
+from trainer.train.checks import SHARED_BACKUP, start_disagreement
 from trainer.train.processes import ProcessView, checked_together, fill_once_per_folder
 from trainer.train.runs import complete_backups
 

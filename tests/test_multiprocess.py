@@ -19,10 +19,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tiny_presets import make_preset
-from trainer.train.backup import complete_backups
 from trainer.config import save_preset
 from trainer.data.data import EpochPlan, collect_items
 from trainer.errors import InputError
+from trainer.train.backup import complete_backups
 
 # 6 wide images (bucket 40x24 at 32 px) and 3 square ones (32x32): with batch 2 and two processes an epoch has
 # 5 micro-batches, so its last optimizer step holds one, and the second process trains on padding there.

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from test_precision import eval_loss, small_model
 from tiny_presets import make_preset, run_stopping_at
 from trainer import events as ev
-from trainer.train import outputs
-from trainer.train.backup import complete_backups
 from trainer.config import (OPTIMIZER_DEFAULTS, OPTIMIZER_FIELDS, OPTIMIZERS, Preset, TrainingConfig, validate)
 from trainer.errors import InputError
+from trainer.train import outputs
+from trainer.train.backup import complete_backups
 from trainer.train.optim import Stepper, current_lr, make_lr_scheduler, make_optimizer, optimizer_settings
 
 NEW = ("adamw_schedulefree", "prodigy_schedulefree", "came", "adopt", "ademamix")

@@ -200,8 +200,8 @@ def test_deferred_loss_reads_skip_bad_steps_on_the_device(tiny_model_dir, color_
     skipped inside the fused optimizer and reported when read. Forced on here, on the CPU."""
     from safetensors.torch import load_file
 
-    import trainer.train.loop as loop
     from trainer.train import losses, progress
+    import trainer.train.loop as loop
     monkeypatch.setattr(progress, "LOSS_READ_SECONDS", 1e9)  # read only at boundaries: here the epoch ends (4 steps)
     real, calls = losses.diffusion_loss, [0]
 

@@ -16,11 +16,11 @@ from trainer import events as ev
 from trainer.config import Preset, preset_to_dict
 from trainer.errors import InputError
 from trainer.event_log import read_event_log
+from trainer.session import queue_job, run_job
 from trainer.tools.queue_runner import how_to_start, run_queue
 from trainer.tools.run_queue import (QueueEntry, QueueFile, RunState, check_queue, expand_queue, key_labels, read_queue,
-                               read_state, running_lock, safe_part, set_pause, state_path, write_queue)
+                                     read_state, running_lock, safe_part, set_pause, state_path, write_queue)
 from trainer.train.runs import MANIFEST, RUN_ID_KEY, complete_backups, model_metadata, write_run_file
-from trainer.session import queue_job, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,9 +16,9 @@ from trainer import events as ev
 from trainer.__main__ import main as cli_main
 from trainer.config import save_preset, validate
 from trainer.errors import InputError
+from trainer.session import TrainingSession
 from trainer.train.loop import train
 from trainer.train.runs import EARLIER_DIR, RUN_ID_KEY, earlier_run
-from trainer.session import TrainingSession
 
 QUICK = {"max_steps": 2, "batch_size": 2}
 

@@ -15,9 +15,9 @@ from tiny_presets import make_preset
 from trainer import events as ev
 from trainer.__main__ import main as cli_main
 from trainer.config import save_preset
-from trainer.train.loop import train
 from trainer.config import LR_SCHEDULERS, OPTIMIZERS
 from trainer.session import TrainingSession
+from trainer.train.loop import train
 
 ROOT = Path(__file__).parents[1]
 

@@ -37,11 +37,11 @@ def rank_dump(folder: Path) -> callable:
     """Install the observers; returns the function that writes this process's record."""
     import torch
 
-    import trainer.train.loop
     from trainer import events as ev
     from trainer.data.cache import TensorCache
     from trainer.data.data import EpochPlan
     from trainer.model.training_model import TrainingModel
+    import trainer.train.loop
     record = {"positions": {}, "padding": 0, "written": [], "cache_writes": 0}
     models = []
 

@@ -137,8 +137,8 @@ def cmd_caption(args) -> int:
     if not args.preview:
         from trainer.session import caption_session
         return run_session(caption_session(spec), quiet=args.quiet)
-    from trainer.tools.captioning import preview
     from trainer.errors import describe_failure, is_input_error
+    from trainer.tools.captioning import preview
 
     def emit(event):
         if isinstance(event, ev.Log) and (event.level != "info" or not args.quiet):
@@ -160,10 +160,10 @@ def fill_caches(preset, emit, progress=None) -> dict:
     import torch
 
     from trainer.data.cache import frozen_dtype
-    from trainer.train.checks import check_inputs, quiet_libraries
     from trainer.data.data import EpochPlan
     from trainer.data.inputs import input_report
     from trainer.model.models import load_model
+    from trainer.train.checks import check_inputs, quiet_libraries
     quiet_libraries()
     items = check_inputs(preset, emit)
     for log in input_report(preset, items):
@@ -270,8 +270,8 @@ def cmd_memory(args) -> int:
     from trainer.config import save_preset
     from trainer.errors import InputError
     from trainer.tools.memory import GIB, detected_vram_gib, estimate_memory
-    from trainer.tools.vram import amount, usable_gib
     from trainer.tools.memory_fit import Fit, fit_settings
+    from trainer.tools.vram import amount, usable_gib
     for name, value in (("--vram", args.vram), ("--fit", args.fit)):
         if value is not None and not value > 0:
             print(f"error: {name}: give the card's memory in GiB, a number above 0 (e.g. 8 or 24)", file=sys.stderr)

@@ -10,8 +10,8 @@ import customtkinter as ctk
 
 from app.widgets import ERROR, GROUP_COLOUR, MUTED, SUCCESS, WARNING, Group, SwitchField, Tooltip, bury, \
     close_on_escape, load_thumbnail
-from trainer.data.captions import TXT_SOURCES, caption_file_for, find_replace_captions, read_caption_file, save_caption
 from trainer.config import ConceptConfig
+from trainer.data.captions import TXT_SOURCES, caption_file_for, find_replace_captions, read_caption_file, save_caption
 from trainer.errors import InputError
 
 PREVIEW = 420

@@ -20,11 +20,11 @@ from app.tool_runner import ToolRunner
 from app.widgets import (GROUP_COLOUR, MUTED, WARNING, RootImage, Tooltip, bury, close_on_escape, load_thumbnail,
                          reconfigure, show_image_window)
 from trainer import events as ev
-from trainer.tools.caption_models import REPO_ID, captioner_problem, tagger_problem
-from trainer.data.captions import TXT_SOURCES
 from trainer.config import ConceptConfig, Preset
+from trainer.data.captions import TXT_SOURCES
 from trainer.errors import InputError
 from trainer.specs import DEFAULT_CAPTIONER_MODELS, DEFAULT_TAGGER_MODEL, CaptionSpec, validate_spec
+from trainer.tools.caption_models import REPO_ID, captioner_problem, tagger_problem
 
 GROUPS = [("What is written", ["mode", "separator", "prefix", "suffix", "caption_extension"]),
           ("Captioner", ["captioner", "captioner_model", "prompt", "max_new_tokens"]),

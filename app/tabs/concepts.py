@@ -14,8 +14,8 @@ from app.form import hint_of, is_scalar, split_problem
 from app.tabs.common import Tab
 from app.tabs.concept_stats import StatsPanel, stats_key
 from app.widgets import ERROR, MUTED, WARNING, Group, Tooltip, bury, load_thumbnail, reconfigure
-from trainer.data.captions import caption_lines
 from trainer.config import ConceptConfig
+from trainer.data.captions import caption_lines
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as trainer.data.images
 THUMBS = 8

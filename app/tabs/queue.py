@@ -24,7 +24,7 @@ from trainer.config import Preset, load_preset, preset_from_dict, preset_to_dict
 from trainer.errors import InputError
 from trainer.fields import ConfigError, atomic_write_text
 from trainer.tools.run_queue import (QueueEntry, QueueFile, RunState, expand_entry, read_state, safe_part, set_pause,
-                               write_queue)
+                                     write_queue)
 
 DEFAULT_QUEUE = "workspace/queue.json"  # relative to the folder SeaChange runs in, as the presets' paths
 LEVELS = {"completed": "success", "stopped": "info"}  # a queue's or run's outcome -> message level (else error)

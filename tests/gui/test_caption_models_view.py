@@ -16,8 +16,8 @@ from app.widgets import ChoiceField
 from app.tabs.caption_models_view import CONCEPT_FIELDS, plan_text
 from caption_helpers import BLUE, BLUE_TAGS, RED, build_blip, build_tagger, image_folder
 from gui_helpers import settled, type_into
-from trainer.tools import captioning
 from trainer.specs import CaptionSpec
+from trainer.tools import captioning
 
 RED_TAGS = BLUE_TAGS.replace("blue", "red")
 

@@ -14,8 +14,8 @@ from app.sample_gallery import GAP, STRIP
 from app.sample_viewer import scaled
 from app.widgets import show_image_window
 from trainer import events as ev
-from trainer.train.sampling import sample_path
 from trainer.specs import CompareSpec
+from trainer.train.sampling import sample_path
 
 COLOURS = ("red", "blue")
 

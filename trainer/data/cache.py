@@ -22,11 +22,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from trainer.errors import CacheError
-from trainer.fields import umask_mode
 from trainer.data.loader import map_loader
 from trainer.data.masks import load_with_mask, to_latent_grid
 from trainer.data.prompts import encode_prompts
+from trainer.errors import CacheError
+from trainer.fields import umask_mode
 
 CACHE_VERSION = 1
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from trainer import events as ev
+from trainer.config import ConceptConfig, Preset, parse_resolutions
 from trainer.data.buckets import bucket_sizes, nearest_bucket
 from trainer.data.captions import caption_lines, captions_vary, fixed_captions, pick_caption
-from trainer.config import ConceptConfig, Preset, parse_resolutions
-from trainer.errors import InputError
+from trainer.data.images import (IMAGE_SUFFIXES, Augment, FileIndex, draw_augment, has_random_augments,
+                                 list_image_files, scan_files)
 from trainer.data.inputs import names
 from trainer.data.masks import (MaskRef, batch_weights, find_masks, latent_factor, load_with_mask, mask_report,
-                           refuse_problems, separate_mask_files, to_latent_grid)
-from trainer.data.images import (IMAGE_SUFFIXES, Augment, FileIndex, draw_augment, has_random_augments,
-                            list_image_files, scan_files)
+                                refuse_problems, separate_mask_files, to_latent_grid)
+from trainer.errors import InputError
 
 
 @dataclass(frozen=True)

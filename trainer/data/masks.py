@@ -28,9 +28,9 @@ from PIL import Image, ImageOps
 
 from trainer import events as ev
 from trainer.config import ConceptConfig, Preset
-from trainer.errors import InputError
 from trainer.data.images import (Augment, FileIndex, crop_to, decode, decode_size, decode_with_alpha, has_alpha,
-                            load_pixels, open_image, pixels_of, to_grey)
+                                 load_pixels, open_image, pixels_of, to_grey)
+from trainer.errors import InputError
 
 EXAMPLES = 5  # images named in a report line
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from trainer.data.buckets import bucket_name, bucket_sizes, nearest_bucket
 from trainer.config import Preset, built_by_demo, parse_resolutions
+from trainer.data.buckets import bucket_name, bucket_sizes, nearest_bucket
 from trainer.data.data import file_index, scan_concept, sort_captions
 from trainer.data.inputs import long_captions
 from trainer.data.masks import find_masks, mask_stats

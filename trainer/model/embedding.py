@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from trainer.errors import InputError
 from trainer.data.vocab import token_names
+from trainer.errors import InputError
 
 class PlaceholderVectors(torch.nn.Module):
     """The trained vectors of one new word: `vectors` (N, D) float32, for token ids first_id .. first_id + N - 1.

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.model import convert
-from trainer.train import objective
-from trainer.model.checkpoint_pickle import checkpoint_safe_globals, pickle_refusal_detail
 from trainer.config import OUTPUT_DTYPES
 from trainer.errors import ModelLoadError
+from trainer.model import convert
+from trainer.model.checkpoint_pickle import checkpoint_safe_globals, pickle_refusal_detail
+from trainer.train import objective
 
 BUNDLED_SD15 = Path(__file__).parents[1] / "assets" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors",)

@@ -10,14 +10,14 @@ from typing import Callable
 import torch
 
 from trainer import events as ev
-from trainer.train import losses
-from trainer.model import lora
-from trainer.data.cache import frozen_dtype
-from trainer.train.checks import check_model_inputs
 from trainer.config import Preset, TrainingConfig
-from trainer.model.embedding import Embedding
+from trainer.data.cache import frozen_dtype
 from trainer.errors import InputError
+from trainer.model import lora
+from trainer.model.embedding import Embedding
 from trainer.model.models import SDComponents, load_model
+from trainer.train import losses
+from trainer.train.checks import check_model_inputs
 
 
 @dataclass

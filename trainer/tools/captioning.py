@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Callable
 
 from trainer import events as ev
-from trainer.tools.caption_models import (Captioner, WDTagger, captioner_problem, model_folder, pick_tags,
-                                         tagger_problem,
-                                    MODEL_FILES, TAGGER_FILES)
 from trainer.data.captions import CaptionFile, encode_caption, read_caption_file
+from trainer.data.images import list_image_files
 from trainer.errors import InputError
 from trainer.fields import atomic_write_bytes, atomic_write_text
-from trainer.tools.generate_data import stop_requested
-from trainer.data.images import list_image_files
 from trainer.specs import DEFAULT_CAPTIONER_MODELS, DEFAULT_TAGGER_MODEL, CaptionSpec, validate_spec
+from trainer.tools.caption_models import (Captioner, WDTagger, captioner_problem, model_folder, pick_tags,
+                                          tagger_problem,
+                                          MODEL_FILES, TAGGER_FILES)
+from trainer.tools.generate_data import stop_requested
 
 JOURNAL_VERSION = 1
 # The settings that decide what a run writes: a journal entry made with others does not count as done.

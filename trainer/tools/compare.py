@@ -10,9 +10,9 @@ from pathlib import Path
 
 from trainer import events as ev
 from trainer.errors import InputError
+from trainer.specs import CompareSpec
 from trainer.tools.generate_data import move_model, stop_requested
 from trainer.tools.grid import write_grid
-from trainer.specs import CompareSpec
 
 SAMPLE_NAME = re.compile(r"step(\d+)-epoch(\d+)-prompt(\d+)-seed(\d+)\.png$")
 
@@ -193,8 +193,8 @@ def generate_cells(spec: CompareSpec, emit, commands):
 
     from trainer.model.lora import apply_lora_file
     from trainer.model.models import load_model
-    from trainer.train.sampling import generate, make_pipeline, make_sampler
     from trainer.specs import resolve_device, resolve_dtype
+    from trainer.train.sampling import generate, make_pipeline, make_sampler
     check_models(spec)
     rows = model_rows(spec)
     labels = [f"{p.prompt} (seed {p.seed})" for p in rows]

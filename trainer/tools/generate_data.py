@@ -10,11 +10,11 @@ from pathlib import Path
 
 from trainer import events as ev
 from trainer.data.captions import strip_phrases, write_caption
-from trainer.fields import atomic_write_text
-from trainer.errors import InputError
 from trainer.data.prompts import CHUNK, first_words, over_limit
-from trainer.specs import GenerateDataSpec, spec_to_dict
 from trainer.data.wildcards import Wildcards, WildcardError, expand_all, expand_random
+from trainer.errors import InputError
+from trainer.fields import atomic_write_text
+from trainer.specs import GenerateDataSpec, spec_to_dict
 
 MANIFEST = "manifest.json"
 SETTINGS = ("negative_prompt", "width", "height", "steps", "cfg_scale", "sampler")
@@ -114,8 +114,8 @@ def generate_data(spec: GenerateDataSpec, emit, commands: queue.Queue | None = N
     import torch
 
     from trainer.model.models import load_model
-    from trainer.train.sampling import make_pipeline
     from trainer.specs import resolve_device, resolve_dtype
+    from trainer.train.sampling import make_pipeline
     plan = plan_images(spec)
     folder = Path(spec.output_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

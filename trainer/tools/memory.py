@@ -209,11 +209,11 @@ def meta_model(preset: Preset) -> MetaModel:
     """Build the preset's model on the meta device from its configs only (models.empty_models: no weights are
     read), set up as TrainingModel.load sets it up on a GPU. Raises InputError naming model.base_model when the
     model cannot be found or read."""
-    from trainer.model import lora
     from trainer.data.captions import captions_vary
-    from trainer.train.checks import quiet_libraries
     from trainer.errors import ModelLoadError
+    from trainer.model import lora
     from trainer.model.models import empty_models
+    from trainer.train.checks import quiet_libraries
     training = preset.training
     if not preset.model.base_model.strip():
         raise InputError("model.base_model: no base model chosen: set it to a diffusers folder, a .safetensors or "

@@ -16,7 +16,7 @@ from trainer import events as ev
 from trainer.errors import InputError
 from trainer.tools.run_queue import (QueueRun, QueueState, RunState, check_queue, read_state, run_settings,
                                      running_lock,
-                               state_lock, write_state)
+                                     state_lock, write_state)
 from trainer.train.runs import backup_root, complete_backups, output_file, read_run_id
 
 # run_training(preset, resume, fresh, emit, commands): one training that emits its events and exactly one

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from trainer.config import Preset, preset_from_dict, preset_to_dict, preset_to_json
-from trainer.fields import atomic_write_text, give_umask_mode
 from trainer.errors import InputError, plain_text
+from trainer.fields import atomic_write_text, give_umask_mode
 from trainer.train.runs import MANIFEST, complete_backups, safetensors_header
 
 STATE = "state.pt"

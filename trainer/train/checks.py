@@ -11,12 +11,12 @@ from typing import Callable
 import torch
 
 from trainer import events as ev
-from trainer.train.backup import Position, check_backup, check_folders_and_disk
 from trainer.config import Preset, preset_to_json, validate
 from trainer.data.data import Items, collect_items
+from trainer.data.inputs import dataset_record, input_report, long_caption_report
 from trainer.errors import InputError
 from trainer.fields import atomic_write_text
-from trainer.data.inputs import dataset_record, input_report, long_caption_report
+from trainer.train.backup import Position, check_backup, check_folders_and_disk
 from trainer.train.objective import resolve_prediction_type
 from trainer.train.processes import ProcessView, checked_together, fill_once_per_folder, main_process_first
 from trainer.train.runs import MANIFEST, claim_workspace

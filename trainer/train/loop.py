@@ -15,19 +15,19 @@ import numpy as np
 import torch
 
 from trainer import events as ev
+from trainer.config import Preset
+from trainer.data.data import EpochPlan
+from trainer.model.training_model import TrainingModel
 from trainer.train import optim
 from trainer.train.backup import Position, TrainingState, load_backup
 from trainer.train.checks import check_run
-from trainer.config import Preset
-from trainer.data.data import EpochPlan
 from trainer.train.ema import training_ema
 from trainer.train.intervals import Boundaries
 from trainer.train.outputs import RunOutputs, TensorBoard, sampling_hint
 from trainer.train.processes import (commands_now, fill_once_per_folder, main_process_only, make_accelerator,
-                                use_cpu_threads)
+                                     use_cpu_threads)
 from trainer.train.progress import LossTracker, StepLoss
 from trainer.train.step import step_loss
-from trainer.model.training_model import TrainingModel
 from trainer.train.validation import Validation
 
 

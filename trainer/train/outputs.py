@@ -14,17 +14,17 @@ import numpy as np
 import torch
 
 from trainer import events as ev
-from trainer.train.backup import Position, TrainingState, prune_backups, write_backup
 from trainer.config import Preset, portable_preset, preset_to_json
-from trainer.fields import atomic_write_text
 from trainer.errors import FinalSaveFailed, plain_text
-from trainer.train.intervals import Actions
+from trainer.fields import atomic_write_text
 from trainer.model import lora
 from trainer.model.embedding import embedding_file_tensors, embedding_metadata
 from trainer.model.models import save_model, write_safetensors
+from trainer.model.training_model import TrainingModel
+from trainer.train.backup import Position, TrainingState, prune_backups, write_backup
+from trainer.train.intervals import Actions
 from trainer.train.runs import RUN_ID_KEY, backup_root
 from trainer.train.sampling import generate, make_pipeline, sample_path
-from trainer.model.training_model import TrainingModel
 
 
 MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}  # as kohya's sai_model_spec.py spells them

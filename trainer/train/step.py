@@ -11,13 +11,13 @@ import contextlib
 
 import torch
 
-from trainer.train import losses
 from trainer.config import TrainingConfig
 from trainer.data.data import Batch
-from trainer.train.optim import Stepper
-from trainer.train.processes import mean_over_processes
 from trainer.data.prompts import encode_prompts
 from trainer.model.training_model import TrainingModel
+from trainer.train import losses
+from trainer.train.optim import Stepper
+from trainer.train.processes import mean_over_processes
 
 
 def sample_generator(seed: int, epoch: int, position: int) -> torch.Generator:

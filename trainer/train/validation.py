@@ -26,14 +26,14 @@ from typing import Callable
 import torch
 
 from trainer import events as ev
-from trainer.train import losses
-from trainer.train.backup import Position
 from trainer.config import Preset
 from trainer.data.data import EpochPlan
-from trainer.train.intervals import Actions
 from trainer.data.prompts import encode_prompts
-from trainer.train.step import to_device
 from trainer.model.training_model import TrainingModel
+from trainer.train import losses
+from trainer.train.backup import Position
+from trainer.train.intervals import Actions
+from trainer.train.step import to_device
 
 TIMESTEPS_PER_IMAGE = 4  # kohya's NUM_VALIDATION_TIMESTEPS
 
