@@ -12,7 +12,7 @@ from app.form import Form, split_problem
 from app.memory_line import MemoryLine
 from app.tabs.common import GroupSpec, Tab, scroll_area
 from app.timestep_plot import TimestepPlot
-from trainer.config import OPTIMIZER_FIELDS
+from trainer.config import OPTIMIZER_FIELDS, TrainingConfig
 
 LORA = ["lora_type", "lora_rank", "lora_alpha", "lora_conv_rank", "lora_conv_alpha", "lora_dropout"]
 EMBEDDING = ["embedding_placeholder", "embedding_vectors", "embedding_init_text", "embedding_learning_rate"]
@@ -61,23 +61,30 @@ METHODS_OF: dict[str, tuple[str, ...]] = {
 OPTIMIZERS_OF: dict[str, tuple[str, ...]] = {f"training.{name}": names for name, names in OPTIMIZER_FIELDS.items()}
 
 
-# The fields that apply to some loss types only (what trainer.train.losses reads for each training.loss_type).
+# The fields that apply to some loss types only (what trainer.train.losses reads for each training.loss_type), and
+# to one timestep distribution only.
 LOSS_TYPES_OF: dict[str, tuple[str, ...]] = {f"training.{name}": ("huber", "smooth_l1")
                                              for name in ("huber_c", "huber_schedule")}
+DISTRIBUTIONS_OF: dict[str, tuple[str, ...]] = {f"training.{name}": ("logit_normal",)
+                                                for name in ("timestep_logit_mean", "timestep_logit_std")}
+
+# The training fields that decide what else applies, each with its table: path -> the values it applies for (a path
+# not in a table applies for every value).
+SWITCHES: dict[str, dict[str, tuple[str, ...]]] = {"method": METHODS_OF, "optimizer": OPTIMIZERS_OF,
+                                                   "loss_type": LOSS_TYPES_OF,
+                                                   "timestep_distribution": DISTRIBUTIONS_OF}
 
 
-def applies(path: str, method: str, optimizer: str = "", loss_type: str = "") -> bool:
-    """Whether the preset field at dotted `path` matters when training.method is `method` (METHODS_OF),
-    training.optimizer is `optimizer` (OPTIMIZERS_OF) and training.loss_type is `loss_type` (LOSS_TYPES_OF); ""
-    leaves the optimizer or the loss type out."""
-    return (method in METHODS_OF.get(path, (method,))
-            and (not optimizer or optimizer in OPTIMIZERS_OF.get(path, (optimizer,)))
-            and (not loss_type or loss_type in LOSS_TYPES_OF.get(path, (loss_type,))))
+def applies(path: str, training: TrainingConfig) -> bool:
+    """Whether the preset field at dotted `path` matters for the preset's training section `training`: for its
+    method, optimizer, loss type and timestep distribution (SWITCHES)."""
+    return all(getattr(training, switch) in table.get(path, (getattr(training, switch),))
+               for switch, table in SWITCHES.items())
 
 
 class MethodFields:
     """The labelled fields of one tab's `section` ("training", "model"), shown when they apply to the preset's
-    training.method, training.optimizer and training.loss_type (applies()) and hidden (LabelledField.set_visible)
+    training.method, optimizer, loss_type and timestep_distribution (applies()) and hidden (LabelledField.set_visible)
     when not; a group whose fields are all hidden is hidden as well, and comes back in its place in its column. A
     field with a problem (validation's, or text that does not parse) is always shown: no problem the bottom bar lists
     sits on a field the user cannot see."""
@@ -103,7 +110,7 @@ class MethodFields:
         return set(self.form.parse_errors) | {split_problem(p)[0] for p in self.form.problems(check_paths=False)}
 
     def update(self, hide: bool) -> None:
-        """Show what applies to the method, optimizer and loss type and what has a problem. With `hide` (after a
+        """Show what applies to the training switches (SWITCHES) and what has a problem. With `hide` (after a
         change of one of them or a preset load) also hide what no longer applies; without (after any other edit) only a
         hidden field that gained a problem comes back, so no field goes away under the user's hand."""
         training = self.form.preset.training
@@ -111,7 +118,7 @@ class MethodFields:
             return
         problems = self.problem_paths()
         for path, labelled in self.fields.items():
-            show = applies(path, training.method, training.optimizer, training.loss_type) or path in problems
+            show = applies(path, training) or path in problems
             if show != self.shown[path] and (show or hide):
                 labelled.set_visible(show)
                 self.shown[path] = show
@@ -130,7 +137,7 @@ class MethodFields:
 
 
 class MethodTab(Tab):
-    """A tab of grouped fields of `section` where what training.method, optimizer and loss_type do not use is
+    """A tab of grouped fields of `section` where what the training switches (SWITCHES) leave unused is
     hidden (MethodFields)."""
 
     section = ""
@@ -153,7 +160,7 @@ class MethodTab(Tab):
 
     def field_changed(self, path: str) -> None:
         if self.method_fields is not None:
-            self.method_fields.update(hide=path in ("training.method", "training.optimizer", "training.loss_type"))
+            self.method_fields.update(hide=path.removeprefix("training.") in SWITCHES)
 
 
 class TrainingTab(MethodTab):

@@ -25,13 +25,14 @@ FULL_ONLY = ["training.weight_dtype", "training.stochastic_rounding", "training.
 # optimizer settings that adamw and adamw8bit (the built-in presets' optimizers) do not read: hidden for them
 # (tests/gui/test_optimizer_fields.py checks each optimizer's)
 NOT_FOR_ADAMW = {f"training.{name}" for name, names in OPTIMIZER_FIELDS.items() if "adamw" not in names}
-# the Huber settings, which loss mse (the built-in presets' loss) does not read (test_optimizer_fields.py checks
-# each loss type's)
-NOT_FOR_MSE = {"training.huber_c", "training.huber_schedule"}
+# the Huber settings, which loss mse does not read, and the logit-normal ones, which uniform timesteps do not (the
+# built-in presets' choices; test_optimizer_fields.py checks each choice)
+NOT_FOR_DEFAULTS = {"training.huber_c", "training.huber_schedule", "training.timestep_logit_mean",
+                    "training.timestep_logit_std"}
 HIDDEN = {  # what each method hides; every other field of the training and model tabs is shown
-    "full": set(LORA_FIELDS) | NOT_FOR_ADAMW | NOT_FOR_MSE,
-    "lora": set(FULL_ONLY) | NOT_FOR_ADAMW | NOT_FOR_MSE,
-    "embedding": set(LORA_FIELDS) | set(NOT_FOR_EMBEDDING) | set(FULL_ONLY) | NOT_FOR_ADAMW | NOT_FOR_MSE,
+    "full": set(LORA_FIELDS) | NOT_FOR_ADAMW | NOT_FOR_DEFAULTS,
+    "lora": set(FULL_ONLY) | NOT_FOR_ADAMW | NOT_FOR_DEFAULTS,
+    "embedding": set(LORA_FIELDS) | set(NOT_FOR_EMBEDDING) | set(FULL_ONLY) | NOT_FOR_ADAMW | NOT_FOR_DEFAULTS,
 }
 
 

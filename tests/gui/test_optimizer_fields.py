@@ -78,8 +78,12 @@ def test_screenshots_of_the_optimizer_group(window, pump, screenshots):
                 assert shot.colours(label) > 4, f"{optimizer}: {name}'s label is blank"
 
 
-def test_the_huber_settings_show_for_the_losses_that_read_them(window):
+def test_the_huber_and_logit_settings_show_for_the_choices_that_read_them(window):
     for loss_type, huber in [("huber", True), ("mse", False), ("smooth_l1", True), ("l1", False)]:
         choose(window, "loss_type", loss_type)
         assert shown(window, "training.huber_c") == shown(window, "training.huber_schedule") == huber, loss_type
         assert shown(window, "training.loss_type") and shown(window, "training.min_timestep")
+    for distribution, logit in [("logit_normal", True), ("uniform", False)]:
+        choose(window, "timestep_distribution", distribution)
+        assert shown(window, "training.timestep_logit_mean") == shown(window, "training.timestep_logit_std") == logit
+        assert shown(window, "training.min_timestep") and shown(window, "training.max_timestep")
