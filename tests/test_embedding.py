@@ -64,6 +64,15 @@ def test_the_word_trains_and_samples_use_it(tiny_model_dir, word_concept, tmp_pa
     assert len(samples) == 3 and abs(first - last).mean() > 0.5  # only the word changed, and the image with it
 
 
+def test_the_word_trains_in_bf16_mixed_precision_on_a_cpu(tiny_model_dir, word_concept, tmp_path):
+    """The built-in embedding preset's precision: the frozen text encoder in bf16, the word's vectors in float32."""
+    preset = word_preset(tmp_path, tiny_model_dir, word_concept, training={"mixed_precision": "bf16", "max_steps": 2})
+    finished, _ = run(preset)
+    assert finished.outcome == "completed", finished.message
+    with safe_open(finished.output_path, "pt") as f:
+        assert torch.isfinite(f.get_tensor("emb_params")).all()
+
+
 def test_nothing_but_the_word_is_trained(tiny_model_dir, word_concept, tmp_path):
     from trainer.data.data import collect_items
     from trainer.model.training_model import TrainingModel

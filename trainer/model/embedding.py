@@ -75,7 +75,9 @@ class Embedding:
 
     def _put_vectors(self, _table, _args, embeds):
         ids, self._ids = self._ids, None
-        return self.call(ids, embeds)
+        # in the table's dtype: accelerate's wrapper (`call` under mixed precision) returns float32, which the
+        # text encoder's bf16 layer norms refuse on a CPU
+        return self.call(ids, embeds).to(embeds.dtype)
 
     def remove(self) -> None:
         """Take the hooks off the text encoder (the tokenizer keeps the tokens)."""
