@@ -196,7 +196,7 @@ class Window(ctk.CTk):
         try:
             preset = load_preset(path)
         except ConfigError as e:
-            self.bottom.show_message(f"Could not load {path}: {e}", "error")
+            self.bottom.show_message(f"Could not load the preset: {e}", "error")  # the message names the file
             self._refresh_menu()
             return False
         self.set_preset(preset, path)

@@ -64,6 +64,36 @@ def test_errors_name_the_dotted_path(data, path):
     assert str(e.value).startswith(path)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_a_preset_saved_in_any_json_encoding_loads(encoding, tmp_path):
+    """UTF-8 with or without a byte-order mark (Notepad's "UTF-8 with BOM"), UTF-16 ("Unicode") and UTF-32."""
+    text = json.dumps({"version": 1, "training": {"batch_size": 3}, "sampling": {"prompts": [{"prompt": "café"}]}},
+                      ensure_ascii=False)
+    (tmp_path / "p.json").write_bytes(text.encode(encoding))
+    preset = cfg.load_preset(tmp_path / "p.json")
+    assert preset.training.batch_size == 3 and preset.sampling.prompts[0].prompt == "café"
+
+
+def test_a_preset_that_is_no_text_or_has_a_typo_names_the_file_and_the_fix(tmp_path):
+    (tmp_path / "latin1.json").write_bytes('{"version": 1, "sampling": {"prompts": [{"prompt": "café"}]}}'
+                                           .encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.json is not JSON text in UTF-8 \(byte 0xe9 at position \d+\); "
+                                          "choose the JSON file, or save this one as UTF-8"):
+        cfg.load_preset(tmp_path / "latin1.json")
+    (tmp_path / "typo.json").write_text('{"version": 1, "training": {"learnig_rate": 1e-4}, "sampling": {"evry": 1}}')
+    with pytest.raises(ConfigError) as e:
+        cfg.load_preset(tmp_path / "typo.json")
+    assert str(e.value) == (f"training.learnig_rate: unknown key; did you mean learning_rate? "
+                            f"(in {tmp_path / 'typo.json'})")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"preset: expected a JSON object.*\(in .*list\.json\)"):
+        cfg.load_preset(tmp_path / "list.json")
+    with pytest.raises(ConfigError, match=r"^trainig: unknown key; did you mean training\?$"):
+        cfg.preset_from_dict({"version": 1, "trainig": {}})
+    with pytest.raises(ConfigError, match=r"^training\.zzz: unknown key$"):  # nothing close: no guess
+        cfg.preset_from_dict({"version": 1, "training": {"zzz": 1}})
+
+
 def test_version_errors(tmp_path):
     with pytest.raises(ConfigError, match="newer than this SeaChange"):
         cfg.preset_from_dict({"version": cfg.VERSION + 1})

@@ -223,7 +223,13 @@ def test_empty_concept_folder_exits_2(tiny_model_dir, tmp_path, capsys):
 def test_bad_preset_exits_2(tmp_path, capsys):
     (tmp_path / "p.json").write_text('{"version": 1, "training": {"lerning_rate": 1}}')
     assert cli_main(["train", str(tmp_path / "p.json")]) == 2
-    assert "training.lerning_rate: unknown key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"training.lerning_rate: unknown key; did you mean learning_rate? (in {tmp_path / 'p.json'})" in err
+    (tmp_path / "image.json").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))  # an image, not a preset
+    assert cli_main(["train", str(tmp_path / "image.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'image.json'} is not JSON text in UTF-8 (byte 0x89 at position 0)" in err
+    assert "Traceback" not in err
 
 
 def test_bad_override_exits_2(tiny_model_dir, color_concept, tmp_path, capsys):

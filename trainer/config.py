@@ -7,7 +7,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_problems, opt, read_json_file,
+from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_problems, in_file, opt, read_json_file,
                             read_versioned)
 
 VERSION = 1
@@ -421,7 +421,8 @@ def preset_from_dict(data: dict) -> Preset:
 
 
 def load_preset(path: str | Path) -> Preset:
-    return preset_from_dict(read_json_file(path, "preset"))
+    """The preset in the JSON file at `path` (fields.read_json_file); ConfigError naming the field and the file."""
+    return in_file(path, lambda: preset_from_dict(read_json_file(path, "preset")))
 
 
 # ---- writing -----------------------------------------------------------------------------------------

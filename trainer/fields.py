@@ -4,13 +4,14 @@ and the tool specs (trainer/specs.py) are built on it. No UI here."""
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import threading
 import typing
 from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class ConfigError(ValueError):
@@ -64,13 +65,19 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported field type {hint}")
 
 
+def unknown_key(key: str, names) -> str:
+    """The words for a key that is not one of `names`, with the likeliest one meant when one is close."""
+    close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.75)
+    return f"unknown key; did you mean {close[0]}?" if close else "unknown key"
+
+
 def _from_dict(cls, data: dict, path: str = ""):
     """Build `cls` from a dict laid over its defaults; unknown keys and wrong types name their dotted path."""
     hints = _hints(cls)
     names = {f.name for f in fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"{path}{'.' if path else ''}{key}: unknown key")
+            raise ConfigError(f"{path}{'.' if path else ''}{key}: {unknown_key(key, names)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _check_type(value, hints[name], f"{path}{'.' if path else ''}{name}")
@@ -97,16 +104,33 @@ def read_versioned(data: dict, what: str, version_now: int, migrations: dict) ->
 
 
 def read_json_file(path: str | Path, what: str) -> Any:
-    """Parsed JSON of a file; unreadable files and bad JSON raise ConfigError naming the file and the place."""
+    """Parsed JSON of a file in UTF-8 (with or without a byte-order mark, as Notepad saves it), UTF-16 or UTF-32:
+    the encodings RFC 8259 section 8.1 names, told apart by json.loads from the bytes. Unreadable files, other
+    bytes (an image, a file in a legacy code page) and bad JSON raise ConfigError naming the file and the place."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{what}: cannot read {path}: {e.strerror or e}") from e
     try:
-        return json.loads(text)
+        return json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what}: {path} is not JSON text in UTF-8 (byte {raw[e.start]:#04x} at position "
+                          f"{e.start}); choose the JSON file, or save this one as UTF-8") from e
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+
+
+def in_file(path: str | Path, build: Callable[[], Any]) -> Any:
+    """build(), with the file `path` named at the end of a ConfigError it raises that does not name it already
+    ("training.lerning_rate: unknown key (in /x/preset.json)")."""
+    try:
+        return build()
+    except ConfigError as e:
+        shown = str(Path(path).expanduser())
+        if shown in str(e):
+            raise
+        raise ConfigError(f"{e} (in {shown})") from e
 
 
 _UMASK_LOCK = threading.Lock()
@@ -213,7 +237,7 @@ def _walk(preset: Any, dotted: str):
         elif is_dataclass(obj):
             hints = _hints(type(obj))
             if part not in hints:
-                raise ConfigError(f"{here}: unknown key")
+                raise ConfigError(f"{here}: {unknown_key(part, hints)}")
             parent, key, hint = obj, part, hints[part]
         else:
             raise ConfigError(f"{here}: unknown key")

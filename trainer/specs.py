@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import DEVICES, OUTPUT_DTYPES, SAMPLERS, SamplePrompt
-from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_problems, opt, read_json_file,
+from trainer.fields import (ConfigError, _from_dict, atomic_write_text, field_problems, in_file, opt, read_json_file,
                             read_versioned)
 
 SPEC_VERSION = 1
@@ -247,7 +247,7 @@ def spec_from_dict(data: dict) -> GenerateDataSpec | CompareSpec | CaptionSpec:
 
 
 def load_spec(path: str | Path, expected: type | None = None) -> GenerateDataSpec | CompareSpec | CaptionSpec:
-    spec = spec_from_dict(read_json_file(path, "spec"))
+    spec = in_file(path, lambda: spec_from_dict(read_json_file(path, "spec")))
     if expected is not None and not isinstance(spec, expected):
         wanted = next(name for name, cls in KINDS.items() if cls is expected)
         raise ConfigError(f"kind: {path} is a {kind_of(spec)!r} spec; this command needs {wanted!r}")

@@ -319,7 +319,7 @@ class ToolTab(Tab):
         try:
             spec = load_spec(Path(path).expanduser(), self.spec_cls)
         except ConfigError as e:
-            self.show_message(f"Could not load {path}: {describe_problem(str(e), self.spec)}", "error")
+            self.show_message(f"Could not load the spec: {describe_problem(str(e), self.spec)}", "error")  # names the file
             return False
         self.set_spec(spec)
         self.show_message(f"Loaded {path}.", "info")
