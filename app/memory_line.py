@@ -18,7 +18,7 @@ from app.widgets import ERROR, MUTED, WARNING, Tooltip, fit_text, reconfigure
 from trainer.config import preset_to_json
 from trainer.fields import ConfigError, atomic_write_text, set_value
 from trainer.tools.vram import amount as vram_amount
-from trainer.tools.vram import usable_gib
+from trainer.tools.vram import a_card, usable_gib
 
 COMMAND = (sys.executable, "-m", "trainer", "memory")  # the engine's estimate (trainer/tools/memory.py)
 DEBOUNCE_MS = 1500  # after the last edit, before an estimate starts
@@ -288,7 +288,7 @@ class MemoryLine(ctk.CTkFrame):
         edited while the Fit ran (Apply then sets only the fields listed, keeping the other edits)."""
         found = self.proposal = data.get("fit")
         if not found or not found.get("changes"):
-            self.choose(TITLE, f"These settings already are the fastest that fit a {amount(card, exact=True)} card."
+            self.choose(TITLE, f"These settings already are the fastest that fit {a_card(card)}."
                         if found else data.get("message") or f"No settings fit {amount(card, exact=True)}.", [],
                         cancel="OK")
             return

@@ -227,6 +227,8 @@ def test_command_line_prints_json_refuses_bad_input_and_writes_the_fit(tmp_path,
     code, out, err = memory_command(capsys, tmp_path / "p.json", "--fit", budget, "--write", tmp_path / "fit.json")
     assert code == 0, err
     assert "written" in out and load_preset(tmp_path / "fit.json").training.batch_size <= 4
+    code, out, _ = memory_command(capsys, tmp_path / "p.json", "--fit", 8)  # the card --fit names is the one
+    assert code == 0 and "no GPU found" not in out and "of an 8 GiB card (" in out
     code, _, err = memory_command(capsys, tmp_path / "p.json", "--fit", budget, "--write", tmp_path / "fit.json")
     assert code == 2 and "--write" in err and "exists" in err
     code, _, err = memory_command(capsys, tmp_path / "p.json", "--set", f"model.base_model={tmp_path / 'nowhere'}")

@@ -271,7 +271,7 @@ def cmd_memory(args) -> int:
     from trainer.errors import InputError
     from trainer.tools.memory import GIB, detected_vram_gib, estimate_memory
     from trainer.tools.memory_fit import Fit, fit_settings
-    from trainer.tools.vram import amount, usable_gib
+    from trainer.tools.vram import a_card, amount, usable_gib
     for name, value in (("--vram", args.vram), ("--fit", args.fit)):
         if value is not None and not value > 0:
             print(f"error: {name}: give the card's memory in GiB, a number above 0 (e.g. 8 or 24)", file=sys.stderr)
@@ -283,7 +283,8 @@ def cmd_memory(args) -> int:
         print(f"error: --write: {args.write} exists; choose a new file name", file=sys.stderr)
         return EXIT_BAD_INPUT
     preset = apply_overrides(load_preset(args.preset), args.set or [], validate)
-    vram, source = (args.vram, "stated") if args.vram else (detected_vram_gib(), "detected")
+    vram, source = ((args.vram, "stated") if args.vram else (args.fit, "stated") if args.fit  # the card --fit names
+                    else (detected_vram_gib(), "detected"))
     try:
         estimate = estimate_memory(preset)
         if args.fit and not args.json:
@@ -296,7 +297,7 @@ def cmd_memory(args) -> int:
     fits = None if vram is None else total <= usable_gib(vram)
     message = f"about {amount(total)}" + (
         " (no GPU found: give the card's size with --vram)" if vram is None else
-        f" of a {vram:g} GiB card ({usable_gib(vram):.1f} GiB usable): " + ("fits" if fits else "does not fit"))
+        f" of {a_card(vram)} ({usable_gib(vram):.1f} GiB usable): " + ("fits" if fits else "does not fit"))
     if fits is False and not args.fit:
         message += f"; `--fit {vram:g}` finds settings that do"
     if isinstance(fit, Fit):
@@ -304,7 +305,7 @@ def cmd_memory(args) -> int:
                     "; the preset's settings are already the fastest that fit")
     elif fit is not None:
         smallest = f"{amount(fit.smallest.total / GIB)}" if fit.smallest else "nothing measurable"
-        message += (f"; nothing fits a {args.fit:g} GiB card: the smallest these settings allow is {smallest}"
+        message += (f"; nothing fits {a_card(args.fit)}: the smallest these settings allow is {smallest}"
                     + (f" (blocked: {'; '.join(fit.blocked)})" if fit.blocked else ""))
     if isinstance(fit, Fit) and args.write:
         save_preset(fit.preset, args.write)

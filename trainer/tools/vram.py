@@ -15,3 +15,10 @@ def usable_gib(vram_gib: float) -> float:
 def amount(gib: float) -> str:
     """GiB in words: '5.2 GiB'; under 1 GiB in MiB ('340 MiB'), so that a small model does not read 0.0."""
     return f"{gib * 1024:.0f} MiB" if gib < 1 else f"{gib:.1f} GiB"
+
+
+def a_card(gib: float) -> str:
+    """A card's size as stated, with its article: "an 8 GiB card", "a 24 GiB card", "an 11 GiB card"."""
+    size = f"{gib:g}"
+    vowel_sound = size.startswith("8") or size.split(".")[0] in ("11", "18")
+    return f"{'an' if vowel_sound else 'a'} {size} GiB card"
