@@ -186,7 +186,8 @@ def test_incompatible_resume_is_refused_and_harmless_change_allowed(tiny_model_d
     preset.training.learning_rate, preset.training.weight_decay = 3e-4, 0.05
     finished, events = run(preset, resume="latest")
     assert finished.outcome == "completed"
-    assert any("harmless" in e.text and "sampling.every" in e.text for e in events if isinstance(e, ev.Log))
+    said = next(e.text for e in events if isinstance(e, ev.Log) and "harmless" in e.text)
+    assert "sampling.every (" in said and "training.learning_rate (0.001 -> 0.0003)" in said
     state = final_state(preset)[1]
     assert state["lr_scheduler"]["base_lrs"] == [3e-4]
     assert [(g["initial_lr"], g["weight_decay"]) for g in state["optimizer"]["param_groups"]] == [(3e-4, 0.05)]

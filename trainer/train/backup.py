@@ -197,7 +197,8 @@ def _flatten(data: dict | list, prefix: str = "") -> dict:
 
 
 def compare_presets(saved: Preset, current: Preset) -> list[str]:
-    """Raise InputError for a change that breaks resume; return the harmless changes (dotted paths)."""
+    """Raise InputError for a change that breaks resume; return the harmless changes, each as its dotted path and
+    its values then and now ("training.learning_rate (0.001 -> 0.0005)")."""
     saved_dict, current_dict = preset_to_dict(saved), preset_to_dict(current)
     if len(saved_dict["concepts"]) != len(current_dict["concepts"]):
         before, now = len(saved_dict["concepts"]), len(current_dict["concepts"])
@@ -211,7 +212,13 @@ def compare_presets(saved: Preset, current: Preset) -> list[str]:
             raise InputError(f"{key}: changed since the backup ({old.get(key)!r} -> {new.get(key)!r}); "
                              "resuming would not continue the same training. Undo the change or start over "
                              "(--fresh, or Start over in the window)")
-    return changed
+    return [f"{key} ({_short(old.get(key))} -> {_short(new.get(key))})" for key in changed]
+
+
+def _short(value) -> str:
+    """A value for the log, cut to 60 characters (a changed prompt list stays one line)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 DATASET = "dataset.json"
