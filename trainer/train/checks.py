@@ -146,7 +146,7 @@ def check_resume(folder: Path | None, preset: Preset, num_processes: int, datase
         return Position(0, 0, 0)
     start, harmless, data_notes = check_backup(folder, preset, num_processes, dataset, allow_changed_data)
     if harmless:
-        emit(ev.Log("info", f"Changed since the backup (harmless): {', '.join(harmless)}"))
+        emit(ev.Log("info", f"Changed since the backup (harmless, taken from here on): {', '.join(harmless)}"))
     for note in data_notes:
         emit(ev.Log("warning", note))
     return start
