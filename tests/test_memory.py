@@ -220,6 +220,7 @@ def test_command_line_prints_json_refuses_bad_input_and_writes_the_fit(tmp_path,
     result = subprocess.run([sys.executable, "-m", "trainer", "memory", str(tmp_path / "p.json"), "--json",
                              "--vram", "8"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert "pip install kernels" not in result.stderr  # bitsandbytes' advice on a kernel SeaChange never runs
     found = json.loads(result.stdout)
     assert found["fits"] is True and found["vram_source"] == "stated"
     assert found["estimate"]["parts_bytes"] == estimate_memory(preset).to_json()["parts_bytes"]
