@@ -195,6 +195,16 @@ def test_incompatible_resume_is_refused_and_harmless_change_allowed(tiny_model_d
         run(preset, resume=str(tmp_path / "nowhere"))
 
 
+def test_the_average_may_move_between_cpu_and_gpu_memory_on_resume():
+    from trainer.config import Preset
+    from trainer.train.backup import compare_presets
+    saved, moved, off = Preset(), Preset(), Preset()
+    saved.training.ema, moved.training.ema, off.training.ema = "cpu", "gpu", "off"
+    assert compare_presets(saved, moved) == ["training.ema ('cpu' -> 'gpu')"]
+    with pytest.raises(InputError, match=r"training\.ema: changed since the backup \('cpu' -> 'off'\)"):
+        compare_presets(saved, off)
+
+
 def test_a_resumed_schedule_goes_on_at_the_presets_rates():
     from types import SimpleNamespace
 

@@ -208,6 +208,8 @@ def compare_presets(saved: Preset, current: Preset) -> list[str]:
     old, new = _flatten(saved_dict), _flatten(current_dict)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     for key in changed:
+        if key == "training.ema" and {old[key], new[key]} <= {"cpu", "gpu"}:
+            continue  # the average moves between CPU and GPU memory; its state is the same
         if any(key == b or key.startswith(b + ".") for b in BREAKING):
             raise InputError(f"{key}: changed since the backup ({old.get(key)!r} -> {new.get(key)!r}); "
                              "resuming would not continue the same training. Undo the change or start over "
