@@ -139,6 +139,16 @@ def test_a_model_folder_of_the_wrong_kind_is_refused_naming_the_field(models, tm
     spec = tag_spec(models, tmp_path / "nowhere", tmp_path)
     with pytest.raises(InputError, match="^image_dir: .* is not a folder"):
         caption(spec, lambda e: None)
+    image_folder(tmp_path / "holder" / "inside", {"a": BLUE})
+    spec = tag_spec(models, tmp_path / "holder", tmp_path)
+    with pytest.raises(InputError, match="^image_dir: .*holder has no images; to caption those of its subfolders, "
+                                         "turn on include_subfolders$"):
+        caption(spec, lambda e: None)
+    spec.include_subfolders = True
+    check_inputs(spec)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="^image_dir: .*empty has no images$"):
+        check_inputs(tag_spec(models, tmp_path / "empty", tmp_path))
     legacy = tmp_path / "legacy"  # microsoft/Florence-2-base's own layout: remote code, not transformers' class
     legacy.mkdir()
     (legacy / "config.json").write_text(json.dumps({"model_type": "florence2", "auto_map": {},

@@ -227,6 +227,7 @@ def make_window(gui_display, tmp_path):
         kw.setdefault("session_factory", FakeSession)
         kw.setdefault("dialogs", StubDialogs())
         kw.setdefault("recent", RecentFiles(tmp_path / "recent.json"))
+        kw.setdefault("lazy", False)  # every tab built: a test may reach any of them at once (lazy=True to test that)
         demo = "preset" not in kw and "preset_path" not in kw
         if demo:  # the demo preset, its folders in tmp_path (Start looks there for earlier runs)
             kw["preset"] = demo_preset(tmp_path)

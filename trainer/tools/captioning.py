@@ -49,7 +49,7 @@ def _no_emit(event) -> None:
 # ---- inputs ----------------------------------------------------------------------------------------------
 
 def check_inputs(spec: CaptionSpec) -> None:
-    """Refuse, before anything loads, what cannot run: an invalid spec, a missing image folder, a local model
+    """Refuse, before anything loads, what cannot run: an invalid spec, a missing or empty image folder, a local model
     folder of the wrong kind (config.json model_type; a tagger without model.onnx / selected_tags.csv).
     Repo ids are checked when fetched. Raises InputError naming the field; reads files only (no torch)."""
     problems = validate_spec(spec)
@@ -58,6 +58,10 @@ def check_inputs(spec: CaptionSpec) -> None:
     folder = Path(spec.image_dir).expanduser()
     if not folder.is_dir():
         raise InputError(f"image_dir: {folder} is not a folder")
+    if not list_image_files(folder, spec.include_subfolders):
+        below = not spec.include_subfolders and any(p.is_dir() for p in folder.iterdir())
+        raise InputError(f"image_dir: {folder} has no images"
+                         + ("; to caption those of its subfolders, turn on include_subfolders" if below else ""))
     for field, name, problem in (("captioner_model", spec.captioner != "none" and spec.captioner_model,
                                   lambda p: captioner_problem(p, spec.captioner)),
                                  ("tagger_model", spec.tagger != "none" and spec.tagger_model, tagger_problem)):
