@@ -311,6 +311,8 @@ class Window(ctk.CTk):
                 return False
             options.update(chosen)
         self.run_tab.log.clear()  # the chart and samples stay until the new run draws (see LossChart.handle)
+        if options["resume"]:
+            self.run_tab.continue_record()  # a resumed run goes on drawing the run it continues
         self.bottom.reset_progress()
         self.bottom.show_message("", "info")
         try:

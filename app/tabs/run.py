@@ -82,6 +82,21 @@ class RunTab(Tab):
             self._replay(events, 0)
         return True
 
+    def continue_record(self) -> None:
+        """A run that resumes the workspace's last run is starting: show that run's loss curve and samples as
+        recorded (trainer.event_log), so the resumed steps continue the picture instead of starting a new one (the
+        chart and the gallery replace what the resumed run trains again). The log stays the new run's."""
+        self._stop_replay()
+        workspace = self.window.preset.general.workspace_dir
+        self.shown_workspace = workspace
+        self.chart.clear(), self.gallery.clear()
+        for event in read_event_log(workspace) if workspace else []:
+            if isinstance(event, (ev.Progress, ev.ValidationLoss)):
+                self.chart.handle(event)
+            elif isinstance(event, ev.SampleReady) and Path(event.path).exists():
+                self.gallery.handle(event)
+        self.chart.stale = self.gallery.stale = False  # the resumed run's first events add to this
+
     def _replay(self, events: list, start: int) -> None:
         if self.window.runner.running:  # started before its first event came
             return self._stop_replay()

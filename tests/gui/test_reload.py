@@ -176,3 +176,34 @@ def test_a_window_closed_before_its_run_tab_is_built_closes(new_window):
     assert "run" not in window._built
     window.close_now()
     assert window.closed
+
+
+def test_a_resumed_run_goes_on_drawing_the_run_it_continues(window, pump):
+    """Start with resume: the run tab shows the recorded run's loss curve and samples up to the backup, and the
+    resumed run's steps continue them (the steps it trains again replace the recorded ones)."""
+    workspace = Path(window.preset.general.workspace_dir)
+    record = EventRecorder(lambda event: None)
+    record(ev.RunStarted(str(workspace), 20, 2, "cpu"))
+    for step in range(1, 11):
+        record(progress(step, 1.0))
+    record(sample(workspace, 0, 10, 0))
+    record(ev.RunFinished("stopped", step=10))
+    tab, gallery = window.run_tab, window.run_tab.gallery
+    assert window.start(resume="latest")
+    assert tab.chart.steps == list(range(1, 11)) and [s.step for s in gallery.samples] == [10]
+    session = window.runner.session
+    session.events.put(ev.RunStarted(str(workspace), 20, 2, "cpu"))
+    for step in (9, 10, 11):  # resumed from a backup at step 8
+        session.events.put(progress(step, 0.2))
+    session.events.put(sample(workspace, 0, 10, 0))
+    pump(window)
+    assert tab.chart.steps == list(range(1, 12)) and tab.chart.loss[-3:] == [0.2, 0.2, 0.2]
+    assert [s.step for s in gallery.samples] == [10] and tab.log.text().startswith("Run started on cpu")
+    session.finish("stopped", step=11)
+    pump(window)
+    assert window.start(fresh=True)  # starting over draws a new picture
+    window.runner.session.events.put(ev.RunStarted(str(workspace), 5, 1, "cpu"))
+    window.runner.session.events.put(progress(1, 0.5, total=5))
+    pump(window)
+    assert tab.chart.steps == [1] and gallery.samples == []
+    window.runner.session.finish("stopped", step=1)
