@@ -47,6 +47,7 @@ class QueueTab(Tab):
         self.runner = ToolRunner("The queue", self.make_session, window.run_finished, lambda _path: True)
         self.runner.subscribe(self._handle)
         self.runner.subscribe(self._to_run_tab)
+        self.runner.subscribe(self._to_bottom_bar, lambda: self.window.bottom.drained())  # made after the tabs
         window.tool_runners.append(self.runner)
 
     # ---- building ---------------------------------------------------------------------------------------
@@ -403,6 +404,26 @@ class QueueTab(Tab):
             except InputError:
                 pass
 
+    def _to_bottom_bar(self, event) -> None:
+        """The current run's progress to the bottom bar (its bars, speed and status), as a training's; the queue's
+        runs starting and the queue's end in its message line."""
+        bar = self.window.bottom
+        if isinstance(event, (ev.Progress, ev.RunStarted, ev.Status)):
+            bar.handle(event)
+        elif isinstance(event, ev.QueueRunState) and event.status == "running":
+            bar.reset_progress()
+            bar.show_message(f"Queue: run {event.name} is training", "info")
+        elif isinstance(event, ev.RunFinished):
+            bar.reset_progress()
+            bar.show_status("Queue stopped." if event.outcome == "stopped" else "Queue done.")
+            bar.show_message(self._queue_words(event), LEVELS.get(event.outcome, "error"))
+
+    @staticmethod
+    def _queue_words(event: ev.RunFinished) -> str:
+        """How the queue ended, once prefixed "Queue:"."""
+        text = event.message or event.outcome
+        return text if text.lower().startswith("queue") else f"Queue: {text}"
+
     def _to_run_tab(self, event) -> None:
         """The current run's training events to the run tab's chart, samples and log; each run draws anew."""
         tab = self.window.run_tab
@@ -412,12 +433,12 @@ class QueueTab(Tab):
             if event.status == "running":
                 tab.chart.stale = tab.gallery.stale = True
                 tab.log.append("info", f"Queue: run {event.name}")
-            elif event.name == self.current:
+            elif event.name == self.current:  # a completed run's own last line already said how it ended
                 tab.log.append(LEVELS.get(event.status, "error"), f"Queue: run {event.name} {event.status}"
-                               + (f": {event.message}" if event.message else ""))
+                               + (f": {event.message}" if event.message and event.status != "completed" else ""))
         elif isinstance(event, ev.RunFinished):
             tab.chart.stale = tab.gallery.stale = True
-            tab.log.append(LEVELS.get(event.outcome, "error"), f"Queue: {event.message or event.outcome}")
+            tab.log.append(LEVELS.get(event.outcome, "error"), self._queue_words(event))
         else:
             for view in (tab.chart, tab.gallery, tab.log):
                 view.handle(event)

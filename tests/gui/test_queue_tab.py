@@ -174,6 +174,11 @@ def test_a_real_queue_stops_continues_and_its_runs_compare_side_by_side(queue_ta
         assert tab.list.tree.set(item, "model") == record.model
     assert tab.list.tree.set("e0", "status") == "2 of 2 completed"
     assert window.run_tab.chart.steps[-1] == 2  # the run tab showed the runs as they trained
+    log = window.run_tab.log.text()  # each run's end said once, the queue's once
+    assert log.count("completed after 2 steps") == 2 and "Queue: Queue" not in log and "Queue done" in log
+    bar = window.bottom  # followed the runs, then says how the queue ended
+    assert bar.step_label.cget("text") == "step –" and bar.status.text == "Queue done."
+    assert bar.message_line.text.startswith("Queue") and "Training completed" not in bar.message_line.text
 
     # The sweep's runs side by side in the results tab: a column per run, its last samples.
     tab.list.select_entry(0)
