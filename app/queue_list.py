@@ -1,16 +1,17 @@
-"""The queue tab's list: each entry of a queue (trainer/tools/run_queue.py) with its runs under it (a sweep's runs as
-rows
-of their own), each run's status, final loss and model; and the words for entries and runs it uses."""
+"""The queue tab's list: each entry of a queue (trainer/tools/run_queue.py) with its runs under it (a sweep's runs
+as rows of their own), each run's status, final loss and model, a cell cut by its column shown whole on hover; and
+the words for entries and runs it uses."""
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from tkinter import font as tkfont
 from tkinter import ttk
 
 import customtkinter as ctk
 
 from app.run_widgets import AXIS_TEXT, CHART_BG
-from app.widgets import ERROR, MUTED, SUCCESS, WARNING
+from app.widgets import ERROR, MUTED, SUCCESS, WARNING, Tooltip
 from trainer.errors import InputError
 from trainer.tools.run_queue import (QueueEntry, QueueFile, RunState, check_queue, key_labels, read_queue, read_state,
                                      run_name, value_text)
@@ -110,9 +111,36 @@ class QueueList(ctk.CTkFrame):
         bar.grid(row=0, column=1, sticky="ns", pady=6)
         self.tree.configure(yscrollcommand=bar.set)
         self.tree.bind("<<TreeviewSelect>>", lambda _e: on_select())
+        self.tip = Tooltip(self.tree, self.cut_text_under_pointer)
+        self._tip_cell: tuple[str, str] = ("", "")
+        self.tree.bind("<Motion>", self._pointer_moved, add="+")
         self.empty_label = ctk.CTkLabel(self, text="No entries yet: add the current settings or a preset file, then "
                                                    "sweep an entry to try several values.", text_color=MUTED,
                                         fg_color=CHART_BG)  # on the list's background
+
+    def cut_text(self, item: str, column: str) -> str:
+        """The whole text of the cell of `item` in `column` ("#0" the entry or run name, else a COLUMNS name) when
+        the column is too narrow to show it ("" when it shows whole): a sweep's long model paths differ at the end."""
+        text = str(self.tree.item(item, "text") if column == "#0" else self.tree.set(item, column))
+        font = tkfont.nametofont("TkDefaultFont")
+        indent = 20 * (1 + bool(self.tree.parent(item))) if column == "#0" else 0  # the tree's own indent
+        return text if text and font.measure(text) + indent + 8 > self.tree.column(column, "width") else ""
+
+    def cut_text_under_pointer(self) -> str:
+        x = self.tree.winfo_pointerx() - self.tree.winfo_rootx()
+        y = self.tree.winfo_pointery() - self.tree.winfo_rooty()
+        item, column = self.tree.identify_row(y), self.tree.identify_column(x)
+        if not item or not column:
+            return ""
+        return self.cut_text(item, "#0" if column == "#0" else COLUMNS[int(column[1:]) - 1][0])
+
+    def _pointer_moved(self, event) -> None:
+        """Onto another cell: its own tip (if it is cut) after the usual delay."""
+        cell = (self.tree.identify_row(event.y), self.tree.identify_column(event.x))
+        if cell != self._tip_cell:
+            self._tip_cell = cell
+            self.tip.hide()
+            self.tip.schedule()
 
     def fill(self, queue_file: QueueFile, records: dict[str, RunState]) -> None:
         """Show `queue_file`'s entries and runs with `records`; the selected entry stays selected."""

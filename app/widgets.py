@@ -86,14 +86,15 @@ class Tooltip:
         self._after: str | None = None
         self._tip: tk.Toplevel | None = None
         self._label: tk.Label | None = None
-        widget.bind("<Enter>", self._schedule, add="+")
+        widget.bind("<Enter>", self.schedule, add="+")
         widget.bind("<Leave>", self.hide, add="+")
         widget.bind("<ButtonPress>", self.hide, add="+")
 
     def current_text(self) -> str:
         return self.text() if callable(self.text) else self.text
 
-    def _schedule(self, _event=None) -> None:
+    def schedule(self, _event=None) -> None:
+        """Show the tip after the delay (the pointer came onto the widget, or onto another part of it)."""
         self._cancel()
         self._after = self.widget.after(self.delay_ms, self.show)
 

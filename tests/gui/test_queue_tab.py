@@ -172,8 +172,15 @@ def test_a_real_queue_stops_continues_and_its_runs_compare_side_by_side(queue_ta
         assert tab.list.tree.set(item, "status") == "completed"
         assert tab.list.tree.set(item, "loss") == f"{record.final_loss:.4g}"
         assert tab.list.tree.set(item, "model") == record.model
+        assert tab.list.cut_text(item, "model") == record.model and tab.list.cut_text(item, "loss") == ""
     assert tab.list.tree.set("e0", "status") == "2 of 2 completed"
     assert window.run_tab.chart.steps[-1] == 2  # the run tab showed the runs as they trained
+    tab.list.tree.see(tab.list.run_items[second])  # hovering the cut model path shows it whole
+    window.update()
+    x, y, width, height = tab.list.tree.bbox(tab.list.run_items[second], "model")
+    tab.list.tree.event_generate("<Motion>", warp=True, x=x + width // 2, y=y + height // 2)
+    wait_for(window, lambda: tab.list.tip._label is not None and tab.list.tip._tip.winfo_viewable()
+             and tab.list.tip._label.cget("text") == tab.records[second].model, "the model path's tip", 5)
     log = window.run_tab.log.text()  # each run's end said once, the queue's once
     assert log.count("completed after 2 steps") == 2 and "Queue: Queue" not in log and "Queue done" in log
     bar = window.bottom  # followed the runs, then says how the queue ended
