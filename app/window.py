@@ -25,6 +25,7 @@ from app.tabs.tools import ToolsTab
 from app.tabs.training import TrainingTab
 from app.tool_runner import ToolRunner
 from app.widgets import MUTED, WARNING, Tabview, Tooltip, bind_edit_keys
+from trainer import events as ev
 from trainer.config import Preset, load_preset, preset_to_dict, save_preset
 from trainer.fields import ConfigError
 
@@ -78,7 +79,7 @@ class Window(ctk.CTk):
         self.tabview.grid(row=1, column=0, sticky="nsew", padx=8, pady=(0, 4))
         self.tabs = {cls.title: cls(self, self.tabview.add(cls.title)) for cls in TAB_CLASSES}
         self.run_tab: RunTab = self.tabs["run"]
-        self.bottom = BottomBar(self, self.start_stop, self.runner.command)
+        self.bottom = BottomBar(self, self.start_stop, self.command)
         self.bottom.grid(row=2, column=0, sticky="ew")
         self.runner.subscribe(self.bottom.handle, self.bottom.drained)  # the run tab subscribes its widgets
 
@@ -325,6 +326,14 @@ class Window(ctk.CTk):
         self.tabview.set("run")
         self.jobs_changed()
         return True
+
+    def command(self, name: str) -> None:
+        """Sample now, Backup now or Save now (events.SAMPLE_NOW...): the running training takes it at its next
+        step (one still loading or caching, at its first), which the message line says."""
+        if self.runner.running and not self.runner.stopping:
+            self.runner.command(name)
+            what = {ev.SAMPLE_NOW: "Samples", ev.BACKUP_NOW: "A backup", ev.SAVE_NOW: "A save"}.get(name, name)
+            self.bottom.show_message(f"{what} asked for: taken after the next training step.", "info")
 
     def stop(self) -> None:
         if self.runner.running:

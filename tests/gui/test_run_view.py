@@ -107,7 +107,9 @@ def test_commands_reach_the_session(running, pump):
     window, session = running
     for name, button in window.bottom.command_buttons.items():
         button.invoke()
+        assert "taken after the next training step" in window.bottom.message_line.text  # said, not silent
     assert session.sent == [ev.SAMPLE_NOW, ev.BACKUP_NOW, ev.SAVE_NOW]
+    assert window.bottom.message_line.text.startswith("A save asked for")
     session.events.put(progress(4))
     pump(window)
     assert window.bottom.eta_label.cget("text").startswith("1:35 left")
