@@ -78,7 +78,7 @@ def test_a_preset_that_is_no_text_or_has_a_typo_names_the_file_and_the_fix(tmp_p
     (tmp_path / "latin1.json").write_bytes('{"version": 1, "sampling": {"prompts": [{"prompt": "café"}]}}'
                                            .encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.json is not JSON text in UTF-8 \(byte 0xe9 at position \d+\); "
-                                          "choose the JSON file, or save this one as UTF-8"):
+                                          "save it as UTF-8"):
         cfg.load_preset(tmp_path / "latin1.json")
     (tmp_path / "typo.json").write_text('{"version": 1, "training": {"learnig_rate": 1e-4}, "sampling": {"evry": 1}}')
     with pytest.raises(ConfigError) as e:

@@ -228,7 +228,8 @@ def test_bad_preset_exits_2(tmp_path, capsys):
     (tmp_path / "image.json").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))  # an image, not a preset
     assert cli_main(["train", str(tmp_path / "image.json")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'image.json'} is not JSON text in UTF-8 (byte 0x89 at position 0)" in err
+    assert f"preset: {tmp_path / 'image.json'} is not a text file (an image or other binary file?); choose the " \
+           "preset's .json file" in err
     assert "Traceback" not in err
 
 

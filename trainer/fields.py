@@ -115,8 +115,11 @@ def read_json_file(path: str | Path, what: str) -> Any:
     try:
         return json.loads(raw)
     except UnicodeDecodeError as e:
+        if b"\x00" in raw[:4096]:  # no text holds NUL bytes (UTF-16 and UTF-32 were told apart above)
+            raise ConfigError(f"{what}: {path} is not a text file (an image or other binary file?); choose the "
+                              f"{what}'s .json file") from e
         raise ConfigError(f"{what}: {path} is not JSON text in UTF-8 (byte {raw[e.start]:#04x} at position "
-                          f"{e.start}); choose the JSON file, or save this one as UTF-8") from e
+                          f"{e.start}); save it as UTF-8") from e
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
 
