@@ -174,7 +174,8 @@ class MemoryLine(ctk.CTkFrame):
         if self.job is not None and self.job_fit:
             return  # a Fit runs; its answer refreshes
         problems = self.form.problems(check_paths=False) + [  # and the model: the estimate reads its configs
-            p for p in self.form.problems(check_paths=True) if p.startswith("model.base_model:")]
+            p for p in self.form.problems(check_paths=True) if p.startswith("model.base_model:")
+            and self.form.preset.model.base_model.strip()]  # none chosen yet: the engine sizes SD 1.5
         key = preset_to_json(self.form.preset)
         if problems or key in self.cache:
             self.stop_job()
@@ -240,10 +241,12 @@ class MemoryLine(ctk.CTkFrame):
     def show(self, estimate: dict) -> None:
         total, card = estimate["total_gib"], self.card()
         normal = ctk.ThemeManager.theme["CTkLabel"]["text_color"]
+        what = "GPU memory (SD 1.5, no base model chosen yet)" if not self.form.preset.model.base_model.strip() \
+            else "GPU memory"
         if card is None:
-            return self.say(f"GPU memory: about {amount(total)}", normal)
+            return self.say(f"{what}: about {amount(total)}", normal)
         fits = total <= usable_gib(card)  # the CUDA context and the allocator keep some of the card
-        self.say(f"GPU memory: about {amount(total)} of {amount(card, exact=True)} "
+        self.say(f"{what}: about {amount(total)} of {amount(card, exact=True)} "
                  f"({'fits' if fits else 'does not fit'})", normal if fits else ERROR)
 
     def say(self, text: str, colour: Any) -> None:

@@ -243,5 +243,7 @@ def test_command_line_prints_json_refuses_bad_input_and_writes_the_fit(tmp_path,
     for args in (("--vram", 0), ("--fit", -3), ("--write", tmp_path / "w.json")):
         code, _, err = memory_command(capsys, tmp_path / "p.json", *args)
         assert code == 2 and args[0] in err and not (tmp_path / "w.json").exists()
-    code, _, err = memory_command(capsys, tmp_path / "p.json", "--set", "model.base_model=")
-    assert code == 2 and "no base model chosen" in err
+    code, out, _ = memory_command(capsys, tmp_path / "p.json", "--set", "model.base_model=", "--json")
+    sd15 = json.loads(out)["estimate"]  # no model chosen yet: SD 1.5's shapes, said
+    assert code == 0 and "no base model chosen yet: sized as SD 1.5" in sd15["notes"]
+    assert sd15["parts_bytes"]["weights"] > 1e9  # SD 1.5's UNet alone is 3.4 GB in float32, the tiny model's KB

@@ -78,6 +78,14 @@ def test_a_preset_problem_shows_its_reason_instead(window, tmp_path, tiny_model_
     assert text.startswith("GPU memory: could not estimate: ") and "\n" not in text, text
     assert "Traceback" not in text and ("base_model" in text or str(empty) in text), text
 
+    # no model chosen yet: the engine sizes SD 1.5, and the line says so
+    type_into(window.form.widget_for("model.base_model"), "")
+    line.refresh()
+    assert line.job is not None, "no estimate started without a base model"
+    line.stop_job()
+    line.show({"total_gib": 2.5})
+    assert line.label.cget("text").startswith("GPU memory (SD 1.5, no base model chosen yet): about 2.5 GiB")
+
 
 def test_fit_to_my_gpu_applies_the_engines_changes(window, folder, tiny_model_dir, color_concept, wait_for):
     line = show_tiny(window, folder, tiny_model_dir, color_concept, batch_size=2)  # the first test's presets

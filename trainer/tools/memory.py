@@ -207,17 +207,14 @@ class MetaModel:
 
 def meta_model(preset: Preset) -> MetaModel:
     """Build the preset's model on the meta device from its configs only (models.empty_models: no weights are
-    read), set up as TrainingModel.load sets it up on a GPU. Raises InputError naming model.base_model when the
-    model cannot be found or read."""
+    read), set up as TrainingModel.load sets it up on a GPU; SD 1.5's when no model is chosen yet. Raises
+    InputError naming model.base_model when the model cannot be found or read."""
     from trainer.data.captions import captions_vary
     from trainer.errors import ModelLoadError
     from trainer.model import lora
     from trainer.model.models import empty_models
     from trainer.train.checks import quiet_libraries
     training = preset.training
-    if not preset.model.base_model.strip():
-        raise InputError("model.base_model: no base model chosen: set it to a diffusers folder, a .safetensors or "
-                         "a .ckpt (the estimate reads only its configs)")
     quiet_libraries()  # diffusers' casting notes
     try:
         unet, vae, text_encoder = _empty_or_demo(preset, empty_models)
@@ -257,10 +254,13 @@ def meta_model(preset: Preset) -> MetaModel:
 
 
 def _empty_or_demo(preset: Preset, empty_models):
-    """The meta-device (UNet, VAE, text encoder) of model.base_model, or of the tiny demo model when that is the
-    demo's and not built yet (Start builds it)."""
+    """The meta-device (UNet, VAE, text encoder) of model.base_model; of the tiny demo model when that is the
+    demo's and not built yet (Start builds it); of SD 1.5 (the bundled configs) when no model is chosen yet."""
     from trainer.config import built_by_demo
+    from trainer.model.models import BUNDLED_SD15
     path = preset.model.base_model
+    if not path.strip():  # no model chosen yet: SD 1.5's own shapes (_notes says so)
+        return empty_models(str(BUNDLED_SD15))
     if not Path(path).expanduser().exists() and built_by_demo(preset, path):
         from trainer.tools.demo import build_tiny_components
         tiny = build_tiny_components()
@@ -505,6 +505,8 @@ def sampling_bytes(model: MetaModel, preset: Preset) -> int:
 
 def _notes(preset: Preset) -> list[str]:
     training, notes = preset.training, []
+    if not preset.model.base_model.strip():
+        notes.append("no base model chosen yet: sized as SD 1.5")
     if training.compile:
         notes.append("torch.compile usually needs less memory for activations than this (eager) estimate")
     if preset.general.device == "cpu":
