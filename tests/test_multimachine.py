@@ -165,7 +165,7 @@ def test_resume_is_refused_when_machine_1_does_not_see_the_backup(two_machine_ru
     assert all(run.returncode not in (0, None) for run in launches)  # torchrun reports its processes' failure
     out = launches[0].output
     assert f"backup.resume: machine 1 does not see the backup {latest} that machine 0 resumes from" in out, out[-3000:]
-    assert SHARED_BACKUP in out and "Traceback" not in out.split("failed: backup.resume")[0]
+    assert SHARED_BACKUP in out and "Traceback" not in out.split("error: backup.resume")[0]
     ranks = dumps(tmp / "dump_refused")
     assert ranks and ranks[0]["process_index"] == 0 and {r["exit_code"] for r in ranks} == {2}
     assert "exitcode  : 2" in out  # torchrun's summary of the main process's exit

@@ -218,6 +218,7 @@ def test_empty_concept_folder_exits_2(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, err = cli(make_preset(tmp_path, tiny_model_dir, tmp_path / "empty"), tmp_path, capsys)
     assert code == 2 and "no images" in err and "empty" in err
+    assert "error: " in err and "failed: " not in err  # a refusal of the input, as the checks before a run say it
 
 
 def test_bad_preset_exits_2(tmp_path, capsys):

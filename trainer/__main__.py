@@ -70,8 +70,9 @@ def run_session(session, quiet: bool = False) -> int:
             elif isinstance(event, ev.RunFinished):
                 if bar is not None:
                     bar.close()
-                if main_process() or event.outcome == "failed":
-                    print(f"{event.outcome}: {event.message}", file=sys.stderr)
+                if main_process() or event.outcome == "failed":  # a refusal of the user's input reads as the
+                    label = "error" if event.bad_input else event.outcome  # checks before a session do
+                    print(f"{label}: {event.message}", file=sys.stderr)
                 if event.outcome == "completed":
                     return EXIT_OK
                 if event.outcome == "stopped":
