@@ -63,6 +63,17 @@ class Runner:
             self.stopping = True
             self.session.stop()
 
+    def started(self, spec, show_message: Callable[[str, str], None], **options) -> bool:
+        """start(spec, **options) and True; or False with "Could not start: ..." said through
+        show_message(text, level) when the session cannot even start (a child process that does not come up):
+        a window shows that, it does not raise it."""
+        try:
+            self.start(spec, **options)
+        except Exception as e:  # noqa: BLE001 - a session that cannot even start is shown, not raised
+            show_message(f"Could not start: {e}", "error")
+            return False
+        return True
+
     def command(self, name: str) -> None:
         if self.session is not None and not self.stopping:
             self.session.send(name)

@@ -75,8 +75,8 @@ class SweepPicker(Group):
 
     def runs(self) -> list[tuple[str, Path]]:
         """(column label, workspace) per run of the chosen entry (labelled by its sweep values) or of all entries
-        (by entry name and sweep values); a run's workspace as the queue's state records it, else where the queue puts it. Raises
-        InputError when the queue or the entry does not read."""
+        (by entry name and sweep values); a run's workspace as the queue's state records it, else where the queue
+        puts it. Raises InputError when the queue or the entry does not read."""
         path = self.path()
         queue_file = read_queue(path)
         try:

@@ -316,10 +316,7 @@ class Window(ctk.CTk):
             self.run_tab.continue_record()  # a resumed run goes on drawing the run it continues
         self.bottom.reset_progress()
         self.bottom.show_message("", "info")
-        try:
-            self.runner.start(self.form.preset, **options)
-        except Exception as e:  # noqa: BLE001 - a session that cannot even start is shown, not raised
-            self.bottom.show_message(f"Could not start: {e}", "error")
+        if not self.runner.started(self.form.preset, self.bottom.show_message, **options):
             return False
         self.bottom.set_running(True)
         self.bottom.show_status("Starting…")

@@ -422,7 +422,8 @@ def preset_from_dict(data: dict) -> Preset:
 
 def load_preset(path: str | Path) -> Preset:
     """The preset in the JSON file at `path` (fields.read_json_file); ConfigError naming the field and the file."""
-    return in_file(path, lambda: preset_from_dict(read_json_file(path, "preset")))
+    data = read_json_file(path, "preset")  # its own errors name the file
+    return in_file(path, lambda: preset_from_dict(data))
 
 
 # ---- writing -----------------------------------------------------------------------------------------

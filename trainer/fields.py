@@ -125,15 +125,12 @@ def read_json_file(path: str | Path, what: str) -> Any:
 
 
 def in_file(path: str | Path, build: Callable[[], Any]) -> Any:
-    """build(), with the file `path` named at the end of a ConfigError it raises that does not name it already
-    ("training.lerning_rate: unknown key (in /x/preset.json)")."""
+    """build() (what is made of the data read from the file `path`), with the file named at the end of a
+    ConfigError it raises ("training.lerning_rate: unknown key (in /x/preset.json)")."""
     try:
         return build()
     except ConfigError as e:
-        shown = str(Path(path).expanduser())
-        if shown in str(e):
-            raise
-        raise ConfigError(f"{e} (in {shown})") from e
+        raise ConfigError(f"{e} (in {Path(path).expanduser()})") from e
 
 
 _UMASK_LOCK = threading.Lock()

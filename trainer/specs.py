@@ -247,7 +247,8 @@ def spec_from_dict(data: dict) -> GenerateDataSpec | CompareSpec | CaptionSpec:
 
 
 def load_spec(path: str | Path, expected: type | None = None) -> GenerateDataSpec | CompareSpec | CaptionSpec:
-    spec = in_file(path, lambda: spec_from_dict(read_json_file(path, "spec")))
+    data = read_json_file(path, "spec")  # its own errors name the file
+    spec = in_file(path, lambda: spec_from_dict(data))
     if expected is not None and not isinstance(spec, expected):
         wanted = next(name for name, cls in KINDS.items() if cls is expected)
         raise ConfigError(f"kind: {path} is a {kind_of(spec)!r} spec; this command needs {wanted!r}")

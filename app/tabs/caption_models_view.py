@@ -30,7 +30,8 @@ GROUPS = [("What is written", ["mode", "separator", "prefix", "suffix", "caption
           ("Captioner", ["captioner", "captioner_model", "prompt", "max_new_tokens"]),
           ("Tagger", ["tagger", "tagger_model", "tag_threshold", "character_threshold", "replace_underscores"]),
           ("Running", ["batch_size", "device", "dtype", "workspace_dir"])]
-CONCEPT_FIELDS = ("image_dir", "include_subfolders", "mask_suffix")  # the concept's: shown in the heading, edited in its tab
+# The concept's own fields: shown in the heading, edited in the concept's tab.
+CONCEPT_FIELDS = ("image_dir", "include_subfolders", "mask_suffix")
 # Fields the view remembers for the next concept (the model choices); mode, prefix and suffix start afresh.
 REMEMBERED = ("separator", "captioner", "captioner_model", "prompt", "max_new_tokens", "tagger", "tagger_model",
               "tag_threshold", "character_threshold", "replace_underscores", "batch_size", "device", "dtype",
@@ -389,10 +390,7 @@ class CaptionModelsView(ctk.CTkToplevel):
         self.count_label.configure(text="")
         self.strip_title.configure(text="Preview: nothing is written" if preview else "Newest captions written")
         self.render_cards()
-        try:
-            self.runner.start(self.spec)
-        except Exception as e:  # noqa: BLE001 - a session that cannot even start is shown, not raised
-            self.message_line.show(f"Could not start: {e}", "error")
+        if not self.runner.started(self.spec, self.message_line.show):
             return False
         self.status_line.set("Starting…")
         self.window.jobs_changed()

@@ -354,10 +354,7 @@ class QueueTab(Tab):
         self.message_line.show("")
         if hasattr(self.window.run_tab, "chart"):
             self.window.run_tab.clear()  # the run tab shows the queue's runs as they train
-        try:
-            self.runner.start(str(self.path.expanduser().absolute()))
-        except Exception as e:  # noqa: BLE001 - a session that cannot even start is shown, not raised
-            self.message_line.show(f"Could not start: {e}", "error")
+        if not self.runner.started(str(self.path.expanduser().absolute()), self.message_line.show):
             return False
         self.status_label.configure(text="Starting…")
         self.show_running()

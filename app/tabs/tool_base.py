@@ -267,10 +267,7 @@ class ToolTab(Tab):
         if self.runner.running or self.validate_now():
             return False
         self.clear()
-        try:
-            self.runner.start(self.spec)
-        except Exception as e:  # noqa: BLE001 - a session that cannot even start is shown, not raised
-            self.show_message(f"Could not start: {e}", "error")
+        if not self.runner.started(self.spec, self.show_message):
             return False
         self.status_label.configure(text="Starting…")
         self.show_running()
@@ -319,7 +316,8 @@ class ToolTab(Tab):
         try:
             spec = load_spec(Path(path).expanduser(), self.spec_cls)
         except ConfigError as e:
-            self.show_message(f"Could not load the spec: {describe_problem(str(e), self.spec)}", "error")  # names the file
+            # the message names the file
+            self.show_message(f"Could not load the spec: {describe_problem(str(e), self.spec)}", "error")
             return False
         self.set_spec(spec)
         self.show_message(f"Loaded {path}.", "info")

@@ -44,6 +44,9 @@ def test_a_session_that_cannot_start_leaves_no_run(fake_session):
     with pytest.raises(OSError):
         runner.start(object())
     assert not runner.running
+    said = []
+    assert not runner.started(object(), lambda text, level: said.append((text, level)))  # a window's way: said
+    assert said == [("Could not start: no worker", "error")] and not runner.running
     runner.session_factory = fake_session
     runner.start(object())
     with pytest.raises(RuntimeError, match="already going"):
