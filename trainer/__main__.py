@@ -430,6 +430,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # a bad preset or spec file, or a bad --set: named by its dotted path
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Under `accelerate launch`: leave the process group before the interpreter ends, as torch.distributed asks.
+    Left to the interpreter's teardown, it can abort the process (SIGABRT in place of the exit code) once the
+    other machines' processes are gone, as after a refusal all of them share."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - the exit code already says how the run ended
+            pass
 
 
 if __name__ == "__main__":
